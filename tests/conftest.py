@@ -1,0 +1,25 @@
+"""Shared test fixtures.
+
+Tests never reach the network: the Hub is switched off here, and tests that need a Hub use the
+project's own server on 127.0.0.1.
+"""
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The public benchmark files live beside a checkout, never inside it.
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder with the real benchmark files; the test is skipped where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("benchmark data folder ../shared/data is absent")
+    return SHARED_DATA
