@@ -1,3 +1,16 @@
-"""peft_hybrid: LoRA + encoder soft prompt tuning for T5-family seq2seq models."""
+"""peft_hybrid: LoRA + encoder soft prompt tuning for T5-family seq2seq models.
+
+Example:
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.testing import t5_from_preset
+    >>> base, tokenizer = t5_from_preset("tiny")
+    >>> model = HybridModel(base, HybridConfig(mode="hybrid"), tokenizer=tokenizer)
+"""
 
 __version__ = "0.1.0"
+
+from .config import MODES, HybridConfig  # noqa: E402
+from .model import HybridModel  # noqa: E402
+from .serialization import AdapterLoadError  # noqa: E402
+
+__all__ = ["MODES", "AdapterLoadError", "HybridConfig", "HybridModel", "__version__"]

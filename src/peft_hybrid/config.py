@@ -1,0 +1,159 @@
+"""`HybridConfig`: what an adapter is, validated once and saved as versioned JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+MODES = ("none", "prompt", "lora", "hybrid", "full")
+PROMPT_INITS = ("sample_vocab", "text", "random")
+# Version of the on-disk adapter format. Bump when a saved folder changes meaning.
+FORMAT_VERSION = 1
+# Not PEFT's adapter_config.json: transformers and PEFT would take the folder for a PEFT adapter
+# of an unknown type and fail, where a fully fine-tuned folder should load with transformers alone.
+CONFIG_NAME = "hybrid_config.json"
+# Written beside the fields; `weights_sha256` ties the config to the weights saved with it.
+_METADATA_KEYS = ("format_version", "library", "library_version", "peft_type", "weights_sha256")
+
+
+@dataclass
+class HybridConfig:
+    """Configuration of a hybrid LoRA + soft prompt adapter.
+
+    Defaults are the paper's: LoRA r=4, alpha=4 on the attention projections ``q`` and ``v`` with
+    dropout 0.05, plus 30 soft prompt tokens prepended to the encoder input, initialised from
+    sampled vocabulary embeddings.
+
+    ``mode`` picks the row of the paper's ablation: ``"none"`` (the untouched base), ``"prompt"``,
+    ``"lora"``, ``"hybrid"`` (both), or ``"full"`` (every base weight trains; no adapter parts).
+
+    Example:
+        >>> from peft_hybrid import HybridConfig
+        >>> HybridConfig(mode="lora").uses_prompt
+        False
+    """
+
+    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}."})
+    # LoRA
+    r: int = field(default=4, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q", "v"], metadata={"help": "Names of the Linear modules that get LoRA."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    # Soft prompt
+    num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (encoder side)."})
+    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}."})
+    prompt_init_text: str | None = field(default=None, metadata={"help": "Text for prompt_init='text'."})
+    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation."})
+    # Provenance
+    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Base model Hub id or folder."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of the base model."})
+    base_model_shape: dict[str, int] | None = field(
+        default=None, metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base."}
+    )
+    task: str | None = field(default=None, metadata={"help": "Task the adapter was trained for, if any."})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"HybridConfig.mode={self.mode!r} is not valid; choose one of {', '.join(MODES)}.")
+        if self.prompt_init not in PROMPT_INITS:
+            raise ValueError(
+                f"HybridConfig.prompt_init={self.prompt_init!r} is not valid; choose one of {', '.join(PROMPT_INITS)}."
+            )
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        self.target_modules = list(self.target_modules)
+        if self.uses_lora:
+            if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+                raise ValueError(f"HybridConfig.r={self.r!r}: mode {self.mode!r} uses LoRA, so r must be a positive integer (the paper uses 4).")
+            if not self.lora_alpha or self.lora_alpha <= 0:
+                raise ValueError(f"HybridConfig.lora_alpha={self.lora_alpha!r} must be > 0 (the paper uses 4).")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise ValueError(f"HybridConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+                raise ValueError("HybridConfig.target_modules must be a non-empty list of module names, e.g. ['q', 'v'].")
+        if self.uses_prompt:
+            if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
+                raise ValueError(
+                    f"HybridConfig.num_virtual_tokens={self.num_virtual_tokens!r}: mode {self.mode!r} uses a soft prompt, "
+                    "so it must be a positive integer (the paper uses 30)."
+                )
+            if self.prompt_init == "text" and not self.prompt_init_text:
+                raise ValueError("HybridConfig.prompt_init='text' needs prompt_init_text, the text whose embeddings start the prompt.")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.mode in ("lora", "hybrid")
+
+    @property
+    def uses_prompt(self) -> bool:
+        return self.mode in ("prompt", "hybrid")
+
+    @property
+    def trains_base(self) -> bool:
+        return self.mode == "full"
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with format/library metadata, ready for JSON."""
+        data = asdict(self)
+        data.update(
+            format_version=FORMAT_VERSION,
+            library="peft_hybrid",
+            library_version=__version__,
+            peft_type="HYBRID_LORA_PROMPT",
+        )
+        return data
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "HybridConfig":
+        """Build from a saved dict; refuses newer formats and unknown fields, saying where."""
+        data = dict(data)
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(
+                f"{source} was written by peft_hybrid {data.get('library_version', '?')} in adapter format "
+                f"{version!r}; this peft_hybrid {__version__} reads format {FORMAT_VERSION} or older. "
+                "Upgrade with `pip install -U peft-hybrid`."
+            )
+        if data.get("library", "peft_hybrid") != "peft_hybrid":
+            raise ValueError(f"{source} is not a peft_hybrid adapter config (library={data.get('library')!r}).")
+        for key in _METADATA_KEYS:
+            data.pop(key, None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source} has unknown field(s) {unknown}; valid fields are {sorted(known)}.")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HybridConfig":
+        """Read ``hybrid_config.json`` from a folder (or the file itself)."""
+        path = config_path(path)
+        return cls.from_dict(read_config_dict(path), source=str(path))
+
+
+def config_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path / CONFIG_NAME if path.is_dir() else path
+
+
+def read_config_dict(path: str | Path) -> dict[str, Any]:
+    """The raw JSON of an adapter config, with errors that name the file."""
+    path = config_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is this a folder saved by HybridModel.save_pretrained?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the adapter folder is damaged, save it again.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object.")
+    return data
