@@ -93,8 +93,9 @@ def _match_columns(text: str, pos: int, names: Sequence[str]) -> Iterator[tuple[
 
 
 def _parse_conds(text: str, names: Sequence[str]) -> list[list[Any]] | None:
-    """Parse ``col op value AND col op value ...``; each value ends at the first " AND " after
-    which the rest parses as conditions (values may contain spaces, operators and AND)."""
+    """Parse ``col op value AND col op value ...``; each value (never empty) ends at the first
+    " AND " after which the rest parses as conditions (values may contain spaces, operators and
+    AND)."""
 
     @functools.lru_cache(maxsize=None)
     def parse_from(pos: int) -> tuple[tuple[int, int, str], ...] | None:
@@ -104,13 +105,14 @@ def _parse_conds(text: str, names: Sequence[str]) -> list[list[Any]] | None:
                 start = end + len(token)
                 if not text.startswith(token, end) or (start < len(text) and text[start] != " "):
                     continue
-                cut = text.find(" AND ", start)
+                cut = text.find(" AND ", start + 1)
                 while cut != -1:
                     rest = parse_from(cut + 5)
                     if rest is not None:
                         return ((col, op_index, text[start:cut].strip()),) + rest
                     cut = text.find(" AND ", cut + 1)
-                return ((col, op_index, text[start:].strip()),)
+                if text[start:].strip():
+                    return ((col, op_index, text[start:].strip()),)
         return None
 
     parsed = parse_from(0)
