@@ -31,9 +31,9 @@ from peft_hybrid.tasks.base import (
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
-# A sentence ends at ., ! or ? (possibly repeated, possibly followed by closing quotes or
-# brackets) followed by whitespace.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+# A sentence ends at ., ! or ? (optionally followed by one closing quote or bracket) before
+# whitespace.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
 
 
 def split_sentences(text: str) -> list[str]:
