@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from peft_hybrid import HybridConfig
+from peft_hybrid.config import FORMAT_VERSION
+
+
+def test_paper_defaults():
+    c = HybridConfig()
+    assert (c.mode, c.r, c.lora_alpha, c.target_modules, c.lora_dropout) == ("hybrid", 4, 4, ["q", "v"], 0.05)
+    assert (c.num_virtual_tokens, c.prompt_init) == (30, "sample_vocab")
+
+
+def test_json_round_trip_is_exact_and_sorted():
+    c = HybridConfig(mode="lora", r=8, target_modules=["q", "k", "v"], base_model_name_or_path="google/flan-t5-base", revision="abc")
+    text = c.to_json_string()
+    data = json.loads(text)
+    assert list(data) == sorted(data)
+    assert data["format_version"] == FORMAT_VERSION and data["library"] == "peft_hybrid"
+    assert HybridConfig.from_dict(data) == c
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"mode": "adapter"}, "none, prompt, lora, hybrid, full"),
+        ({"mode": "lora", "r": 0}, "positive integer"),
+        ({"mode": "hybrid", "lora_dropout": 1.5}, "[0, 1)"),
+        ({"mode": "prompt", "num_virtual_tokens": 0}, "positive integer"),
+        ({"prompt_init": "zeros"}, "sample_vocab, text, random"),
+        ({"prompt_init": "text"}, "prompt_init_text"),
+        ({"mode": "lora", "target_modules": []}, "non-empty"),
+        ({"mode": "lora", "lora_alpha": 0}, "lora_alpha"),
+    ],
+)
+def test_bad_values_say_what_is_valid(kwargs, words):
+    with pytest.raises(ValueError, match="HybridConfig") as err:
+        HybridConfig(**kwargs)
+    assert words in str(err.value)
+
+
+def test_parts_not_used_by_a_mode_are_not_validated():
+    # r=0 is meaningless for LoRA but harmless when the mode has no LoRA.
+    assert HybridConfig(mode="prompt", r=0).uses_lora is False
+
+
+def test_newer_format_and_unknown_fields_are_refused():
+    data = HybridConfig().to_dict()
+    with pytest.raises(ValueError, match="Upgrade"):
+        HybridConfig.from_dict({**data, "format_version": FORMAT_VERSION + 1, "library_version": "9.0"})
+    with pytest.raises(ValueError, match="unknown field"):
+        HybridConfig.from_dict({**data, "rank": 4})
