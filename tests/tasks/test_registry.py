@@ -1,4 +1,5 @@
 """Task registry and the settings every built-in task declares."""
+import datasets
 import pytest
 
 from peft_hybrid.tasks import Task, get_task, list_tasks, register_task, unregister_task
@@ -67,3 +68,40 @@ def test_format_input_tags():
     assert task.format_input(example, use_task_tags=True) == "summarize: A: hi\nB: hey"
     assert task.format_input(example, use_task_tags=False, task_prefix="tl;dr: ").startswith("tl;dr")
     assert task.format_input(example, use_task_tags=True, task_prefix="") == "A: hi\nB: hey"
+
+
+def test_hub_records_are_normalised_like_files(monkeypatch):
+    """The Hub path (offline here) maps each mirror's schema onto the same columns."""
+    records = {
+        "knkarthick/samsum": [{"id": "1", "dialogue": "A: hi\r\nB: yo", "summary": "Greeting. "}],
+        "nyu-mll/glue": [{"sentence": "fine film ", "label": 1, "idx": 0}],
+        "Salesforce/wikisql": [{
+            "phase": 1,
+            "question": "Who?",
+            "table": {"id": "t-1", "header": ["Name", "No."], "types": ["text", "real"],
+                      "rows": [["Ann", "3"]]},
+            "sql": {"human_readable": "SELECT Name FROM table WHERE No. = 3", "sel": 0, "agg": 0,
+                    "conds": {"column_index": [1], "operator_index": [0], "condition": ["3"]}},
+        }],
+    }
+    calls = []
+
+    def fake_load_dataset(repo, config, split, revision):
+        calls.append((repo, config, split, revision))
+        return datasets.Dataset.from_list(records[repo])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    samsum = get_task("samsum").load("validation")
+    assert samsum[0] == {"id": "1", "source": "A: hi\nB: yo", "target": "Greeting."}
+    assert get_task("sst2").load()[0]["target"] == "positive"
+    wikisql = get_task("wikisql").load("test")
+    assert wikisql[0]["target"] == "SELECT Name FROM table WHERE No. = 3"
+    assert wikisql[0]["source"] == "Who? | columns: Name | No."
+    assert get_task("wikisql").compute_metrics([wikisql[0]["target"]], wikisql)[
+        "execution_accuracy"
+    ] == 100.0
+    assert calls == [
+        ("knkarthick/samsum", None, "validation", None),
+        ("nyu-mll/glue", "sst2", "validation", None),
+        ("Salesforce/wikisql", None, "test", "refs/convert/parquet"),
+    ]

@@ -245,14 +245,23 @@ class Task:
         }
 
 
+def check_same_length(predictions: Sequence[Any], *others: Sequence[Any]) -> None:
+    """Raise ValueError unless there is at least one prediction and one entry per prediction in
+    each of ``others`` (references, gold queries, headers, ...)."""
+    sizes = [len(o) for o in others]
+    if any(n != len(predictions) for n in sizes):
+        raise ValueError(
+            f"got {len(predictions)} predictions for {' / '.join(map(str, sizes))} references; "
+            "pass one prediction per reference, in the same order"
+        )
+    if not predictions:
+        raise ValueError("no predictions to score; pass at least one prediction/reference pair")
+
+
 def check_lengths(predictions: Sequence[str], examples: Iterable[Any]) -> list[Mapping[str, Any]]:
     """Materialise ``examples`` as a list and check it pairs one-to-one with ``predictions``."""
     rows = list(examples)
-    if len(rows) != len(predictions):
-        raise ValueError(
-            f"got {len(predictions)} predictions for {len(rows)} examples; decode one prediction "
-            "per evaluation example, in dataset order"
-        )
+    check_same_length(predictions, rows)
     return rows
 
 

@@ -26,6 +26,7 @@ from peft_hybrid.tasks.base import (
     HubDataset,
     Task,
     check_lengths,
+    check_same_length,
     require_text,
 )
 
@@ -50,13 +51,7 @@ def split_sentences(text: str) -> list[str]:
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus ROUGE-1/2/L/Lsum: mean per-example F-measure × 100 (see the module docstring)."""
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"got {len(predictions)} predictions for {len(references)} references; pass one "
-            "prediction per reference"
-        )
-    if not predictions:
-        raise ValueError("no predictions to score; pass at least one prediction/reference pair")
+    check_same_length(predictions, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_KEYS, 0.0)
     for pred, ref in zip(predictions, references):

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peft_hybrid.tasks._readers import read_delimited
-from peft_hybrid.tasks.base import CardMetric, DataError, HubDataset, Task, check_lengths
+from peft_hybrid.tasks.base import (
+    CardMetric,
+    DataError,
+    HubDataset,
+    Task,
+    check_lengths,
+    check_same_length,
+)
 
 LABEL_WORDS = ("negative", "positive")  # index = GLUE label
 
@@ -29,13 +36,7 @@ def accuracy(predictions: Sequence[str], references: Sequence[str]) -> dict[str,
     Predictions are compared after lower-casing and collapsing whitespace; an output that is
     not exactly a label word (e.g. "very positive") counts as wrong and as invalid.
     """
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"got {len(predictions)} predictions for {len(references)} references; pass one "
-            "prediction per reference"
-        )
-    if not predictions:
-        raise ValueError("no predictions to score; pass at least one prediction/reference pair")
+    check_same_length(predictions, references)
     correct = invalid = 0
     for pred, ref in zip(predictions, references):
         word = _normalise_prediction(pred)

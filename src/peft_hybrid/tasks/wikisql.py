@@ -28,7 +28,14 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from peft_hybrid.tasks._readers import read_jsonl, require_object
 from peft_hybrid.tasks._wikisql_exec import AGG_OPS, COND_OPS, TableDatabase
-from peft_hybrid.tasks.base import CardMetric, DataError, HubDataset, Task, check_lengths
+from peft_hybrid.tasks.base import (
+    CardMetric,
+    DataError,
+    HubDataset,
+    Task,
+    check_lengths,
+    check_same_length,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +165,7 @@ def logical_form_accuracy(
     headers: Sequence[Sequence[str]],
 ) -> float:
     """Official logical-form accuracy × 100; an unparseable prediction counts as wrong."""
-    _check_same_length(pred_texts, gold_queries, headers)
+    check_same_length(pred_texts, gold_queries, headers)
     correct = 0
     for text, gold, header in zip(pred_texts, gold_queries, headers):
         pred = parse_sql(text, header)
@@ -168,7 +175,7 @@ def logical_form_accuracy(
 
 def exact_match(pred_texts: Sequence[str], gold_texts: Sequence[str]) -> float:
     """Exact string match × 100 after collapsing whitespace (case and condition order count)."""
-    _check_same_length(pred_texts, gold_texts)
+    check_same_length(pred_texts, gold_texts)
     correct = sum(_collapse(p) == _collapse(g) for p, g in zip(pred_texts, gold_texts))
     return 100.0 * correct / len(pred_texts)
 
@@ -182,7 +189,7 @@ def execution_accuracy(
 
     Each ``tables`` entry has ``id`` (the table id), ``header``, ``types`` and ``rows``.
     """
-    _check_same_length(pred_texts, gold_queries, tables)
+    check_same_length(pred_texts, gold_queries, tables)
     db = TableDatabase()
     correct = 0
     for text, gold, table in zip(pred_texts, gold_queries, tables):
@@ -194,13 +201,6 @@ def execution_accuracy(
         correct += expected is not None and db.execute(table["id"], pred) == expected
     return 100.0 * correct / len(pred_texts)
 
-
-def _check_same_length(*columns: Sequence[Any]) -> None:
-    sizes = [len(c) for c in columns]
-    if len(set(sizes)) != 1:
-        raise ValueError(f"the inputs differ in length {sizes}; pass one entry per example")
-    if sizes[0] == 0:
-        raise ValueError("no predictions to score; pass at least one example")
 
 
 class WikisqlTask(Task):
