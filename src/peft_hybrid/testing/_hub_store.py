@@ -98,7 +98,7 @@ def matches_any(path: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(path if "/" in p else base, p.lstrip("/")) for p in patterns)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class RepoRef:
     """Identity of a repo: type (model/dataset/space), namespace (owner) and name."""
 
