@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# hub_server / hub_online: a local Hub-compatible server for push/pull tests.
+pytest_plugins = ["peft_hybrid.testing.fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The public benchmark files live beside a checkout, never inside it.
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
