@@ -12,5 +12,17 @@ __version__ = "0.1.0"
 from .config import MODES, HybridConfig  # noqa: E402
 from .model import HybridModel  # noqa: E402
 from .serialization import AdapterLoadError  # noqa: E402
+from .tasks import DataError, Task, get_task, list_tasks, register_task  # noqa: E402
 
-__all__ = ["MODES", "AdapterLoadError", "HybridConfig", "HybridModel", "__version__"]
+__all__ = [
+    "MODES",
+    "AdapterLoadError",
+    "DataError",
+    "HybridConfig",
+    "HybridModel",
+    "Task",
+    "__version__",
+    "get_task",
+    "list_tasks",
+    "register_task",
+]
