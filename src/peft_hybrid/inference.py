@@ -1,0 +1,128 @@
+"""Loading a base model or a saved adapter for use, and batched generation with a progress bar.
+
+One home for "which base, which tokenizer" shared by the recipes, ``peft-hybrid evaluate`` /
+``predict`` and the attribution command: a base is a Hub id, a local folder, or an offline
+preset (``preset:tiny`` in an adapter config names `peft_hybrid.testing.t5_from_preset`'s model,
+always built with seed 0 so the same random base comes back). Hub ids are checked with
+`peft_hybrid.hub_access.require_hub` first, so an offline machine fails at once with advice.
+
+Example:
+    >>> from peft_hybrid.inference import generate_texts, load_base
+    >>> base, tokenizer = load_base(preset="tiny")
+    >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer)  # doctest: +SKIP
+    >>> model.save_pretrained("adapter")  # doctest: +SKIP
+    >>> model, tokenizer = load_for_inference("adapter")  # doctest: +SKIP
+    >>> generate_texts(model, tokenizer, ["Amy: see you at 5?"], max_new_tokens=8)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .config import HybridConfig
+from .hub_access import require_hub
+from .model import HybridModel, load_base_model, resolve_folder
+
+PRESET_PREFIX = "preset:"
+# The preset base is random: the same seed everywhere makes "preset:tiny" name one model.
+PRESET_SEED = 0
+_TOKENIZER_FILES = ("tokenizer_config.json", "spiece.model", "tokenizer.json")
+
+
+def load_base(name_or_path: str | None = None, *, revision: str | None = None, preset: str | None = None, token: str | bool | None = None):
+    """``(base_model, tokenizer)`` from a preset name, a ``preset:<name>`` string, a folder or a Hub id.
+
+    Only safetensors weights are read and remote code never runs.
+    """
+    from transformers import AutoTokenizer
+
+    if preset is None and name_or_path and name_or_path.startswith(PRESET_PREFIX):
+        preset = name_or_path[len(PRESET_PREFIX):]
+    if preset is not None:
+        from .testing import t5_from_preset
+
+        return t5_from_preset(preset, seed=PRESET_SEED)
+    if not name_or_path:
+        raise ValueError("No base model: pass a Hub id or folder (--model_name_or_path / --base) or --model_preset tiny.")
+    require_hub(f"base model {name_or_path!r}", name_or_path, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, token=token)
+    return load_base_model(name_or_path, revision=revision, token=token), tokenizer
+
+
+def load_for_inference(
+    adapter: str | Path,
+    *,
+    base: str | None = None,
+    preset: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[HybridModel, Any]:
+    """A saved adapter (folder or Hub id) on its base, in eval mode, with its tokenizer.
+
+    Args:
+        adapter: folder written by ``save_pretrained``/a training run, or a Hub repo id.
+        base: base model id or folder overriding the one named in the adapter config.
+        preset: offline preset base (``tiny`` ...) overriding both.
+        revision: revision of ``adapter`` on the Hub.
+        device: where to put the model (default: CUDA when available, else CPU).
+
+    The tokenizer saved beside the adapter (training runs save it) wins over the base's.
+    """
+    if not Path(adapter).is_dir():
+        require_hub(f"adapter {str(adapter)!r}", str(adapter), revision=revision)
+    folder = resolve_folder(adapter, revision=revision, token=token)
+    config = HybridConfig.load(folder)
+    if config.trains_base:
+        model = HybridModel.from_pretrained(folder)
+        tokenizer = None
+    else:
+        base_model, tokenizer = load_base(base or config.base_model_name_or_path, revision=None if base else config.revision, preset=preset, token=token)
+        model = HybridModel.from_pretrained(folder, base_model=base_model, tokenizer=tokenizer)
+    if any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer is None:
+        raise ValueError(f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+@torch.inference_mode()
+def generate_texts(
+    model: HybridModel,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_source_length: int = 512,
+    progress: bool = True,
+    desc: str = "generating",
+    **generation_kwargs: Any,
+) -> list[str]:
+    """Generate one output per input text, in input order, ``batch_size`` texts at a time.
+
+    Batches are taken in input order (as the Trainer's evaluation does), so the same adapter
+    gives the same outputs here and in ``HybridTrainer.evaluate``. The progress bar goes to
+    stderr, leaving stdout for the outputs.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: pass a positive number of texts per batch.")
+    outputs: list[str] = []
+    bar = tqdm(total=len(texts), desc=desc, unit="ex", file=sys.stderr, disable=not progress)
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start : start + batch_size])
+        encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
+        encoded = {k: v.to(model.device) for k, v in encoded.items()}
+        generated = model.generate(**encoded, **generation_kwargs)
+        decoded = tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        outputs.extend(text.strip() for text in decoded)
+        bar.update(len(batch))
+    bar.close()
+    return outputs
