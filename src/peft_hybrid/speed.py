@@ -1,0 +1,212 @@
+"""Fast paths for training and evaluating a `HybridModel`: one home for every speed trick.
+
+- `cast_frozen_base_`: store the frozen base in bf16 while LoRA and the soft prompt stay fp32
+  master weights. Under bf16 autocast the base weights are cast to bf16 for every matmul anyway;
+  storing them in bf16 removes that per-step cast (and half the weight memory).
+- `compile_model`: ``torch.compile`` of the encoder and decoder stacks only. The soft prompt is
+  joined to the input embeddings *before* the compiled encoder, so it cannot cause graph breaks,
+  and the same compiled stacks serve training and generation (the decoder with its KV cache).
+- `merged_lora`: a context manager for evaluation that runs plain Linears with
+  ``W + scale * B @ A`` and puts the original weight tensors back on exit, bit-identical.
+- `dynamo_counters`: compile/graph-break/recompile counts, to check that shapes stay stable.
+
+Length-grouped batching with dynamic padding lives in `peft_hybrid.data`.
+
+Example:
+    >>> import torch
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.speed import cast_frozen_base_, merged_lora
+    >>> from peft_hybrid.testing import t5_from_preset
+    >>> base, tokenizer = t5_from_preset("tiny")
+    >>> model = cast_frozen_base_(HybridModel(base, HybridConfig()), torch.bfloat16)
+    >>> model.prompt.weight.dtype, model.base_model.shared.weight.dtype
+    (torch.float32, torch.bfloat16)
+    >>> batch = tokenizer(["Amy: see you at 5?"], return_tensors="pt")
+    >>> with merged_lora(model):
+    ...     ids = model.generate(**batch, max_new_tokens=3)
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+__all__ = ["cast_frozen_base_", "compile_model", "dynamo_counters", "merged_lora"]
+
+
+def cast_frozen_base_(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Cast every frozen floating-point parameter and buffer of ``model`` to ``dtype``, in place.
+
+    Trainable parameters (LoRA ``A``/``B`` and the soft prompt) are left, or put back, in fp32:
+    they are the master weights the optimizer updates. Train with bf16 autocast on top (the
+    Trainer's ``bf16=True``) so that the loss and the LoRA matmuls see consistent dtypes; the
+    gradients reach the fp32 parameters through the casts.
+
+    Args:
+        model: a `HybridModel` (or any module) whose frozen part should shrink.
+        dtype: storage dtype for the frozen weights, ``torch.bfloat16`` or ``torch.float16``.
+
+    Returns:
+        ``model`` itself, for chaining.
+
+    Raises:
+        ValueError: nothing is frozen (mode ``full``: every weight trains, use mixed precision
+            instead) or ``dtype`` is not a floating-point type.
+
+    Example:
+        >>> import torch
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.testing import t5_from_preset
+        >>> model = cast_frozen_base_(HybridModel(t5_from_preset("tiny")[0], HybridConfig(mode="lora")))
+        >>> {p.dtype for p in model.parameters() if p.requires_grad}
+        {torch.float32}
+    """
+    if not dtype.is_floating_point:
+        raise ValueError(f"cast_frozen_base_(dtype={dtype}): pass a floating-point dtype such as torch.bfloat16.")
+    params = list(model.parameters())
+    if all(p.requires_grad for p in params):
+        raise ValueError(
+            "cast_frozen_base_ found no frozen parameters (mode 'full' trains every weight); "
+            "keep fp32 weights and train with bf16 mixed precision instead."
+        )
+    with torch.no_grad():
+        for p in params:
+            if not p.is_floating_point():
+                continue
+            # Assigning .data keeps each Parameter object, so optimizers and hooks still see it.
+            wanted = torch.float32 if p.requires_grad else dtype
+            if p.dtype != wanted:
+                p.data = p.data.to(wanted)
+        for module in model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point() and buf.dtype != dtype:
+                    setattr(module, name, buf.to(dtype))
+    return model
+
+
+def compile_model(
+    model: nn.Module,
+    *,
+    dynamic: bool | None = True,
+    backend: str = "inductor",
+    mode: str | None = None,
+) -> nn.Module:
+    """``torch.compile`` the encoder and decoder stacks of a `HybridModel`, in place.
+
+    Only the two transformer stacks are compiled (``nn.Module.compile``, so parameter names and
+    saved keys do not change). The soft prompt concat, the embedding lookup, the LM head and
+    the loss run eagerly around them: they are cheap or already single large kernels, and
+    keeping them out means the prompt never breaks a graph. Generation reuses the same
+    compiled stacks: the encoder once per batch, the decoder once per new token.
+
+    Args:
+        model: a `HybridModel` (its ``base_model`` must have ``encoder`` and ``decoder``).
+        dynamic: ``True`` (default) compiles shape-generic graphs once, which length-grouped
+            batches (a new source length almost every step) and generation (a KV cache that
+            grows every token) need; ``False``/``None`` specialise on the first shapes and
+            recompile for new ones — use them only with fixed-size (bucketed) batches.
+        backend / mode: passed to ``torch.compile`` (``mode="max-autotune"`` on a GPU for the
+            last few percent, at a much longer compile).
+
+    Returns:
+        ``model`` itself.
+
+    Example:
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.testing import t5_from_preset
+        >>> model = compile_model(HybridModel(t5_from_preset("tiny")[0], HybridConfig()), backend="eager")
+    """
+    base = getattr(model, "base_model", model)
+    stacks = [getattr(base, name, None) for name in ("encoder", "decoder")]
+    if any(stack is None for stack in stacks):
+        raise TypeError(f"compile_model needs a seq2seq model with .encoder and .decoder; got {type(base).__name__}.")
+    for stack in stacks:
+        stack.compile(dynamic=dynamic, backend=backend, mode=mode)
+    return model
+
+
+def dynamo_counters() -> dict[str, int]:
+    """Compile statistics of this process since the last ``torch._dynamo.reset()``.
+
+    ``frames``: frames compiled (a recompile for new shapes or a changed guard, such as
+    ``train()``/``eval()``, counts again); ``graphs``: graphs produced; ``graph_breaks``: places
+    where dynamo had to split a graph. Take them before and after some steps: equal numbers mean
+    those steps reused compiled code.
+    """
+    from torch._dynamo.utils import counters
+
+    return {
+        "frames": int(counters["frames"].get("ok", 0)),
+        "graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+    }
+
+
+@contextlib.contextmanager
+def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, every LoRA layer is replaced by its base Linear holding ``W + s·B·A``.
+
+    Unlike PEFT's ``merge()`` + ``unmerge()`` (which adds and later subtracts ``s·B·A`` in place,
+    so the base weights drift by rounding each time), the merged weight is a *new* tensor, and
+    on exit the original weight ``Parameter`` objects and LoRA layers are put back untouched:
+    the base stays bit-identical, the adapter keeps training afterwards. Generation inside runs
+    plain Linears, without LoRA's extra matmuls and dropout calls.
+
+    The merge is computed in fp32 and stored in the weight's own dtype. Leaving the block by an
+    exception restores the model too. A model without LoRA (modes ``prompt``/``none``/``full``
+    or after ``merge_and_unload``) is yielded unchanged.
+
+    Example:
+        >>> import torch
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.testing import t5_from_preset
+        >>> base, tokenizer = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig()).eval()
+        >>> batch = tokenizer(["Tom: late again"], return_tensors="pt")
+        >>> with merged_lora(model):
+        ...     fast = model.generate(**batch, max_new_tokens=4)
+        >>> torch.equal(fast, model.generate(**batch, max_new_tokens=4))
+        True
+    """
+    swaps = []
+    try:
+        with torch.no_grad():
+            for parent, child, layer in _lora_layers(model):
+                linear = layer.get_base_layer()
+                original = linear.weight
+                linear.weight = nn.Parameter(_merged_weight(layer, original), requires_grad=False)
+                setattr(parent, child, linear)
+                swaps.append((parent, child, layer, linear, original))
+        yield model
+    finally:
+        for parent, child, layer, linear, original in reversed(swaps):
+            linear.weight = original
+            setattr(parent, child, layer)
+
+
+def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            if getattr(module, "merged", False):
+                raise RuntimeError(f"LoRA layer {name} is already merged in place; unmerge it before merged_lora().")
+            if not isinstance(module.get_base_layer(), nn.Linear):
+                raise TypeError(f"merged_lora supports LoRA on nn.Linear only; {name} wraps {type(module.get_base_layer()).__name__}.")
+            parent_name, _, child = name.rpartition(".")
+            found.append((model.get_submodule(parent_name), child, module))
+    return found
+
+
+def _merged_weight(layer: Any, weight: torch.Tensor) -> torch.Tensor:
+    merged = weight.float()
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A:
+            continue
+        a = layer.lora_A[adapter].weight.float()
+        b = layer.lora_B[adapter].weight.float()
+        merged = merged + (b @ a) * layer.scaling[adapter]
+    return merged.to(weight.dtype)
