@@ -1,0 +1,145 @@
+"""``peft-hybrid attribute``: Integrated Gradients heatmap of an adapter's output for one input.
+
+    peft-hybrid attribute --adapter my-samsum-adapter --task samsum \\
+        --text "Amy: Are we still on for 5?\\r\\nBob: Yes, see you at the cafe." \\
+        --n-steps 50 --out attribution/ --add-to-card
+
+or, without the ``peft-hybrid`` entry point, ``python -m peft_hybrid.cli_attribute ...`` with the
+same options. Writes ``attribution.json`` (raw scores, token strings, completeness gaps) and
+``heatmap.png`` (plus ``heatmap-2.png``, ... with ``--max-rows``) into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .attribution import BASELINES, attribute
+from .heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
+
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "spiece.model")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``attribute`` subcommand on an ``argparse`` subparsers object.
+
+    The subcommand's ``func`` default is `run`, so a dispatcher calls ``args.func(args)``.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="peft-hybrid")
+        >>> add_parser(parser.add_subparsers(dest="command"))   # doctest: +ELLIPSIS
+        ArgumentParser(prog='peft-hybrid attribute', ...)
+    """
+    parser = subparsers.add_parser(
+        "attribute",
+        help="Integrated Gradients heatmap: input tokens x generated tokens",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("model")
+    source.add_argument("--adapter", required=True, help="Adapter folder saved by save_pretrained, or a Hub repo id.")
+    source.add_argument("--revision", default=None, help="Hub revision of the adapter.")
+    source.add_argument("--base", default=None, help="Base model folder or Hub id (default: the one named in the adapter config).")
+    source.add_argument("--tokenizer", default=None, help="Tokenizer folder or Hub id (default: the adapter folder if it has one, else the base).")
+    inputs = parser.add_argument_group("input and output text")
+    inputs.add_argument("--text", required=True, help="Input text to explain.")
+    inputs.add_argument("--task", default=None, help="Task name (samsum, wikisql, sst2, ...): its input formatting and generation settings.")
+    inputs.add_argument("--target", default=None, help="Explain this output text instead of the greedy generation.")
+    inputs.add_argument("--max-new-tokens", type=int, default=None, help="Generation length limit (default: the task's, else 32).")
+    ig = parser.add_argument_group("integrated gradients")
+    ig.add_argument("--n-steps", type=int, default=50, help="Integration steps (Gauss-Legendre).")
+    ig.add_argument("--baseline", choices=BASELINES, default="pad", help="Baseline embedding for every row, soft prompt included.")
+    ig.add_argument("--internal-batch-size", type=int, default=None, help="Interpolation steps per forward pass (lower to save memory).")
+    ig.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cuda when available, else cpu).")
+    plot = parser.add_argument_group("heatmap")
+    plot.add_argument("--out", default="attribution", help="Output folder for attribution.json and heatmap.png.")
+    plot.add_argument("--aggregate-prompt", action="store_true", help="Show the soft prompt as one summed row.")
+    plot.add_argument("--max-rows", type=int, default=None, help="Rows per PNG; longer inputs are split into pages.")
+    plot.add_argument("--normalize", choices=NORMALIZE, default="none", help="Colour scale: raw scores, or per-column max.")
+    plot.add_argument("--add-to-card", action="store_true", help="Add the heatmap to the adapter folder's README.md.")
+    plot.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
+    import torch
+
+    from .model import HybridModel, load_base_model
+
+    adapter_dir = Path(args.adapter)
+    if args.add_to_card and not adapter_dir.is_dir():
+        print(f"error: --add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; download it or save it first.", file=sys.stderr)
+        return 2
+    base = load_base_model(args.base) if args.base else None
+    model = HybridModel.from_pretrained(args.adapter, base_model=base, revision=args.revision)
+    tokenizer = _load_tokenizer(args, model)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    text, generation_kwargs = args.text, {}
+    if args.task:
+        from .tasks import get_task
+
+        task = get_task(args.task)
+        text = task.format_input({"source": text}, use_task_tags=model.hybrid_config.trains_base)
+        generation_kwargs = dict(task.generation_kwargs)
+    max_new_tokens = args.max_new_tokens or generation_kwargs.pop("max_new_tokens", 32)
+    generation_kwargs.pop("max_new_tokens", None)
+
+    result = attribute(
+        model,
+        tokenizer,
+        text,
+        target=args.target,
+        n_steps=args.n_steps,
+        baseline=args.baseline,
+        internal_batch_size=args.internal_batch_size,
+        max_new_tokens=max_new_tokens,
+        generation_kwargs=generation_kwargs,
+        progress=False if args.no_progress else None,
+    )
+    out = Path(args.out)
+    json_path = result.to_json(out / "attribution.json")
+    pngs = save_heatmaps(result, out / "heatmap.png", aggregate_prompt=args.aggregate_prompt, max_rows=args.max_rows, normalize=args.normalize)
+    print(f"output: {result.output_text!r}")
+    worst = max(result.relative_errors)
+    print(f"completeness: largest |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)| = {worst:.2e} over {len(result.output_tokens)} tokens")
+    if result.num_prompt_tokens:
+        share = sum(result.prompt_share) / len(result.prompt_share)
+        print(f"soft prompt share of |attribution|: {100 * share:.1f}% on average")
+    print(f"wrote {json_path}")
+    for png in pngs:
+        print(f"wrote {png}")
+    if args.add_to_card:
+        print(f"updated {add_heatmap_to_card(adapter_dir, pngs[0])}")
+    return 0
+
+
+def _load_tokenizer(args: argparse.Namespace, model):
+    from transformers import AutoTokenizer
+
+    name = args.tokenizer
+    if name is None:
+        adapter_dir = Path(args.adapter)
+        has_own = adapter_dir.is_dir() and any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES)
+        name = str(adapter_dir) if has_own else args.base or model.hybrid_config.base_model_name_or_path
+    if not name:
+        raise ValueError("No tokenizer found: the adapter folder has none and names no base model; pass --tokenizer.")
+    return AutoTokenizer.from_pretrained(name, revision=args.revision if name == args.adapter else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m peft_hybrid.cli_attribute``: the ``attribute`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="python -m peft_hybrid.cli_attribute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
