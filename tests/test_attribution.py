@@ -154,6 +154,8 @@ def test_planted_signal_copied_token_gets_the_largest_attribution():
     assert res.output_tokens[0] == "\u2581Kate", "the planted task was not learned"
     assert res.num_prompt_tokens == 0
     assert res.input_tokens[int(res.scores[:, 0].argmax())] == "\u2581Kate"
+    assert not res.scores.requires_grad  # every base weight is trainable here
+    assert [t.get_text() for t in res.plot().axes[0].get_yticklabels()] == "the will Kate to late wait </s>".split()
     assert max(res.relative_errors) <= 0.05
 
 
@@ -215,12 +217,8 @@ def test_add_heatmap_to_card_adds_one_section(hybrid, result, tmp_path):
 def test_cli_end_to_end(tmp_path, capsys):
     from peft_hybrid.cli_attribute import main
 
-    base, tokenizer = t5_from_preset("tiny")
-    base.save_pretrained(tmp_path / "base")
-    model, _ = _hybrid(seed=2)
-    model.hybrid_config.base_model_name_or_path = str(tmp_path / "base")
+    model, tokenizer = _hybrid(seed=2)  # on the "preset:tiny" base, which the CLI rebuilds offline
     adapter = model.save_pretrained(tmp_path / "adapter")
-    tokenizer.save_pretrained(adapter)
     out = tmp_path / "out"
     argv = ["--adapter", str(adapter), "--text", "Bob: sure.", "--task", "samsum", "--max-new-tokens", "2", "--n-steps", "24"]
     assert main(argv + ["--out", str(out), "--aggregate-prompt", "--add-to-card", "--no-progress"]) == 0
@@ -237,3 +235,5 @@ def test_cli_end_to_end(tmp_path, capsys):
 
     assert main(["--adapter", "someone/adapter", "--text", "hi", "--add-to-card"]) == 2
     assert "local adapter folder" in capsys.readouterr().err
+    assert main(["--adapter", str(adapter), "--text", "hi", "--task", "nope", "--out", str(out)]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err

@@ -217,7 +217,8 @@ def attribute(
                 embeds, baselines=reference, target=t, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size
             )
             # Sum in float64 so the completeness check measures the integral, not the summation.
-            columns.append(attributions[0].double().sum(dim=-1))
+            # Detached: with a trainable base (mode "full") Captum's result stays in the graph.
+            columns.append(attributions[0].detach().double().sum(dim=-1))
         scores = torch.stack(columns, dim=1).cpu()
 
     deltas = scores.sum(dim=0) - (log_probs - baseline_log_probs).cpu()

@@ -17,9 +17,6 @@ from pathlib import Path
 from .attribution import BASELINES, attribute
 from .heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
 
-_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "spiece.model")
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``attribute`` subcommand on an ``argparse`` subparsers object.
 
@@ -45,18 +42,19 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("model")
     source.add_argument("--adapter", required=True, help="Adapter folder saved by save_pretrained, or a Hub repo id.")
     source.add_argument("--revision", default=None, help="Hub revision of the adapter.")
-    source.add_argument("--base", default=None, help="Base model folder or Hub id (default: the one named in the adapter config).")
-    source.add_argument("--tokenizer", default=None, help="Tokenizer folder or Hub id (default: the adapter folder if it has one, else the base).")
+    base = source.add_mutually_exclusive_group()
+    base.add_argument("--base", default=None, help="Base model folder or Hub id (default: the one named in the adapter config).")
+    base.add_argument("--model-preset", default=None, help="Random offline base: tiny, flan-t5-small, flan-t5-base.")
+    source.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
     inputs = parser.add_argument_group("input and output text")
     inputs.add_argument("--text", required=True, help="Input text to explain.")
-    inputs.add_argument("--task", default=None, help="Task name (samsum, wikisql, sst2, ...): its input formatting and generation settings.")
+    inputs.add_argument("--task", default=None, help="Task whose input formatting and generation settings to use (default: the adapter's, if any).")
     inputs.add_argument("--target", default=None, help="Explain this output text instead of the greedy generation.")
     inputs.add_argument("--max-new-tokens", type=int, default=None, help="Generation length limit (default: the task's, else 32).")
     ig = parser.add_argument_group("integrated gradients")
     ig.add_argument("--n-steps", type=int, default=50, help="Integration steps (Gauss-Legendre).")
     ig.add_argument("--baseline", choices=BASELINES, default="pad", help="Baseline embedding for every row, soft prompt included.")
     ig.add_argument("--internal-batch-size", type=int, default=None, help="Interpolation steps per forward pass (lower to save memory).")
-    ig.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cuda when available, else cpu).")
     plot = parser.add_argument_group("heatmap")
     plot.add_argument("--out", default="attribution", help="Output folder for attribution.json and heatmap.png.")
     plot.add_argument("--aggregate-prompt", action="store_true", help="Show the soft prompt as one summed row.")
@@ -68,29 +66,28 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
-    import torch
-
-    from .model import HybridModel, load_base_model
+    from .hub_access import HubUnreachableError
+    from .inference import input_texts, load_for_inference
 
     adapter_dir = Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
         print(f"error: --add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; download it or save it first.", file=sys.stderr)
         return 2
-    base = load_base_model(args.base) if args.base else None
-    model = HybridModel.from_pretrained(args.adapter, base_model=base, revision=args.revision)
-    tokenizer = _load_tokenizer(args, model)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    try:
+        model, tokenizer = load_for_inference(args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device)
+    except HubUnreachableError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
     text, generation_kwargs = args.text, {}
-    if args.task:
+    task_name = args.task or model.hybrid_config.task
+    if task_name:
         from .tasks import get_task
 
-        task = get_task(args.task)
-        text = task.format_input({"source": text}, use_task_tags=model.hybrid_config.trains_base)
+        task = get_task(task_name)
+        text = input_texts(task, [{"source": text}], model.hybrid_config.mode)[0]
         generation_kwargs = dict(task.generation_kwargs)
-    max_new_tokens = args.max_new_tokens or generation_kwargs.pop("max_new_tokens", 32)
-    generation_kwargs.pop("max_new_tokens", None)
+    default_max_new_tokens = generation_kwargs.pop("max_new_tokens", 32)
 
     result = attribute(
         model,
@@ -100,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         n_steps=args.n_steps,
         baseline=args.baseline,
         internal_batch_size=args.internal_batch_size,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=args.max_new_tokens or default_max_new_tokens,
         generation_kwargs=generation_kwargs,
         progress=False if args.no_progress else None,
     )
@@ -121,24 +118,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_tokenizer(args: argparse.Namespace, model):
-    from transformers import AutoTokenizer
-
-    name = args.tokenizer
-    if name is None:
-        adapter_dir = Path(args.adapter)
-        has_own = adapter_dir.is_dir() and any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES)
-        name = str(adapter_dir) if has_own else args.base or model.hybrid_config.base_model_name_or_path
-    if not name:
-        raise ValueError("No tokenizer found: the adapter folder has none and names no base model; pass --tokenizer.")
-    return AutoTokenizer.from_pretrained(name, revision=args.revision if name == args.adapter else None)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m peft_hybrid.cli_attribute``: the ``attribute`` subcommand on its own."""
     parser = argparse.ArgumentParser(prog="python -m peft_hybrid.cli_attribute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:  # bad input: the message says what to fix
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

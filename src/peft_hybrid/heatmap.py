@@ -110,7 +110,7 @@ def plot_heatmap(
         ax.axhline(n_prompt - start - 0.5, color="black", linewidth=0.8)
     if annotate or (annotate is None and values.size <= _ANNOTATE_CELLS):
         for (i, j), value in _cells(values):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if abs(value) > 0.6 * limit else "black")
+            ax.text(j, i, f"{value:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=6, color="white" if abs(value) > 0.6 * limit else "black")
     bar = fig.colorbar(image, ax=ax, shrink=0.8)
     bar.set_label("attribution / column max" if normalize == "column" else "attribution to log p(token)")
     heading = title if title is not None else f"in: {_shorten(result.text)}\nout: {_shorten(result.output_text)}"
