@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from .serialization import (
 )
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
+if TYPE_CHECKING:
+    from .card import CardData
+
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
 
 
@@ -180,10 +183,11 @@ class HybridModel(nn.Module):
         return self
 
     # --- save / load ----------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | Path, card: str | None = None) -> Path:
+    def save_pretrained(self, save_directory: str | Path, card: "str | CardData | None" = None) -> Path:
         """Save the adapter (never base weights, except mode ``full``) in safetensors.
 
-        Writes ``hybrid_config.json``, ``adapter_model.safetensors`` and a ``README.md`` card.
+        Writes ``hybrid_config.json``, ``adapter_model.safetensors`` and a ``README.md`` card
+        (``card``: a `peft_hybrid.card.CardData` or ready Markdown; default the model's own data).
         """
         if self.merged:
             raise ValueError("This model's LoRA was merged into the base; save the adapter before merge_and_unload().")
@@ -191,10 +195,37 @@ class HybridModel(nn.Module):
         if self.hybrid_config.trains_base:
             self.base_model.save_pretrained(directory, safe_serialization=True)
         save_adapter(directory, self.hybrid_config, self.adapter_tensors())
-        from .card import render_card_stub
+        from .card import CardData, write_card
 
-        (directory / "README.md").write_text(card if card is not None else render_card_stub(self), encoding="utf-8")
+        write_card(directory, card if card is not None else CardData.from_model(self))
         return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        card: "str | CardData | None" = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Save the adapter and its card and upload them to the Hub repo ``repo_id``.
+
+        The repo is created when missing (``private`` applies then); ``token`` defaults to
+        HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.HubError` subclasses; see
+        `peft_hybrid.hub.push_model` for the retry settings passed through ``kwargs``.
+
+        Example:
+            >>> model.push_to_hub("me/flan-t5-samsum-hybrid", private=True)  # doctest: +SKIP
+        """
+        from .hub import push_model
+
+        return push_model(
+            self, repo_id, private=private, token=token, revision=revision, commit_message=commit_message, card=card,
+            **kwargs,
+        )  # fmt: skip
 
     def export_peft(self, directory: str | Path) -> dict[str, Path]:
         """Write the parts as vanilla PEFT adapters: ``directory/lora`` and ``directory/prompt``.
@@ -335,7 +366,9 @@ def resolve_folder(
     if path.is_dir():
         return path
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from .hub import load_error
 
     repo_id = str(path_or_repo_id)
     try:
@@ -349,15 +382,5 @@ def resolve_folder(
                 allow_patterns=_HUB_PATTERNS,
             )
         )
-    except LocalEntryNotFoundError:
-        raise AdapterLoadError(
-            f"{repo_id!r} is not a local folder and is not in the Hub cache, and the Hub cannot be reached "
-            "(offline, or HF_HUB_OFFLINE=1). Pass a folder saved by save_pretrained, or connect and retry."
-        ) from None
-    except RepositoryNotFoundError:
-        raise AdapterLoadError(
-            f"{repo_id!r} is neither a local folder nor a Hub repository you can read (it does not exist, it is "
-            "private, or the token is wrong). Check the id and pass token=... for private repos."
-        ) from None
-    except HfHubHTTPError as err:
-        raise AdapterLoadError(f"Could not download {repo_id!r} from the Hub: {err}") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError) as err:
+        raise load_error(err, repo_id, token, local_files_only=local_files_only) from None
