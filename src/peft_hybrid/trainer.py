@@ -1,0 +1,410 @@
+"""`HybridTrainingArguments` and `HybridTrainer`: the paper's training recipe on the Hugging Face Trainer.
+
+Checkpoints hold the adapter only (``adapter_model.safetensors`` + ``hybrid_config.json``, as
+`HybridModel.save_pretrained` writes them; base weights only in mode ``full``) beside the
+Trainer's own optimizer/scheduler/RNG/state files, and ``resume_from_checkpoint`` restores the
+LoRA weights and the soft prompt and continues exactly where the run stopped. With a task,
+evaluation generates (``predict_with_generate``), scores with the task's metric and writes the
+predictions and metrics of every evaluation into ``output_dir``.
+
+Example:
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.trainer import HybridTrainer, HybridTrainingArguments
+    >>> from peft_hybrid.testing import t5_from_preset
+    >>> base, tokenizer = t5_from_preset("tiny")
+    >>> model = HybridModel(base, HybridConfig(mode="hybrid"), tokenizer=tokenizer)
+    >>> args = HybridTrainingArguments(output_dir="runs/sst2", task="sst2", use_cpu=True)
+    >>> args.metric_for_best_model, args.learning_rate
+    ('accuracy', 0.001)
+    >>> trainer = HybridTrainer(model, args, train_dataset=train, eval_dataset=validation,
+    ...                         processing_class=tokenizer)  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import SequentialSampler
+from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from .callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, decoded_rows
+from .card import BASE_TAGS, PAPER
+from .config import CONFIG_NAME
+from .model import HybridModel
+from .serialization import AdapterLoadError, load_adapter
+from .tasks import Task, get_task
+
+logger = logging.getLogger(__name__)
+
+def _bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class HybridTrainingArguments(Seq2SeqTrainingArguments):
+    """Training arguments with the paper's recipe as defaults.
+
+    Defaults that differ from ``Seq2SeqTrainingArguments``: ``bf16`` (``None`` = on where CUDA
+    supports bf16, else fp32 with a logged notice), ``per_device_train_batch_size=16``,
+    ``per_device_eval_batch_size=16``, ``learning_rate=1e-3``, ``weight_decay=1e-3``,
+    ``optim="adamw_torch"``, ``lr_scheduler_type="cosine"``, ``warmup_steps=500``,
+    ``num_train_epochs=20``, ``eval_strategy="epoch"``, ``save_strategy="epoch"``,
+    ``save_total_limit=2``, ``load_best_model_at_end=True``, ``predict_with_generate=True``,
+    ``train_sampling_strategy="group_by_length"`` (transformers 5's name for
+    ``group_by_length=True``: batches of similar length instead of padding everything to 512),
+    ``average_tokens_across_devices=False`` and ``ddp_find_unused_parameters=False``.
+    ``metric_for_best_model``/``greater_is_better`` left ``None`` come from ``task``.
+
+    Added fields: ``task``, ``max_source_length``, ``max_target_length``, ``write_predictions``,
+    ``early_stopping_patience``, ``early_stopping_threshold``.
+
+    Example:
+        >>> args = HybridTrainingArguments(output_dir="out", task="samsum", use_cpu=True)
+        >>> args.metric_for_best_model, args.greater_is_better, args.lr_scheduler_type.value
+        ('rougeL', True, 'cosine')
+    """
+
+    # Optimisation (the paper's AdamW / cosine / warm-up settings)
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (paper: 1e-3)."})
+    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (paper: 1e-3)."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (paper: AdamW, betas 0.9/0.999, eps 1e-8)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (paper: cosine)."})
+    warmup_steps: float = field(default=500, metadata={"help": "Linear warm-up steps (paper: 500)."})
+    num_train_epochs: float = field(default=20.0, metadata={"help": "Maximum epochs (paper: 20, with early stopping)."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch per device (paper: 16)."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Evaluation batch per device (paper: 16)."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision; None = on where CUDA supports bf16 (the paper's setting), else fp32."},
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "Batch similar lengths together (dynamic padding) instead of padding to a fixed length."},
+    )
+    # Evaluation, checkpoints and model selection
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps', 'epoch', 'best'."})
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "Checkpoints kept (the best one is always kept besides the latest)."}
+    )
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Restore the best adapter after training."})
+    predict_with_generate: bool = field(default=True, metadata={"help": "Evaluate on generated text with the task metric."})
+    early_stopping_patience: int | None = field(
+        default=3,
+        metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model; None or 0 disables."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Smallest change of metric_for_best_model that counts as an improvement."}
+    )
+    # Distributed: T5's forward takes **kwargs, so averaging tokens across devices would scale the loss.
+    average_tokens_across_devices: bool = field(
+        default=False, metadata={"help": "Average the token count across devices for the loss (off: see docs)."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable parameter is used in each step, so no search is needed."}
+    )
+    # Task and data
+    task: str | None = field(default=None, metadata={"help": "Registered task name (samsum, wikisql, sst2, ...)."})
+    max_source_length: int = field(default=512, metadata={"help": "Maximum input tokens (longer inputs are truncated)."})
+    max_target_length: int = field(
+        default=128, metadata={"help": "Maximum target tokens; also the generation cap when the task sets none."}
+    )
+    write_predictions: bool = field(
+        default=True, metadata={"help": "Write predictions and metrics of each evaluation into output_dir."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = _bf16_available() and not self.use_cpu
+            if not self.bf16:
+                logger.warning("bf16 is not available here (it needs a CUDA GPU with bf16 support): training in fp32.")
+        # Remember what the user left unset: the task fills it (here or in HybridTrainer).
+        self._metric_from_task = self.metric_for_best_model is None
+        # The task's direction belongs to the task's metric; a user's metric gets the parent's rule.
+        self._direction_from_task = self.greater_is_better is None and self._metric_from_task
+        if self.task is not None:
+            self.apply_task_defaults(get_task(self.task))
+        if self.early_stopping_patience:
+            if self.early_stopping_patience < 0:
+                raise ValueError(f"early_stopping_patience={self.early_stopping_patience}: pass a positive count, or None/0 to disable.")
+            if not self.load_best_model_at_end or self.eval_strategy == "no":
+                raise ValueError(
+                    "early_stopping_patience needs load_best_model_at_end=True and an eval_strategy other than 'no'; "
+                    "set them, or pass early_stopping_patience=None to train without early stopping."
+                )
+        if self.max_source_length <= 0 or self.max_target_length <= 0:
+            raise ValueError("max_source_length and max_target_length must be positive token counts.")
+        super().__post_init__()
+
+    def apply_task_defaults(self, task: Task) -> None:
+        """Take ``metric_for_best_model``/``greater_is_better`` from ``task`` where the user left them unset."""
+        if getattr(self, "_metric_from_task", False) and task.metric_for_best_model:
+            self.metric_for_best_model = task.metric_for_best_model
+        if getattr(self, "_direction_from_task", False) and task.metric_for_best_model:
+            self.greater_is_better = task.greater_is_better
+
+
+class HybridTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` for a `HybridModel`: adapter-only checkpoints, exact resume, task metrics.
+
+    Args:
+        model: the `HybridModel` to train (anything else raises TypeError).
+        args: `HybridTrainingArguments` (plain ``Seq2SeqTrainingArguments`` work too).
+        processing_class: the tokenizer (decodes generated predictions; saved with checkpoints).
+        task: a `Task` or a registered task name; defaults to ``args.task``. Without a task the
+            evaluation reports the loss only.
+        eval_examples: the evaluation rows as the task reads them (``source``, ``target`` and any
+            raw fields), in ``eval_dataset`` order; not needed when ``eval_dataset`` keeps those
+            columns beside its token columns.
+        Everything else as ``Seq2SeqTrainer``.
+
+    A model of mode ``none`` has nothing to train: `train` raises ValueError, while `evaluate`
+    and `predict` give the untouched base model's scores (the ablation's baseline row).
+
+    Example: see the module docstring.
+    """
+
+    _tag_names = list(BASE_TAGS)
+    _name = "Hybrid LoRA + prompt tuning"
+    _paper = PAPER
+
+    def __init__(
+        self,
+        model: HybridModel,
+        args: Seq2SeqTrainingArguments | None = None,
+        *,
+        task: Task | str | None = None,
+        eval_examples: Any = None,
+        callbacks: list | None = None,
+        compute_metrics: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(model, HybridModel):
+            raise TypeError(
+                f"HybridTrainer trains a peft_hybrid.HybridModel, got {type(model).__name__}; wrap the base first: "
+                "HybridModel(base_model, HybridConfig(mode=...), tokenizer=tokenizer)."
+            )
+        args = args if args is not None else HybridTrainingArguments(output_dir="trainer_output")
+        task_name = getattr(args, "task", None)
+        if isinstance(task, str):
+            task = get_task(task)
+        elif task is None and task_name is not None:
+            task = get_task(task_name)
+        if task is not None and task_name is not None and task.name != task_name:
+            raise ValueError(f"task={task.name!r} but args.task={task_name!r}; pass one task, or the same in both.")
+        if task is not None and isinstance(args, HybridTrainingArguments):
+            args.apply_task_defaults(task)
+        self.task = task
+        self.eval_examples = eval_examples
+        if task is not None and model.hybrid_config.task is None:
+            model.hybrid_config.task = task.name
+        callbacks = list(callbacks or [])
+        patience = getattr(args, "early_stopping_patience", None)
+        if patience:
+            callbacks.append(EarlyStoppingCallback(patience, getattr(args, "early_stopping_threshold", 0.0)))
+        self._summary = TrainingSummaryCallback(task=task.name if task is not None else None)
+        callbacks.append(self._summary)
+        self._writer = EvalOutputWriter() if getattr(args, "write_predictions", True) else None
+        if self._writer is not None:
+            callbacks.append(self._writer)
+        if compute_metrics is None and task is not None and args.predict_with_generate:
+            compute_metrics = self._task_metrics
+        self._metric_examples: Any = None
+        self._metric_prefix = "eval"
+        super().__init__(model=model, args=args, callbacks=callbacks, compute_metrics=compute_metrics, **kwargs)
+
+    # --- public additions -------------------------------------------------------------------
+    @property
+    def training_summary(self):
+        """The `TrainingSummary` collected so far (also in ``output_dir/training_summary.json``)."""
+        return self._summary.summary
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """``Trainer.train``; refuses a model with no trainable parameters (mode ``none``)."""
+        if self.model.num_parameters(trainable_only=True) == 0:
+            raise ValueError(
+                f"The model (mode {self.model.hybrid_config.mode!r}) has no trainable parameters: there is nothing to "
+                "train. Use trainer.evaluate()/predict() for the base model's scores, or pick mode 'prompt', 'lora', "
+                "'hybrid' or 'full'."
+            )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **gen_kwargs):
+        """``Seq2SeqTrainer.evaluate`` with the task's generation settings as defaults."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, str):  # Trainer passes the name when it loops over a dict of datasets
+            dataset = self.eval_dataset[dataset]
+        if not isinstance(dataset, dict):
+            self._metric_examples = self._examples_for(dataset, given=eval_dataset is not None)
+            self._metric_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **self._generation_kwargs(gen_kwargs))
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test", **gen_kwargs):
+        """``Seq2SeqTrainer.predict`` with the task's generation settings as defaults.
+
+        Metrics need ``test_dataset`` to keep the task's columns (``source``, ``target``, ...).
+        """
+        self._metric_examples = self._examples_for(test_dataset, given=True)
+        self._metric_prefix = metric_key_prefix
+        return super().predict(test_dataset, ignore_keys, metric_key_prefix, **self._generation_kwargs(gen_kwargs))
+
+    # --- metrics ----------------------------------------------------------------------------
+    def _generation_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
+        defaults = dict(self.task.generation_kwargs) if self.task is not None else {}
+        if not defaults and self.args.generation_max_length is None:
+            defaults["max_new_tokens"] = getattr(self.args, "max_target_length", 128)
+        if "max_length" in given or "max_new_tokens" in given:  # one cap, the caller's
+            defaults.pop("max_length", None)
+            defaults.pop("max_new_tokens", None)
+        return {**defaults, **given}
+
+    def _examples_for(self, dataset: Any, given: bool) -> Any:
+        if dataset is None or self.task is None:
+            return None
+        if hasattr(dataset, "column_names") and "target" in dataset.column_names:
+            return dataset
+        if not given and self.eval_examples is not None:
+            if len(self.eval_examples) != len(dataset):
+                raise ValueError(
+                    f"eval_examples has {len(self.eval_examples)} rows but eval_dataset has {len(dataset)}; pass the "
+                    "task rows eval_dataset was tokenized from, in the same order."
+                )
+            return self.eval_examples
+        raise ValueError(
+            f"Task {self.task.name!r} scores generated text against the task rows, but this dataset has only "
+            f"columns {getattr(dataset, 'column_names', '?')}. Keep 'source'/'target' (and the task's raw fields) "
+            "beside the token columns, or pass eval_examples=<the task rows> to HybridTrainer."
+        )
+
+    def _task_metrics(self, prediction) -> dict[str, float]:
+        examples = self._metric_examples
+        if examples is None:
+            raise ValueError("No task rows to score against; see HybridTrainer's eval_examples argument.")
+        texts = self._decode(prediction.predictions)
+        # Distributed evaluation pads the last batches with repeats of the first examples.
+        texts = texts[: len(examples)]
+        metrics = self.task.compute_metrics(texts, examples)
+        if self._writer is not None:
+            rows = list(examples)
+            self._writer.pending = EvalRecord(
+                self._metric_prefix, decoded_rows([r["source"] for r in rows], [r["target"] for r in rows], texts)
+            )
+        return metrics
+
+    def _decode(self, token_ids: Any) -> list[str]:
+        if isinstance(token_ids, tuple):
+            token_ids = token_ids[0]
+        tokenizer = self.processing_class
+        if tokenizer is None:
+            raise ValueError("HybridTrainer needs processing_class=<the tokenizer> to decode generated predictions.")
+        token_ids = np.where(np.asarray(token_ids) < 0, tokenizer.pad_token_id, token_ids)
+        texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return [t.strip() for t in texts]
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        # Trainer's 6 * tokens * parameters estimate, over the base's non-embedding weights (the
+        # adapter adds well under 1%); HybridModel.num_parameters has no exclude_embeddings.
+        ids = inputs.get("input_ids")
+        return 0 if ids is None else 6 * ids.numel() * self.model.base_model.num_parameters(exclude_embeddings=True)
+
+    # --- sampling ---------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return _EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers shuffles evaluation by length under group_by_length; predictions must stay in
+        # dataset order to be paired with their references.
+        sampler = super()._get_eval_sampler(eval_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+        return sampler
+
+    # --- checkpoints: adapter weights only ----------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        # JSON instead of Trainer's pickled training_args.bin: readable, and nothing to unpickle.
+        (Path(output_dir) / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        self._restore_adapter(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info(f"Loading the best adapter from {self.state.best_model_checkpoint} (score {self.state.best_metric}).")
+        self._restore_adapter(self.state.best_model_checkpoint)
+
+    def _restore_adapter(self, folder: str) -> None:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        folder_path = Path(folder)
+        if not (folder_path / CONFIG_NAME).is_file():
+            raise AdapterLoadError(
+                f"{folder} holds no {CONFIG_NAME}: it is not a HybridTrainer checkpoint. Pass a checkpoint-<step> "
+                "folder written by HybridTrainer (or resume_from_checkpoint=True for the latest one)."
+            )
+        config, tensors = load_adapter(folder_path)
+        if config.mode != model.hybrid_config.mode:
+            raise AdapterLoadError(
+                f"{folder} was saved by a mode {config.mode!r} model but this trainer's model is mode "
+                f"{model.hybrid_config.mode!r}; resume with a model built from the same HybridConfig."
+            )
+        if model.hybrid_config.trains_base:
+            _load_base_weights(model.base_model, folder_path)
+        model.load_adapter_tensors(tensors, source=str(folder_path))
+
+
+class _EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from ``seed + epoch`` rather than the global RNG.
+
+    transformers' sampler draws from the global RNG when the epoch starts, and a run resumed in
+    the middle of an epoch restores that RNG only after the epoch's order was drawn: the resumed
+    run would see other batches than the uninterrupted one.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def _load_base_weights(base_model: torch.nn.Module, folder: Path) -> None:
+    """Load a mode-``full`` checkpoint's base weights (safetensors, possibly sharded) in place."""
+    from safetensors.torch import load_file
+    from transformers.trainer_utils import load_sharded_checkpoint
+
+    single = folder / "model.safetensors"
+    if (folder / "model.safetensors.index.json").is_file():
+        load_sharded_checkpoint(base_model, str(folder), strict=False, prefer_safe=True)
+        return
+    if not single.is_file():
+        raise AdapterLoadError(f"{single} is missing: a mode 'full' checkpoint holds the base weights there.")
+    state_dict = load_file(str(single), device="cpu")
+    result = base_model.load_state_dict(state_dict, strict=False)
+    # save_pretrained drops tied copies (lm_head = shared embedding); anything else missing is an error.
+    tied = set(getattr(base_model, "_tied_weights_keys", None) or {})
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise AdapterLoadError(
+            f"{single} does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}."
+        )
