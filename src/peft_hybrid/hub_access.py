@@ -6,19 +6,16 @@ under ``HF_HUB_OFFLINE=1`` (where only files already in the local cache can be u
 otherwise probes the Hub endpoint with a short timeout, raising `HubUnreachableError` whose
 message says how to run offline.
 
-Example:
-    >>> import os
-    >>> os.environ["HF_HUB_OFFLINE"] = "1"
+Example (under ``HF_HUB_OFFLINE=1``, without the model in the cache):
     >>> try:
     ...     require_hub("model 'google/flan-t5-base'", "google/flan-t5-base")
     ... except HubUnreachableError as err:
-    ...     print("offline" in str(err))
+    ...     print("--model_preset tiny" in str(err))
     True
 """
 from __future__ import annotations
 
 import functools
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,19 +33,16 @@ class HubUnreachableError(ConnectionError):
 
 
 def hub_endpoint() -> str:
-    """The Hub endpoint huggingface_hub talks to (``HF_ENDPOINT`` or the default)."""
+    """The Hub endpoint huggingface_hub talks to (``HF_ENDPOINT`` as read when it was imported)."""
     from huggingface_hub import constants
 
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    return constants.ENDPOINT.rstrip("/")
 
 
 def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or the older ``TRANSFORMERS_OFFLINE``) switches the Hub off."""
+    """True when huggingface_hub is in offline mode (``HF_HUB_OFFLINE=1`` when it was imported)."""
     from huggingface_hub import constants
 
-    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
-    if any(flag is not None for flag in flags):
-        return any((flag or "").strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
     return bool(constants.HF_HUB_OFFLINE)
 
 

@@ -73,6 +73,11 @@ def load_for_inference(
     The tokenizer saved beside the adapter (training runs save it) wins over the base's.
     """
     if not Path(adapter).is_dir():
+        if _looks_like_path(str(adapter)):
+            raise FileNotFoundError(
+                f"adapter {str(adapter)!r}: no such folder. Pass the output_dir of a training run (or a folder written "
+                "by save_pretrained), or a Hub repo id (owner/name)."
+            )
         require_hub(f"adapter {str(adapter)!r}", str(adapter), revision=revision)
     folder = resolve_folder(adapter, revision=revision, token=token)
     config = HybridConfig.load(folder)
@@ -90,6 +95,12 @@ def load_for_inference(
         raise ValueError(f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for strings that cannot be Hub repo ids (``name`` or ``owner/name``) but are paths."""
+    path = Path(name)
+    return path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or path.exists()
 
 
 @torch.inference_mode()
@@ -126,3 +137,43 @@ def generate_texts(
         bar.update(len(batch))
     bar.close()
     return outputs
+
+
+def input_texts(task: Any, rows: Any, mode: str, *, use_task_tags: bool | None = None, task_prefix: str | None = None) -> list[str]:
+    """The model inputs of task ``rows``: the task tag only for mode ``full`` unless told otherwise.
+
+    The same rule as training (`peft_hybrid.recipe`), so an adapter is evaluated on what it saw.
+    """
+    tags = (mode == "full") if use_task_tags is None else use_task_tags
+    return [task.format_input(row, tags, task_prefix) for row in rows]
+
+
+def evaluate_rows(
+    model: HybridModel,
+    tokenizer: Any,
+    task: Any,
+    rows: Any,
+    *,
+    batch_size: int = 16,
+    max_source_length: int = 512,
+    use_task_tags: bool | None = None,
+    task_prefix: str | None = None,
+    progress: bool = True,
+    **generation_overrides: Any,
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Generate for task ``rows`` with the task's generation settings and score them.
+
+    Returns ``(metrics, predictions)``: the task's metrics and one ``{"source", "reference",
+    "prediction"}`` row per example, in order.
+    """
+    from .callbacks import decoded_rows
+
+    rows = list(rows)
+    texts = input_texts(task, rows, model.hybrid_config.mode, use_task_tags=use_task_tags, task_prefix=task_prefix)
+    generation = {**task.generation_kwargs, **{k: v for k, v in generation_overrides.items() if v is not None}}
+    predictions = generate_texts(
+        model, tokenizer, texts, batch_size=batch_size, max_source_length=max_source_length, progress=progress,
+        desc=f"{task.name}: generating", **generation,
+    )
+    metrics = task.compute_metrics(predictions, rows)
+    return metrics, decoded_rows([r["source"] for r in rows], [r["target"] for r in rows], predictions)

@@ -120,7 +120,7 @@ def _adapter_arguments() -> type:
 AdapterArguments = _adapter_arguments()
 
 
-def make_parser(task: str | None = None):
+def make_parser(task: str | None = None, prog: str | None = None):
     """The recipes' `HfArgumentParser` over (ScriptArguments, AdapterArguments, HybridTrainingArguments).
 
     With ``task`` (what ``recipes/<task>.py`` passes) ``--task`` defaults to it and another
@@ -132,21 +132,23 @@ def make_parser(task: str | None = None):
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser((ScriptArguments, AdapterArguments, HybridTrainingArguments))
+    parser = HfArgumentParser((ScriptArguments, AdapterArguments, HybridTrainingArguments), prog=prog)
     parser.add_argument("--config", default=None, help="YAML file of argument defaults; the command line overrides it.")
     if task is not None:
         parser.set_defaults(task=task)
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None, task: str | None = None) -> tuple[ScriptArguments, HybridConfig, HybridTrainingArguments]:
+def parse_args(
+    argv: Sequence[str] | None = None, task: str | None = None, prog: str | None = None
+) -> tuple[ScriptArguments, HybridConfig, HybridTrainingArguments]:
     """Parse ``argv`` (YAML ``--config`` defaults, command line wins) into the recipe's three objects.
 
     Raises ValueError naming the file and key for invalid YAML or unknown keys, and for
     inconsistent arguments (e.g. ``--mode lora --r 0``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser(task)
+    parser = make_parser(task, prog=prog)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -334,15 +336,15 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
-def run(argv: Sequence[str] | None = None, task: str | None = None) -> int:
+def run(argv: Sequence[str] | None = None, task: str | None = None, prog: str | None = None) -> int:
     """Parse ``argv``, run `main`, and turn failures into one-line messages and exit codes.
 
     Exit codes: 0 done, 1 the Hub was needed but cannot be used, 2 bad arguments or input.
     This is what ``recipes/<task>.py`` and ``peft-hybrid train`` run.
     """
-    prog = f"recipes/{task}.py" if task else "peft-hybrid train"
+    prog = prog or (f"recipes/{task}.py" if task else "recipe")
     try:
-        script_args, hybrid_config, training_args = parse_args(argv, task=task)
+        script_args, hybrid_config, training_args = parse_args(argv, task=task, prog=prog)
         summary = main(script_args, hybrid_config, training_args)
     except HubUnreachableError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)

@@ -1,0 +1,113 @@
+"""``peft-hybrid evaluate``: score a saved adapter on a task split; metrics JSON + predictions JSONL.
+
+Generation uses the task's settings (greedy, its ``max_new_tokens``), in batches, with a
+progress bar. The input text is built as in training: the task tag only for mode ``full``.
+
+Example::
+
+    peft-hybrid evaluate --adapter runs/sst2 --task sst2 --split validation \\
+        --data_file dev.tsv --out runs/sst2/eval
+    # -> runs/sst2/eval/metrics.json, runs/sst2/eval/predictions.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+METRICS_NAME = "metrics.json"
+PREDICTIONS_NAME = "predictions.jsonl"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate an adapter on a split: metrics JSON + predictions",
+        description="Generate for every example of a task split with a saved adapter and score it with the task's metric.",
+    )
+    parser.add_argument("--adapter", required=True, help="adapter folder (a training run's output_dir) or Hub repo id")
+    parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub")
+    parser.add_argument("--task", default=None, help="task name; default: the task the adapter was trained for")
+    parser.add_argument("--split", default="validation", choices=("train", "validation", "test"), help="split to score (default: validation)")
+    data = parser.add_argument_group("data (default: the task's Hub dataset)")
+    data.add_argument("--data_file", "--data-file", default=None, help="local file of the split in the benchmark's original format")
+    data.add_argument("--tables_file", "--tables-file", default=None, help="WikiSQL: the *.tables.jsonl for --data_file")
+    data.add_argument("--dataset_id", "--dataset-id", default=None, help="Hub dataset id overriding the task's")
+    data.add_argument("--dataset_revision", "--dataset-revision", default=None, help="revision of the Hub dataset")
+    data.add_argument("--max_eval_samples", "--max-eval-samples", type=int, default=None, help="score only the first N examples")
+    _add_model_arguments(parser)
+    parser.add_argument("--out", required=True, help=f"output folder for {METRICS_NAME} and {PREDICTIONS_NAME}")
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Base override, batching and generation options shared with ``peft-hybrid predict``."""
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument("--base", default=None, help="base model id or folder (default: the one in the adapter config)")
+    base.add_argument("--model_preset", "--model-preset", default=None, help="random offline base: tiny, flan-t5-small, flan-t5-base")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)")
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=None, help="generation cap (default: the task's)")
+    parser.add_argument("--max_source_length", "--max-source-length", type=int, default=512, help="input tokens kept (default 512)")
+    tags = parser.add_mutually_exclusive_group()
+    tags.add_argument("--use_task_tags", "--use-task-tags", action="store_true", default=None, help="prepend the task tag (default: only for mode full)")
+    tags.add_argument("--task_prefix", "--task-prefix", default=None, help="explicit input prefix instead of the task tag")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"--{name} {value}: pass a positive number.")
+
+
+def resolve_task(name: str | None, model) -> object:
+    """The task named on the command line, else the one recorded in the adapter config."""
+    from peft_hybrid.tasks import get_task
+
+    name = name or model.hybrid_config.task
+    if not name:
+        raise ValueError("the adapter config records no task: pass --task (e.g. samsum, wikisql, sst2).")
+    return get_task(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from peft_hybrid.hub_access import HubUnreachableError, require_hub
+    from peft_hybrid.inference import evaluate_rows, load_for_inference
+    from peft_hybrid.serialization import atomic_write_bytes
+
+    for name in ("batch_size", "max_new_tokens", "max_source_length", "max_eval_samples"):
+        _positive(name, getattr(args, name))
+    try:
+        model, tokenizer = load_for_inference(args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device)
+        task = resolve_task(args.task, model)
+        if args.data_file is None:
+            repo = args.dataset_id or task.hub_dataset.id
+            require_hub(f"the {task.name} dataset {repo!r}", repo, repo_type="dataset", revision=args.dataset_revision)
+        rows = task.load(args.split, data_file=args.data_file, tables_file=args.tables_file, dataset_id=args.dataset_id, revision=args.dataset_revision)
+    except HubUnreachableError as err:
+        print(f"peft-hybrid evaluate: error: {err}", file=sys.stderr)
+        return 1
+    if args.max_eval_samples is not None and args.max_eval_samples < len(rows):
+        rows = rows.select(range(args.max_eval_samples))
+    metrics, predictions = evaluate_rows(
+        model, tokenizer, task, rows, batch_size=args.batch_size, max_source_length=args.max_source_length,
+        use_task_tags=args.use_task_tags, task_prefix=args.task_prefix, progress=not args.no_progress,
+        max_new_tokens=args.max_new_tokens,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "adapter": str(args.adapter),
+        "task": task.name,
+        "split": args.split,
+        "data_file": args.data_file,
+        "examples": len(predictions),
+        "mode": model.hybrid_config.mode,
+        "metrics": metrics,
+    }
+    atomic_write_bytes(out / METRICS_NAME, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions)
+    atomic_write_bytes(out / PREDICTIONS_NAME, lines.encode("utf-8"))
+    print(json.dumps({"task": task.name, "split": args.split, "examples": len(predictions), **metrics}, sort_keys=True))
+    return 0
