@@ -13,6 +13,8 @@ from .config import MODES, HybridConfig  # noqa: E402
 from .model import HybridModel  # noqa: E402
 from .serialization import AdapterLoadError  # noqa: E402
 from .tasks import DataError, Task, get_task, list_tasks, register_task  # noqa: E402
+from .trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
+from .callbacks import TrainingSummary  # noqa: E402
 
 __all__ = [
     "MODES",
@@ -20,7 +22,10 @@ __all__ = [
     "DataError",
     "HybridConfig",
     "HybridModel",
+    "HybridTrainer",
+    "HybridTrainingArguments",
     "Task",
+    "TrainingSummary",
     "__version__",
     "get_task",
     "list_tasks",
