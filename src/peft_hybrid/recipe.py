@@ -201,7 +201,7 @@ def main(script_args: ScriptArguments, hybrid_config: HybridConfig, training_arg
     Mode ``none`` trains nothing and reports the base model's scores (the ablation's baseline).
 
     Returns:
-        ``{"task", "mode", "output_dir", "adapter_dir", "trainable_params", "total_params",
+        ``{"task", "mode", "output_dir", "adapter_dir", "world_size", "trainable_params", "total_params",
         "data": {split: token statistics}, "train": metrics, "eval": metrics, "test": metrics,
         "best_checkpoint"}`` (``test`` only with test data); also written as ``results.json``.
     """
@@ -228,6 +228,7 @@ def main(script_args: ScriptArguments, hybrid_config: HybridConfig, training_arg
         "task": training_args.task,
         "mode": hybrid_config.mode,
         "output_dir": str(training_args.output_dir),
+        "world_size": training_args.world_size,
         "trainable_params": model.num_parameters(trainable_only=True),
         "total_params": model.num_parameters(),
         "data": data_stats,
