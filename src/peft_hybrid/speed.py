@@ -157,8 +157,9 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
     plain Linears, without LoRA's extra matmuls and dropout calls.
 
     The merge is computed in fp32 and stored in the weight's own dtype. Leaving the block by an
-    exception restores the model too. A model without LoRA (modes ``prompt``/``none``/``full``
-    or after ``merge_and_unload``) is yielded unchanged.
+    exception restores the model too. With `compile_model`, the first merged generation may
+    compile once more (the modules inside the compiled stacks changed). A model without LoRA
+    (modes ``prompt``/``none``/``full`` or after ``merge_and_unload``) is yielded unchanged.
 
     Example:
         >>> import torch
