@@ -80,7 +80,7 @@ def test_each_recipe_script_is_the_package_recipe_with_its_task_fixed():
     for task in ("samsum", "wikisql", "sst2"):
         text = (RECIPES / f"{task}.py").read_text(encoding="utf-8")
         assert f'TASK = "{task}"' in text
-        assert f"accelerate launch" in text and f"recipes/configs/{task}.yaml" in text
+        assert "accelerate launch" in text and f"recipes/configs/{task}.yaml" in text
         assert f"## {task}" in (RECIPES / "README.md").read_text(encoding="utf-8").lower()
 
 

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
+
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.jsonl"
 
@@ -26,8 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="evaluate an adapter on a split: metrics JSON + predictions",
         description="Generate for every example of a task split with a saved adapter and score it with the task's metric.",
     )
-    parser.add_argument("--adapter", required=True, help="adapter folder (a training run's output_dir) or Hub repo id")
-    parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub")
+    add_adapter_arguments(parser)
     parser.add_argument("--task", default=None, help="task name; default: the task the adapter was trained for")
     parser.add_argument("--split", default="validation", choices=("train", "validation", "test"), help="split to score (default: validation)")
     data = parser.add_argument_group("data (default: the task's Hub dataset)")
@@ -36,29 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--dataset_id", "--dataset-id", default=None, help="Hub dataset id overriding the task's")
     data.add_argument("--dataset_revision", "--dataset-revision", default=None, help="revision of the Hub dataset")
     data.add_argument("--max_eval_samples", "--max-eval-samples", type=int, default=None, help="score only the first N examples")
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     parser.add_argument("--out", required=True, help=f"output folder for {METRICS_NAME} and {PREDICTIONS_NAME}")
     return parser
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Base override, batching and generation options shared with ``peft-hybrid predict``."""
-    base = parser.add_mutually_exclusive_group()
-    base.add_argument("--base", default=None, help="base model id or folder (default: the one in the adapter config)")
-    base.add_argument("--model_preset", "--model-preset", default=None, help="random offline base: tiny, flan-t5-small, flan-t5-base")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)")
-    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=None, help="generation cap (default: the task's)")
-    parser.add_argument("--max_source_length", "--max-source-length", type=int, default=512, help="input tokens kept (default 512)")
-    tags = parser.add_mutually_exclusive_group()
-    tags.add_argument("--use_task_tags", "--use-task-tags", action="store_true", default=None, help="prepend the task tag (default: only for mode full)")
-    tags.add_argument("--task_prefix", "--task-prefix", default=None, help="explicit input prefix instead of the task tag")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar on stderr")
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"--{name} {value}: pass a positive number.")
 
 
 def resolve_task(name: str | None, model) -> object:
@@ -77,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_hybrid.serialization import atomic_write_bytes
 
     for name in ("batch_size", "max_new_tokens", "max_source_length", "max_eval_samples"):
-        _positive(name, getattr(args, name))
+        check_positive(name, getattr(args, name))
     try:
         model, tokenizer = load_for_inference(args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device)
         task = resolve_task(args.task, model)

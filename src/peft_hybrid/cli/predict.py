@@ -17,24 +17,23 @@ import json
 import sys
 from pathlib import Path
 
+from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
+
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from peft_hybrid.cli.evaluate import _add_model_arguments
-
     parser = subparsers.add_parser(
         "predict",
         help="batched generation from a file or stdin",
         description="Generate one output per input with a saved adapter (text or JSON Lines in, one line out per input).",
     )
-    parser.add_argument("--adapter", required=True, help="adapter folder (a training run's output_dir) or Hub repo id")
-    parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub")
+    add_adapter_arguments(parser)
     parser.add_argument("--input", default="-", help="input file (.txt: one input per line; .jsonl: objects), or - for stdin (default)")
     parser.add_argument("--field", default=None, help="JSON Lines key holding the input text (default: text, else source)")
     parser.add_argument("--task", default=None, help="task whose generation settings and tag to use (default: the adapter's)")
     parser.add_argument("--jsonl", action="store_true", help='write {"input", "prediction"} JSON Lines instead of plain lines')
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
     return parser
 
 
@@ -69,13 +68,12 @@ def read_inputs(source: str, field: str | None = None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.cli.evaluate import _positive
     from peft_hybrid.hub_access import HubUnreachableError
     from peft_hybrid.inference import generate_texts, input_texts, load_for_inference
     from peft_hybrid.tasks import get_task
 
     for name in ("batch_size", "max_new_tokens", "max_source_length"):
-        _positive(name, getattr(args, name))
+        check_positive(name, getattr(args, name))
     texts = read_inputs(args.input, args.field)
     try:
         model, tokenizer = load_for_inference(args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device)
