@@ -237,3 +237,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "local adapter folder" in capsys.readouterr().err
     assert main(["--adapter", str(adapter), "--text", "hi", "--task", "nope", "--out", str(out)]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_ids_beyond_the_vocabulary_get_readable_labels(hybrid):
+    from peft_hybrid.attribution import _token_strings
+
+    _, tokenizer = hybrid
+    beyond = len(tokenizer) + 5  # FLAN-T5's embedding table has 28 rows more than its vocabulary
+    assert _token_strings(tokenizer, [1, beyond]) == ["</s>", f"<id {beyond}>"]

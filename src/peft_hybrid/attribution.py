@@ -225,8 +225,8 @@ def attribute(
     out_ids = output_ids[0].tolist()
     in_ids = input_ids[0].tolist()
     result = AttributionResult(
-        input_tokens=[f"P{i + 1}" for i in range(num_prompt)] + tokenizer.convert_ids_to_tokens(in_ids),
-        output_tokens=tokenizer.convert_ids_to_tokens(out_ids),
+        input_tokens=[f"P{i + 1}" for i in range(num_prompt)] + _token_strings(tokenizer, in_ids),
+        output_tokens=_token_strings(tokenizer, out_ids),
         scores=scores,
         log_probs=log_probs.tolist(),
         baseline_log_probs=baseline_log_probs.tolist(),
@@ -271,6 +271,13 @@ class _LogProbs:
         ).logits
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         return log_probs.gather(-1, self.output_ids.expand(batch, -1).unsqueeze(-1)).squeeze(-1)
+
+
+def _token_strings(tokenizer, ids: list[int]) -> list[str]:
+    # The embedding table can be larger than the vocabulary (FLAN-T5: 32,128 rows, 32,100 pieces),
+    # and a model may emit one of the extra rows; name it by its id.
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    return [token if token is not None else f"<id {i}>" for token, i in zip(tokens, ids)]
 
 
 def _base_of(model: nn.Module) -> nn.Module:
