@@ -181,3 +181,18 @@ def test_sst2_recipe_on_the_real_dev_file(shared_data, tmp_path):
     assert rows[0]["source"] == "it 's a charming and often affecting journey ." and rows[0]["reference"] == "positive"
     labels = {row["reference"] for row in rows}
     assert labels == {"positive", "negative"}
+
+
+@pytest.mark.parametrize("command, options", [
+    ("train", ("--train_file", "--model_preset", "--mode", "--lora_alpha", "--learning_rate", "--config")),
+    ("evaluate", ("--adapter", "--split", "--data_file", "--out", "--batch_size")),
+    ("predict", ("--adapter", "--input", "--batch-size", "--max-new-tokens")),
+])
+def test_every_command_has_help(command, options, capsys):
+    from peft_hybrid.cli import main as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(option in text for option in options)
