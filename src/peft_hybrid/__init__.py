@@ -15,6 +15,8 @@ from .serialization import AdapterLoadError  # noqa: E402
 from .tasks import DataError, Task, get_task, list_tasks, register_task  # noqa: E402
 from .trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
 from .callbacks import TrainingSummary  # noqa: E402
+from .inference import generate_texts, load_for_inference  # noqa: E402
+from .recipe import ScriptArguments  # noqa: E402
 
 __all__ = [
     "MODES",
@@ -24,9 +26,12 @@ __all__ = [
     "HybridModel",
     "HybridTrainer",
     "HybridTrainingArguments",
+    "ScriptArguments",
     "Task",
     "TrainingSummary",
     "__version__",
+    "generate_texts",
+    "load_for_inference",
     "get_task",
     "list_tasks",
     "register_task",
