@@ -215,7 +215,10 @@ def test_add_heatmap_to_card_adds_one_section(hybrid, result, tmp_path):
 
 
 def test_cli_end_to_end(tmp_path, capsys):
-    from peft_hybrid.cli_attribute import main
+    from peft_hybrid.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["attribute", *argv])
 
     model, tokenizer = _hybrid(seed=2)  # on the "preset:tiny" base, which the CLI rebuilds offline
     adapter = model.save_pretrained(tmp_path / "adapter")

@@ -112,7 +112,6 @@ def _saved_adapter(folder: Path, seed: int = 0) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not issubclass(HybridTrainer, HubPushMixin), reason="HybridTrainer does not include HubPushMixin yet")
 def test_trainer_pushes_and_a_fresh_process_loads_the_same_model(hub_online, tmp_path, caplog, capsys):
     server = hub_online
     alice, bob = server.token("alice"), server.token("bob")

@@ -167,6 +167,7 @@ def test_checkpoints_hold_the_adapter_and_safe_trainer_state_only(sst2_run):
             "README.md", "adapter_model.safetensors", "hybrid_config.json", "training_args.json",
             "tokenizer.json", "tokenizer_config.json", "trainer_state.json",
             "optimizer.pt", "scheduler.pt", "rng_state.pth",
+            "training_summary.json", "training_curve.png",  # the card's data and figure, with every checkpoint
         }
         # The Trainer's own state files load without unpickling arbitrary objects.
         from transformers.trainer_pt_utils import safe_globals

@@ -37,6 +37,7 @@ from .callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, de
 from .card import BASE_TAGS, PAPER
 from .config import CONFIG_NAME
 from .model import HybridModel
+from .trainer_hub import HubPushMixin
 from .serialization import AdapterLoadError, load_adapter
 from .tasks import Task, get_task
 
@@ -118,6 +119,10 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
     write_predictions: bool = field(
         default=True, metadata={"help": "Write predictions and metrics of each evaluation into output_dir."}
     )
+    hub_endpoint: str | None = field(
+        default=None,
+        metadata={"help": "Hub URL to push to; None means HF_ENDPOINT or huggingface.co (read when huggingface_hub is imported)."},
+    )
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
@@ -150,7 +155,7 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
             self.greater_is_better = task.greater_is_better
 
 
-class HybridTrainer(Seq2SeqTrainer):
+class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
     """``Seq2SeqTrainer`` for a `HybridModel`: adapter-only checkpoints, exact resume, task metrics.
 
     Args:
@@ -335,7 +340,8 @@ class HybridTrainer(Seq2SeqTrainer):
         if not self.args.should_save:
             return
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        model.save_pretrained(output_dir)
+        model.save_pretrained(output_dir, card=self.card_for_save(output_dir))
+        self.training_summary.save(output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         # JSON instead of Trainer's pickled training_args.bin: readable, and nothing to unpickle.

@@ -4,8 +4,7 @@
         --text "Amy: Are we still on for 5?\\r\\nBob: Yes, see you at the cafe." \\
         --n-steps 50 --out attribution/ --add-to-card
 
-or, without the ``peft-hybrid`` entry point, ``python -m peft_hybrid.cli_attribute ...`` with the
-same options. Writes ``attribution.json`` (raw scores, token strings, completeness gaps) and
+Writes ``attribution.json`` (raw scores, token strings, completeness gaps) and
 ``heatmap.png`` (plus ``heatmap-2.png``, ... with ``--max-rows``) into ``--out``.
 """
 from __future__ import annotations
@@ -14,8 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .attribution import BASELINES, attribute
-from .heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
+from ..attribution import BASELINES, attribute
+from ..heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``attribute`` subcommand on an ``argparse`` subparsers object.
@@ -66,8 +66,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
-    from .hub_access import HubUnreachableError
-    from .inference import input_texts, load_for_inference
+    from ..hub_access import HubUnreachableError
+    from ..inference import input_texts, load_for_inference
 
     adapter_dir = Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     text, generation_kwargs = args.text, {}
     task_name = args.task or model.hybrid_config.task
     if task_name:
-        from .tasks import get_task
+        from ..tasks import get_task
 
         task = get_task(task_name)
         text = input_texts(task, [{"source": text}], model.hybrid_config.mode)[0]
@@ -116,19 +116,3 @@ def run(args: argparse.Namespace) -> int:
     if args.add_to_card:
         print(f"updated {add_heatmap_to_card(adapter_dir, pngs[0])}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m peft_hybrid.cli_attribute``: the ``attribute`` subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="python -m peft_hybrid.cli_attribute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:  # bad input: the message says what to fix
-        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
