@@ -16,22 +16,33 @@ from .tasks import DataError, Task, get_task, list_tasks, register_task  # noqa:
 from .trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
 from .callbacks import TrainingSummary  # noqa: E402
 from .inference import generate_texts, load_for_inference  # noqa: E402
+from .card import CardData  # noqa: E402
+from .hub import HubAccessError, HubAuthenticationError, HubError, HubUnavailableError, push_folder  # noqa: E402
+from .attribution import AttributionResult, attribute  # noqa: E402  (captum/matplotlib load lazily)
 from .recipe import ScriptArguments  # noqa: E402
 
 __all__ = [
     "MODES",
     "AdapterLoadError",
+    "AttributionResult",
+    "CardData",
     "DataError",
     "HybridConfig",
     "HybridModel",
     "HybridTrainer",
     "HybridTrainingArguments",
+    "HubAccessError",
+    "HubAuthenticationError",
+    "HubError",
+    "HubUnavailableError",
     "ScriptArguments",
     "Task",
     "TrainingSummary",
     "__version__",
+    "attribute",
     "generate_texts",
     "load_for_inference",
+    "push_folder",
     "get_task",
     "list_tasks",
     "register_task",
