@@ -35,6 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from .callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, decoded_rows
 from .card import BASE_TAGS, PAPER
+from .checkpoints import resolve_resume_checkpoint
 from .config import CONFIG_NAME
 from .model import HybridModel
 from .trainer_hub import HubPushMixin
@@ -231,13 +232,18 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         return self._summary.summary
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        """``Trainer.train``; refuses a model with no trainable parameters (mode ``none``)."""
+        """``Trainer.train``; refuses a model with no trainable parameters (mode ``none``).
+
+        ``resume_from_checkpoint=True`` (or ``"latest"``) resumes from the latest COMPLETE
+        checkpoint, skipping any folder a killed run left half-written (see `peft_hybrid.checkpoints`).
+        """
         if self.model.num_parameters(trainable_only=True) == 0:
             raise ValueError(
                 f"The model (mode {self.model.hybrid_config.mode!r}) has no trainable parameters: there is nothing to "
                 "train. Use trainer.evaluate()/predict() for the base model's scores, or pick mode 'prompt', 'lora', "
                 "'hybrid' or 'full'."
             )
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **gen_kwargs):
