@@ -366,7 +366,7 @@ def resolve_folder(
     if path.is_dir():
         return path
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
 
     from .hub import load_error
 
@@ -384,3 +384,8 @@ def resolve_folder(
         )
     except (LocalEntryNotFoundError, HfHubHTTPError) as err:
         raise load_error(err, repo_id, token, local_files_only=local_files_only) from None
+    except HFValidationError:  # e.g. an absolute path that does not exist
+        raise AdapterLoadError(
+            f"{repo_id!r} is neither an existing folder nor a Hub repo id. Pass a folder written by "
+            "HybridModel.save_pretrained, or a repo id such as 'owner/name'."
+        ) from None

@@ -39,7 +39,7 @@ from .checkpoints import resolve_resume_checkpoint
 from .config import CONFIG_NAME
 from .model import HybridModel
 from .trainer_hub import HubPushMixin
-from .serialization import AdapterLoadError, load_adapter
+from .serialization import AdapterLoadError, load_adapter, prepare_output_dir
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,11 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
                 )
         if self.max_source_length <= 0 or self.max_target_length <= 0:
             raise ValueError("max_source_length and max_target_length must be positive token counts.")
+        # Caught here, naming the argument: torch would fail later (batch size) or, for a zero
+        # learning rate, train for hours without changing a weight.
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: pass a positive value.")
         super().__post_init__()
 
     def apply_task_defaults(self, task: Task) -> None:
@@ -223,6 +228,9 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
             compute_metrics = self._task_metrics
         self._metric_examples: Any = None
         self._metric_prefix = "eval"
+        _check_prompt_fits(model, args)
+        if args.should_save:
+            _check_output_dir(args.output_dir)
         super().__init__(model=model, args=args, callbacks=callbacks, compute_metrics=compute_metrics, **kwargs)
 
     # --- public additions -------------------------------------------------------------------
@@ -398,6 +406,26 @@ class _EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def _check_prompt_fits(model: HybridModel, args: Seq2SeqTrainingArguments) -> None:
+    max_source = getattr(args, "max_source_length", None)
+    tokens = model.hybrid_config.num_virtual_tokens
+    if model.prompt is not None and max_source is not None and tokens > max_source:
+        raise ValueError(
+            f"num_virtual_tokens={tokens} is larger than max_source_length={max_source}: the soft prompt would "
+            "outweigh every input. Lower num_virtual_tokens (paper: 30) or raise max_source_length."
+        )
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Refuse an output_dir that is a file or cannot be created, before training starts."""
+    try:
+        prepare_output_dir(output_dir)
+    except (NotADirectoryError, PermissionError) as err:
+        raise ValueError(f"output_dir: {err}") from None
+    except OSError as err:  # e.g. a read-only file system
+        raise ValueError(f"output_dir: cannot create {output_dir} ({err.strerror}). Pick a folder you can write to.") from None
 
 
 def _load_base_weights(base_model: torch.nn.Module, folder: Path) -> None:
