@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -134,3 +135,39 @@ def test_config_records_versions_and_base(saved):
     assert config["base_model_name_or_path"] == "preset:tiny"
     assert config["base_model_shape"]["d_model"] == 64
     assert HybridConfig.load(saved).mode == "hybrid"
+
+
+def _set_config(path, **changes):
+    config = json.loads((path / "hybrid_config.json").read_text())
+    config.update(changes)
+    (path / "hybrid_config.json").write_text(json.dumps(config))
+
+
+FILE_DAMAGE = {
+    "future format": (lambda p: _set_config(p, format_version=99), "pip install -U peft-hybrid"),
+    "config not JSON": (lambda p: (p / "hybrid_config.json").write_text("{not json"), "not valid JSON"),
+    "config missing": (lambda p: (p / "hybrid_config.json").unlink(), "hybrid_config.json not found"),
+    "weights missing": (lambda p: (p / "adapter_model.safetensors").unlink(), "adapter_model.safetensors is missing"),
+    "weights of another save": (lambda p: _set_config(p, weights_sha256="0" * 64), "does not match the hash"),
+    "unknown config field": (lambda p: _set_config(p, lora_rank=8), "unknown field(s) ['lora_rank']"),
+}
+
+
+@pytest.mark.parametrize("case", FILE_DAMAGE)
+def test_every_refused_folder_leaves_the_base_passed_in_untouched(saved, case):
+    damage, words = FILE_DAMAGE[case]
+    damage(saved)
+    base, before = _fresh_base()
+    with pytest.raises(ValueError, match=re.escape(words)):
+        HybridModel.from_pretrained(saved, base_model=base)
+    _assert_untouched(base, before)
+
+
+def test_a_refused_load_into_a_live_model_changes_no_adapter_tensor(saved):
+    model, _ = tiny_model("hybrid", seed=3)
+    before = {k: v.detach().clone() for k, v in model.adapter_tensors().items()}
+    tensors = load_file(saved / "adapter_model.safetensors")  # all good but one: nothing may be copied
+    tensors["prompt_embeddings"] = torch.zeros(29, 64)
+    with pytest.raises(AdapterLoadError, match=r"\(29, 64\) in the adapter"):
+        model.load_adapter_tensors(tensors, source="bad")
+    assert all(torch.equal(v, before[k]) for k, v in model.adapter_tensors().items())
