@@ -11,7 +11,7 @@ no longer fits. Writes ``results.json`` and ``results.md`` to ``--out``.
 
 A CPU smoke run of the same code path:
 
-    python bench/gpu.py --shape tiny --device cpu --out /tmp/gpu-smoke
+    python bench/gpu.py --shape tiny --device cpu --compile-backend eager --out /tmp/gpu-smoke
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--train-reps", type=int, default=10)
     parser.add_argument("--gen-reps", type=int, default=3)
+    parser.add_argument("--compile-backend", default="inductor", help="'eager' makes a CPU smoke run quick.")
     args = parser.parse_args(argv)
     start = time.monotonic()
     deadline = start + args.budget
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"gpu bench: shape={args.shape} {shape} device={args.device} bf16={bf16} budget={args.budget}s")
     # Training gets ~60% of the budget (it holds the compile), generation the rest.
     sections = (
-        ("train", lambda: train_step.run(shape, args.device, bf16, True, args.warmup, args.train_reps, start + 0.6 * args.budget)),
+        ("train", lambda: train_step.run(
+            shape, args.device, bf16, True, args.warmup, args.train_reps, start + 0.6 * args.budget, args.compile_backend
+        )),
         ("generation", lambda: generation.run(shape, args.device, bf16, True, 1, args.gen_reps, deadline)),
     )
     for name, section in sections:

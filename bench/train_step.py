@@ -67,8 +67,11 @@ def ours(mode: str) -> Callable[[torch.nn.Module], torch.nn.Module]:
     return lambda base: HybridModel(base, HybridConfig(mode=mode))
 
 
-def ours_fast(base: torch.nn.Module) -> torch.nn.Module:
-    return compile_model(cast_frozen_base_(HybridModel(base, HybridConfig(mode="hybrid")), torch.bfloat16))
+def ours_fast(backend: str = "inductor") -> Callable[[torch.nn.Module], torch.nn.Module]:
+    def build(base: torch.nn.Module) -> torch.nn.Module:
+        return compile_model(cast_frozen_base_(HybridModel(base, HybridConfig(mode="hybrid")), torch.bfloat16), backend=backend)
+
+    return build
 
 
 def prepare_train(
@@ -114,7 +117,7 @@ def measure_prepend(shape: Shape, device: str, reps: int = 50) -> dict[str, Any]
     }
 
 
-def variants(shape: Shape, device: str, bf16: bool, fast: bool) -> dict[str, Callable[[], tuple]]:
+def variants(shape: Shape, device: str, bf16: bool, fast: bool, backend: str = "inductor") -> dict[str, Callable[[], tuple]]:
     builds = {
         "stock PEFT LoRA": stock_lora,
         "peft_hybrid lora": ours("lora"),
@@ -122,14 +125,16 @@ def variants(shape: Shape, device: str, bf16: bool, fast: bool) -> dict[str, Cal
         "peft_hybrid hybrid": ours("hybrid"),
     }
     if fast:
-        builds["peft_hybrid hybrid bf16-base+compile"] = ours_fast
+        builds["peft_hybrid hybrid bf16-base+compile"] = ours_fast(backend)
     return {name: (lambda b=b: prepare_train(b, shape, device, bf16)) for name, b in builds.items()}
 
 
-def run(shape: Shape, device: str, bf16: bool, fast: bool, warmup: int, reps: int, deadline: float) -> dict[str, Any]:
+def run(
+    shape: Shape, device: str, bf16: bool, fast: bool, warmup: int, reps: int, deadline: float, backend: str = "inductor"
+) -> dict[str, Any]:
     """All train variants, interleaved; rows with samples/s, ratios and compile counts."""
     before = dynamo_counters()
-    rows = run_interleaved(variants(shape, device, bf16, fast), device, warmup, reps, deadline)
+    rows = run_interleaved(variants(shape, device, bf16, fast, backend), device, warmup, reps, deadline)
     after = dynamo_counters()
     for row in rows:
         if "median_s" in row:
