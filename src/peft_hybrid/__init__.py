@@ -15,6 +15,7 @@ from .serialization import AdapterLoadError  # noqa: E402
 from .tasks import DataError, Task, get_task, list_tasks, register_task  # noqa: E402
 from .trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
 from .callbacks import TrainingSummary  # noqa: E402
+from .checkpoints import latest_complete_checkpoint  # noqa: E402
 from .inference import generate_texts, load_for_inference  # noqa: E402
 from .card import CardData  # noqa: E402
 from .hub import HubAccessError, HubAuthenticationError, HubError, HubUnavailableError, push_folder  # noqa: E402
@@ -41,6 +42,7 @@ __all__ = [
     "__version__",
     "attribute",
     "generate_texts",
+    "latest_complete_checkpoint",
     "load_for_inference",
     "push_folder",
     "get_task",
