@@ -16,6 +16,7 @@ from .tasks import DataError, Task, get_task, list_tasks, register_task  # noqa:
 from .trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
 from .callbacks import TrainingSummary  # noqa: E402
 from .checkpoints import latest_complete_checkpoint  # noqa: E402
+from .ablation import AblationResult, run_ablation  # noqa: E402
 from .inference import generate_texts, load_for_inference  # noqa: E402
 from .card import CardData  # noqa: E402
 from .hub import HubAccessError, HubAuthenticationError, HubError, HubUnavailableError, push_folder  # noqa: E402
@@ -24,6 +25,7 @@ from .recipe import ScriptArguments  # noqa: E402
 
 __all__ = [
     "MODES",
+    "AblationResult",
     "AdapterLoadError",
     "AttributionResult",
     "CardData",
@@ -45,6 +47,7 @@ __all__ = [
     "latest_complete_checkpoint",
     "load_for_inference",
     "push_folder",
+    "run_ablation",
     "get_task",
     "list_tasks",
     "register_task",

@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"peft-hybrid {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except ConnectionError as err:
+        # The Hub could not be reached; the message says how to work offline.
+        print(f"peft-hybrid {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"peft-hybrid {args.command}: interrupted", file=sys.stderr)
         return 130
