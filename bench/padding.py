@@ -8,8 +8,11 @@ source side, max 512 tokens) and simulates the Trainer's length-grouped sampler 
 The real FLAN-T5 tokenizer cannot be downloaded here; ``--tokenizer offline`` (the default)
 uses the project's offline SentencePiece tokenizer, whose small vocabulary splits text into
 more pieces than FLAN-T5's, so the absolute counts are higher than FLAN-T5's and the ratio to
-pad-to-512 is, if anything, understated. Pass ``--tokenizer <folder>`` with a real T5
-tokenizer to measure it exactly.
+pad-to-512 is, if anything, understated. ``--tokenizer proxy`` trains a T5-style SentencePiece
+unigram vocabulary of up to 32,000 pieces (FLAN-T5 has 32,000) on English text that is NOT
+SAMSum (SST-2 train sentences and WikiSQL questions beside the repository), a closer stand-in
+for FLAN-T5's tokenizer. Pass ``--tokenizer <folder>`` with a real T5 tokenizer to measure it
+exactly.
 
     python bench/padding.py --out bench/results/padding_samsum.json
 """
@@ -28,7 +31,36 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "samsum" / "val.csv"
 
 
+def _proxy_tokenizer():
+    import csv
+    import io
+    import json
+    import tempfile
+
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    data = REPO_ROOT.parent / "shared" / "data"
+    with open(data / "sst2" / "train_full.tsv", encoding="utf-8", newline="") as handle:
+        lines = [row["sentence"] for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    for split in ("dev", "test"):
+        with open(data / "wikisql" / f"{split}.jsonl", encoding="utf-8") as handle:
+            lines.extend(json.loads(line)["question"] for line in handle if line.strip())
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=32000, model_type="unigram",
+        character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
+    )
+    folder = Path(tempfile.mkdtemp(prefix="proxy-tokenizer-"))
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    tokenizer = T5Tokenizer.from_pretrained(str(folder), extra_ids=100, legacy=False)
+    log(f"proxy tokenizer: {len(tokenizer)} pieces trained on {len(lines):,} non-SAMSum sentences")
+    return tokenizer
+
+
 def load_tokenizer(name: str):
+    if name == "proxy":
+        return _proxy_tokenizer()
     if name == "offline":
         from peft_hybrid.testing import offline_tokenizer
 
@@ -41,7 +73,7 @@ def load_tokenizer(name: str):
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--tokenizer", default="offline", help="'offline' or a folder with a T5 tokenizer.")
+    parser.add_argument("--tokenizer", default="offline", help="'offline', 'proxy' or a folder with a T5 tokenizer.")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--pad-to", type=int, default=512)
     parser.add_argument("--out", type=Path, default=None)
