@@ -327,3 +327,31 @@ def test_task_metrics_need_the_task_rows(tmp_path):
         trainer.evaluate()
     trainer.eval_examples = _sst2_rows(4, 0)
     assert "eval_accuracy" in trainer.evaluate()
+
+
+# --- speed options ---------------------------------------------------------------------------
+def test_merged_evaluation_scores_like_unmerged_and_restores_the_base(tmp_path):
+    model, tokenizer = _model("hybrid", seed=3)
+    with torch.no_grad():
+        for p in model.adapter_tensors().values():
+            p.add_(torch.randn_like(p) * 0.3)
+    rows = _tokenized(_sst2_rows(12, 5), tokenizer)
+    parameters = {n: p for n, p in model.named_parameters()}
+    before = _snapshot(dict(model.state_dict()))
+    results = {}
+    for merged in (True, False):
+        trainer = HybridTrainer(model, _args(tmp_path / str(merged), merged_eval=merged), task="sst2",
+                                eval_dataset=rows, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer))
+        results[merged] = trainer.evaluate()
+    assert results[True]["eval_accuracy"] == results[False]["eval_accuracy"]
+    assert abs(results[True]["eval_loss"] - results[False]["eval_loss"]) < 1e-5
+    # The very same parameter objects, bit-identical, LoRA layers back in place.
+    assert {n: p for n, p in model.named_parameters()}.keys() == parameters.keys()
+    assert all(p is parameters[n] for n, p in model.named_parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_bf16_frozen_base_needs_bf16(tmp_path):
+    model, tokenizer = _model("hybrid")
+    with pytest.raises(ValueError, match="bf16_frozen_base=True needs bf16=True"):
+        HybridTrainer(model, _no_eval_args(tmp_path, bf16_frozen_base=True), processing_class=tokenizer)

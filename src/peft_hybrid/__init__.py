@@ -17,6 +17,7 @@ from .trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
 from .callbacks import TrainingSummary  # noqa: E402
 from .checkpoints import latest_complete_checkpoint  # noqa: E402
 from .ablation import AblationResult, run_ablation  # noqa: E402
+from .speed import cast_frozen_base_, compile_model, merged_lora  # noqa: E402
 from .inference import generate_texts, load_for_inference  # noqa: E402
 from .card import CardData  # noqa: E402
 from .hub import HubAccessError, HubAuthenticationError, HubError, HubUnavailableError, push_folder  # noqa: E402
@@ -43,9 +44,12 @@ __all__ = [
     "TrainingSummary",
     "__version__",
     "attribute",
+    "cast_frozen_base_",
+    "compile_model",
     "generate_texts",
     "latest_complete_checkpoint",
     "load_for_inference",
+    "merged_lora",
     "push_folder",
     "run_ablation",
     "get_task",

@@ -17,7 +17,9 @@ import random
 from typing import Any, Sequence
 
 import datasets
+import torch
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
 
@@ -190,3 +192,24 @@ def padding_stats(
         total = stats[f"{scheme}_tokens"]
         stats[f"{scheme}_pad_fraction"] = (total - real) / total
     return stats
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from ``seed + epoch`` rather than the global RNG.
+
+    transformers' sampler draws from the global RNG when the epoch starts, and a run resumed in
+    the middle of an epoch restores that RNG only after the epoch's order was drawn: the resumed
+    run would see other batches than the uninterrupted one.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))

@@ -139,3 +139,25 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Atomically write ``tensors`` as a plain safetensors file."""
     atomic_write_bytes(path, _safetensors_bytes(tensors, {}))
+
+
+def load_full_base_weights(base_model: torch.nn.Module, folder: Path) -> None:
+    """Load a mode-``full`` checkpoint's base weights (safetensors, possibly sharded) in place."""
+    from safetensors.torch import load_file
+    from transformers.trainer_utils import load_sharded_checkpoint
+
+    single = folder / "model.safetensors"
+    if (folder / "model.safetensors.index.json").is_file():
+        load_sharded_checkpoint(base_model, str(folder), strict=False, prefer_safe=True)
+        return
+    if not single.is_file():
+        raise AdapterLoadError(f"{single} is missing: a mode 'full' checkpoint holds the base weights there.")
+    state_dict = load_file(str(single), device="cpu")
+    result = base_model.load_state_dict(state_dict, strict=False)
+    # save_pretrained drops tied copies (lm_head = shared embedding); anything else missing is an error.
+    tied = set(getattr(base_model, "_tied_weights_keys", None) or {})
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise AdapterLoadError(
+            f"{single} does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}."
+        )

@@ -22,6 +22,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, decoded_rows
 from .card import BASE_TAGS, PAPER
@@ -39,7 +40,9 @@ from .checkpoints import resolve_resume_checkpoint
 from .config import CONFIG_NAME
 from .model import HybridModel
 from .trainer_hub import HubPushMixin
-from .serialization import AdapterLoadError, load_adapter, prepare_output_dir
+from .data import EpochSeededLengthGroupedSampler
+from .serialization import AdapterLoadError, load_adapter, load_full_base_weights, prepare_output_dir
+from .speed import cast_frozen_base_, compile_model, merged_lora
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -119,6 +122,20 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
     )
     write_predictions: bool = field(
         default=True, metadata={"help": "Write predictions and metrics of each evaluation into output_dir."}
+    )
+    # Speed (peft_hybrid.speed)
+    bf16_frozen_base: bool = field(
+        default=False,
+        metadata={"help": "Store the frozen base in bf16 (needs bf16=True); LoRA and the prompt stay fp32 master weights."},
+    )
+    compile_stacks: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the encoder and decoder stacks (dynamic shapes; the prompt join stays eager)."},
+    )
+    merged_eval: bool = field(
+        default=True,
+        metadata={"help": "Evaluate and predict with LoRA merged into fresh weight tensors (faster generation); "
+                  "the base weights are put back bit-identical afterwards."},
     )
     hub_endpoint: str | None = field(
         default=None,
@@ -231,6 +248,12 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         _check_prompt_fits(model, args)
         if args.should_save:
             _check_output_dir(args.output_dir)
+        if getattr(args, "bf16_frozen_base", False):
+            if not args.bf16:
+                raise ValueError("bf16_frozen_base=True needs bf16=True (bf16 autocast over the bf16 base).")
+            cast_frozen_base_(model, torch.bfloat16)
+        if getattr(args, "compile_stacks", False):
+            compile_model(model, dynamic=True)
         super().__init__(model=model, args=args, callbacks=callbacks, compute_metrics=compute_metrics, **kwargs)
 
     # --- public additions -------------------------------------------------------------------
@@ -262,7 +285,8 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         if not isinstance(dataset, dict):
             self._metric_examples = self._examples_for(dataset, given=eval_dataset is not None)
             self._metric_prefix = metric_key_prefix
-        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **self._generation_kwargs(gen_kwargs))
+        with self._inference_weights():
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **self._generation_kwargs(gen_kwargs))
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test", **gen_kwargs):
         """``Seq2SeqTrainer.predict`` with the task's generation settings as defaults.
@@ -271,7 +295,14 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         """
         self._metric_examples = self._examples_for(test_dataset, given=True)
         self._metric_prefix = metric_key_prefix
-        return super().predict(test_dataset, ignore_keys, metric_key_prefix, **self._generation_kwargs(gen_kwargs))
+        with self._inference_weights():
+            return super().predict(test_dataset, ignore_keys, metric_key_prefix, **self._generation_kwargs(gen_kwargs))
+
+    def _inference_weights(self):
+        """LoRA merged into fresh tensors for evaluation (``merged_eval``), restored on exit."""
+        if getattr(self.args, "merged_eval", True):
+            return merged_lora(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+        return contextlib.nullcontext()
 
     # --- metrics ----------------------------------------------------------------------------
     def _generation_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +368,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return _EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
         return sampler
 
     def _get_eval_sampler(self, eval_dataset):
@@ -383,29 +414,8 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
                 f"{model.hybrid_config.mode!r}; resume with a model built from the same HybridConfig."
             )
         if model.hybrid_config.trains_base:
-            _load_base_weights(model.base_model, folder_path)
+            load_full_base_weights(model.base_model, folder_path)
         model.load_adapter_tensors(tensors, source=str(folder_path))
-
-
-class _EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from ``seed + epoch`` rather than the global RNG.
-
-    transformers' sampler draws from the global RNG when the epoch starts, and a run resumed in
-    the middle of an epoch restores that RNG only after the epoch's order was drawn: the resumed
-    run would see other batches than the uninterrupted one.
-    """
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 def _check_prompt_fits(model: HybridModel, args: Seq2SeqTrainingArguments) -> None:
@@ -426,25 +436,3 @@ def _check_output_dir(output_dir: str) -> None:
         raise ValueError(f"output_dir: {err}") from None
     except OSError as err:  # e.g. a read-only file system
         raise ValueError(f"output_dir: cannot create {output_dir} ({err.strerror}). Pick a folder you can write to.") from None
-
-
-def _load_base_weights(base_model: torch.nn.Module, folder: Path) -> None:
-    """Load a mode-``full`` checkpoint's base weights (safetensors, possibly sharded) in place."""
-    from safetensors.torch import load_file
-    from transformers.trainer_utils import load_sharded_checkpoint
-
-    single = folder / "model.safetensors"
-    if (folder / "model.safetensors.index.json").is_file():
-        load_sharded_checkpoint(base_model, str(folder), strict=False, prefer_safe=True)
-        return
-    if not single.is_file():
-        raise AdapterLoadError(f"{single} is missing: a mode 'full' checkpoint holds the base weights there.")
-    state_dict = load_file(str(single), device="cpu")
-    result = base_model.load_state_dict(state_dict, strict=False)
-    # save_pretrained drops tied copies (lm_head = shared embedding); anything else missing is an error.
-    tied = set(getattr(base_model, "_tied_weights_keys", None) or {})
-    missing = [k for k in result.missing_keys if k not in tied]
-    if missing or result.unexpected_keys:
-        raise AdapterLoadError(
-            f"{single} does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}."
-        )
