@@ -118,3 +118,19 @@ def test_save_pretrained_writes_a_card_that_names_the_mode_and_counts():
     model = _model()
     text = render_card(CardData.from_model(model))
     assert "| mode | `hybrid` |" in text and 'HybridModel.from_pretrained("path/to/adapter")' in text
+
+
+def test_metrics_measured_on_local_files_do_not_claim_the_hub_dataset():
+    from peft_hybrid import HybridConfig, HybridModel
+    from peft_hybrid.card import CardData
+    from peft_hybrid.testing import t5_from_preset
+
+    base, tokenizer = t5_from_preset("tiny")
+    model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tokenizer)
+    local = {"id": "local", "name": "local samsum files (train.csv, val.csv)", "revision": None}
+    data = CardData.from_model(model, results={"rouge1": 40.0, "rouge2": 20.0, "rougeL": 30.0, "rougeLsum": 31.0}, dataset=local)
+    assert {r.dataset_type for r in data.eval_results()} == {"local"}
+    assert {r.dataset_name for r in data.eval_results()} == {"local samsum files (train.csv, val.csv)"}
+    assert data.metadata().datasets is None
+    hub = CardData.from_model(model, results={"rouge1": 40.0})
+    assert hub.metadata().datasets == ["knkarthick/samsum"]

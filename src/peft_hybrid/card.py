@@ -83,6 +83,8 @@ class CardData:
         license: SPDX id of the card's license.
         framework_versions: library -> version, filled from the installed packages.
         curve_image, attribution_image: image files beside the card, when they exist.
+        dataset: where the reported metrics were measured when that is not the task's Hub
+            dataset (``{"id", "name", "config", "split", "revision"}``, e.g. local files).
 
     Example:
         >>> CardData(mode="hybrid", base_model="google/flan-t5-base").model_index_name
@@ -105,6 +107,7 @@ class CardData:
     framework_versions: dict[str, str] = field(default_factory=lambda: framework_versions())
     curve_image: str | None = None
     attribution_image: str | None = None
+    dataset: dict[str, Any] | None = None
 
     @classmethod
     def from_model(
@@ -172,7 +175,7 @@ class CardData:
         if self.task is None:
             return []
         meta = _task(self.task).card_metadata
-        dataset = meta["dataset"]
+        dataset = {**meta["dataset"], **self.dataset} if self.dataset else meta["dataset"]
         return [
             EvalResult(
                 task_type=meta["task_type"],
@@ -198,7 +201,8 @@ class CardData:
         if self.task is not None:
             tags.append(self.task)
             meta = _task(self.task).card_metadata
-            datasets = [meta["dataset"]["id"]] if meta["dataset"]["id"] else None
+            # Only a Hub dataset belongs in `datasets`; local files are named in the model-index.
+            datasets = [meta["dataset"]["id"]] if meta["dataset"]["id"] and not self.dataset else None
             metrics = sorted({metric_type for _, metric_type, _ in meta["metrics"]})
         eval_results = self.eval_results()
         return ModelCardData(

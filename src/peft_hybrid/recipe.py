@@ -224,6 +224,10 @@ def main(script_args: ScriptArguments, hybrid_config: HybridConfig, training_arg
         processing_class=tokenizer,
         data_collator=Seq2SeqCollator(tokenizer),
     )
+    if script_args.uses_local_data:
+        # The card must not claim the Hub benchmark for metrics measured on the user's files.
+        names = [Path(f).name for f in (script_args.train_file, script_args.validation_file, script_args.test_file) if f]
+        trainer.card_dataset = {"id": "local", "name": f"local {training_args.task} files ({', '.join(names)})", "revision": None}
     summary: dict[str, Any] = {
         "task": training_args.task,
         "mode": hybrid_config.mode,

@@ -40,6 +40,8 @@ class HubPushMixin:
     """
 
     ablation: list[dict[str, Any]] | None = None
+    # Where the evaluation data came from when it is not the task's Hub dataset (see CardData.dataset).
+    card_dataset: dict[str, Any] | None = None
 
     # --- cards --------------------------------------------------------------------------
     def card_data(self, final: bool = False) -> CardData:
@@ -49,7 +51,8 @@ class HubPushMixin:
         if final and self.args.load_best_model_at_end and self.state.best_global_step:
             step = self.state.best_global_step  # the best checkpoint's adapter was restored
         return CardData.from_model(
-            model, self.training_summary, evaluation_step=step, ablation=self.ablation, repo_id=self.hub_model_id
+            model, self.training_summary, evaluation_step=step, ablation=self.ablation, repo_id=self.hub_model_id,
+            dataset=self.card_dataset,
         )
 
     def create_model_card(self, **kwargs: Any) -> None:
