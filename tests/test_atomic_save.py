@@ -68,11 +68,10 @@ def test_killed_writer_leaves_old_or_new_adapter_or_a_clear_error(tmp_path):
     assert outcomes["whole"] + outcomes["refused"] == 3
 
 
-def test_config_written_last_so_a_half_first_save_is_refused(tmp_path, monkeypatch):
+def _crash_before_config(monkeypatch):
+    """Make saves die (like a killed process) after the weights and before the config."""
     import peft_hybrid.serialization as serialization
 
-    base, _ = t5_from_preset("tiny")
-    model = HybridModel(base, HybridConfig(mode="hybrid"))
     real_write = serialization.atomic_write_bytes
 
     def crash_on_config(path, data):
@@ -81,6 +80,12 @@ def test_config_written_last_so_a_half_first_save_is_refused(tmp_path, monkeypat
         real_write(path, data)
 
     monkeypatch.setattr(serialization, "atomic_write_bytes", crash_on_config)
+
+
+def test_config_written_last_so_a_half_first_save_is_refused(tmp_path, monkeypatch):
+    base, _ = t5_from_preset("tiny")
+    model = HybridModel(base, HybridConfig(mode="hybrid"))
+    _crash_before_config(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(tmp_path / "a")
     monkeypatch.undo()
@@ -91,21 +96,12 @@ def test_config_written_last_so_a_half_first_save_is_refused(tmp_path, monkeypat
 
 
 def test_interrupted_overwrite_is_detected_by_the_hash(tmp_path, monkeypatch):
-    import peft_hybrid.serialization as serialization
-
     first, _ = t5_from_preset("tiny")
     old = HybridModel(first, HybridConfig(mode="hybrid"))
     old.save_pretrained(tmp_path)
     second, _ = t5_from_preset("tiny")
     new = HybridModel(second, HybridConfig(mode="hybrid", seed=7))
-    real_write = serialization.atomic_write_bytes
-
-    def crash_on_config(path, data):
-        if path.name == "hybrid_config.json":
-            raise KeyboardInterrupt("simulated crash")
-        real_write(path, data)
-
-    monkeypatch.setattr(serialization, "atomic_write_bytes", crash_on_config)
+    _crash_before_config(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         new.save_pretrained(tmp_path)
     monkeypatch.undo()
