@@ -178,7 +178,13 @@ def test_sst2_recipe_on_the_real_dev_file(shared_data, tmp_path):
     assert 0.0 <= metrics["eval_invalid_outputs"] <= 32.0
     rows = [json.loads(line) for line in (tmp_path / "eval_predictions-2.jsonl").read_text().splitlines()]
     assert len(rows) == 32
-    assert rows[0]["source"] == "it 's a charming and often affecting journey ." and rows[0]["reference"] == "positive"
+    # The first 32 rows of the file, in file order (read here, never copied into the repository).
+    import csv
+
+    with open(dev, encoding="utf-8", newline="") as handle:
+        first = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:32]
+    assert [r["source"] for r in rows] == [" ".join(r["sentence"].split()) for r in first]
+    assert [r["reference"] for r in rows] == [("negative", "positive")[int(r["label"])] for r in first]
     labels = {row["reference"] for row in rows}
     assert labels == {"positive", "negative"}
 
