@@ -134,3 +134,14 @@ def test_metrics_measured_on_local_files_do_not_claim_the_hub_dataset():
     assert data.metadata().datasets is None
     hub = CardData.from_model(model, results={"rouge1": 40.0})
     assert hub.metadata().datasets == ["knkarthick/samsum"]
+
+
+def test_a_local_base_is_named_but_not_linked_to_the_hub(tmp_path):
+    from peft_hybrid.card import CardData, render_card
+
+    local = tmp_path / "my-base"
+    local.mkdir()
+    text = render_card(CardData(mode="hybrid", base_model=str(local)))
+    assert f"`{local}`" in text and "huggingface.co/" + str(local) not in text
+    hub = render_card(CardData(mode="hybrid", base_model="google/flan-t5-base"))
+    assert "(https://huggingface.co/google/flan-t5-base)" in hub

@@ -236,6 +236,7 @@ def render_card(data: CardData) -> str:
         paper=PAPER,
         fmt=_format_value,
         repo_id=data.repo_id or "path/to/adapter",
+        base_on_hub=bool(data.base_model) and _is_hub_id(data.base_model),
     )
     return str(card)
 
