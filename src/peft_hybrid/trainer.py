@@ -298,6 +298,13 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         with self._inference_weights():
             return super().predict(test_dataset, ignore_keys, metric_key_prefix, **self._generation_kwargs(gen_kwargs))
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # Seq2SeqTrainer writes generate()'s defaults (max_length=20) into the model's generation
+        # config after each batch; with the task's max_new_tokens, every later batch would then
+        # warn that both are set. A caller's max_length still arrives through gen_kwargs.
+        self.model.generation_config.max_length = None
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+
     def _inference_weights(self):
         """LoRA merged into fresh tensors for evaluation (``merged_eval``), restored on exit."""
         if getattr(self.args, "merged_eval", True):
