@@ -35,6 +35,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from peft_hybrid.testing.synthetic import write_samsum_csv  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -113,14 +115,6 @@ def _write_tsv(path: Path, rows: list[dict[str, str]]) -> str:
     return str(path)
 
 
-def _write_csv(path: Path, rows: list[dict[str, str]]) -> str:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "summary", "dialogue"])
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in ("id", "summary", "dialogue")} for r in rows)
-    return str(path)
-
-
 def _task_files(task: str, args: argparse.Namespace, folder: Path) -> tuple[dict[str, str], list[str]]:
     """Local files for the recipe (slices written to the work folder) and extra recipe arguments."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,9 +132,9 @@ def _task_files(task: str, args: argparse.Namespace, folder: Path) -> tuple[dict
         val = _read_csv(args.data_dir / "samsum" / "val.csv")
         test = _read_csv(args.data_dir / "samsum" / "test.csv")[: args.samsum_test]
         files = {
-            "train_file": _write_csv(folder / "train.csv", val[:718]),
-            "validation_file": _write_csv(folder / "heldout.csv", val[718:]),
-            "test_file": _write_csv(folder / "test.csv", test),
+            "train_file": str(write_samsum_csv(folder / "train.csv", val[:718])),
+            "validation_file": str(write_samsum_csv(folder / "heldout.csv", val[718:])),
+            "test_file": str(write_samsum_csv(folder / "test.csv", test)),
         }
         extra = [
             "--max_source_length", "256", "--max_target_length", "64",

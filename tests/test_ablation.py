@@ -9,7 +9,7 @@ from peft_hybrid.ablation import AblationResult, AblationRow, ablation_modes
 from peft_hybrid.cli import main as cli_main
 from peft_hybrid.inference import evaluate_rows, load_for_inference
 from peft_hybrid.tasks import get_task
-from peft_hybrid.testing.synthetic import dialogue_summary_pairs
+from peft_hybrid.testing.synthetic import dialogue_summary_pairs, write_samsum_csv
 
 # Tiny preset: prompt 30 x 64; LoRA r4 on q,v of 2 encoder + 2x2 decoder attentions: 12 x 4 x (64 + 64).
 EXPECTED_TRAINABLE = {"none": 0, "prompt": 1_920, "lora": 6_144, "hybrid": 8_064}
@@ -23,21 +23,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _write_samsum(path, records):
-    import csv
-
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "summary", "dialogue"])
-        writer.writeheader()
-        writer.writerows(records)
-    return str(path)
-
-
 @pytest.mark.slow
 def test_ablate_table_counts_and_metrics_equal_direct_evaluation(tmp_path, one_thread, capsys):
     records = dialogue_summary_pairs(40, seed=5)
-    train = _write_samsum(tmp_path / "train.csv", records[:32])
-    validation = _write_samsum(tmp_path / "validation.csv", records[32:])
+    train = str(write_samsum_csv(tmp_path / "train.csv", records[:32]))
+    validation = str(write_samsum_csv(tmp_path / "validation.csv", records[32:]))
     out = tmp_path / "ablation"
     code = cli_main([
         "ablate", "--task", "samsum", "--model_preset", "tiny", "--train_file", train, "--validation_file", validation,

@@ -9,7 +9,7 @@ import pytest
 
 from peft_hybrid.cli import main as cli
 
-from test_recipes import RECIPES, REPO, write_samsum_csv
+from test_recipes import RECIPES, REPO, samsum_csv
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,10 @@ def launch_two_processes(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_two_process_evaluation_equals_one_process_evaluation(tmp_path):
-    train = write_samsum_csv(tmp_path / "train.csv", 32, seed=0)
+    train = samsum_csv(tmp_path / "train.csv", 32, seed=0)
     # 10 examples in batches of 4 over 2 ranks: the last batch is short and padded with repeats,
     # which the gathered predictions must drop.
-    val = write_samsum_csv(tmp_path / "val.csv", 10, seed=1)
+    val = samsum_csv(tmp_path / "val.csv", 10, seed=1)
     out = tmp_path / "ddp"
     done = launch_two_processes([
         "--config", str(RECIPES / "configs" / "samsum.yaml"), "--model_preset", "tiny", "--use_cpu", "true",

@@ -32,7 +32,6 @@ from peft_hybrid.testing import t5_from_preset  # noqa: E402
 from peft_hybrid.testing.hub_server import HubServer  # noqa: E402
 from peft_hybrid.testing.synthetic import dialogue_summary_pairs  # noqa: E402
 from peft_hybrid.trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
-from peft_hybrid.trainer_hub import HubPushMixin  # noqa: E402
 
 WRONG_TOKEN = "hf_" + "feedface" * 4
 PROMPTS = ["Amy: Are we still on for lunch?\r\nBen: Yes, 12:30 at the deli.", "Sam: I'll be 10 minutes late."]

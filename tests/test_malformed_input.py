@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 

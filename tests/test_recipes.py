@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.recipe import RESULTS_NAME, parse_args, main
 from peft_hybrid.testing import t5_from_preset
-from peft_hybrid.testing.synthetic import dialogue_summary_pairs
+from peft_hybrid.testing.synthetic import dialogue_summary_pairs, write_samsum_csv
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -26,13 +26,9 @@ QUICK = [
 ]
 
 
-def write_samsum_csv(path: Path, n: int, seed: int) -> Path:
-    """A SAMSum-format CSV (id,summary,dialogue; CRLF between turns) of synthetic dialogues."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "summary", "dialogue"])
-        writer.writeheader()
-        writer.writerows(dialogue_summary_pairs(n, seed))
-    return path
+def samsum_csv(path: Path, n: int, seed: int) -> Path:
+    """A SAMSum-format CSV of ``n`` synthetic dialogues."""
+    return write_samsum_csv(path, dialogue_summary_pairs(n, seed))
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -119,7 +115,7 @@ def test_hub_dataset_and_local_files_exclude_each_other(tmp_path):
 
 
 def test_training_without_train_file_is_refused(tmp_path):
-    val = write_samsum_csv(tmp_path / "val.csv", 4, seed=1)
+    val = samsum_csv(tmp_path / "val.csv", 4, seed=1)
     args = parse_args(["--validation_file", str(val), "--output_dir", str(tmp_path / "out"), *QUICK], task="samsum")
     with pytest.raises(ValueError, match="mode 'hybrid' trains an adapter: pass --train_file"):
         main(*args)
@@ -128,9 +124,9 @@ def test_training_without_train_file_is_refused(tmp_path):
 # --- runs ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_python_recipe_trains_evaluates_and_saves_on_local_samsum_files(tmp_path):
-    train = write_samsum_csv(tmp_path / "train.csv", 32, seed=0)
-    val = write_samsum_csv(tmp_path / "val.csv", 4, seed=1)
-    test = write_samsum_csv(tmp_path / "test.csv", 3, seed=2)
+    train = samsum_csv(tmp_path / "train.csv", 32, seed=0)
+    val = samsum_csv(tmp_path / "val.csv", 4, seed=1)
+    test = samsum_csv(tmp_path / "test.csv", 3, seed=2)
     out = tmp_path / "run"
     # No evaluation during training: a random tiny model writes all 128 new tokens SAMSum allows.
     no_eval = ["--eval_strategy", "no", "--load_best_model_at_end", "false", "--early_stopping_patience", "0"]
@@ -179,8 +175,6 @@ def test_sst2_recipe_on_the_real_dev_file(shared_data, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "eval_predictions-2.jsonl").read_text().splitlines()]
     assert len(rows) == 32
     # The first 32 rows of the file, in file order (read here, never copied into the repository).
-    import csv
-
     with open(dev, encoding="utf-8", newline="") as handle:
         first = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:32]
     assert [r["source"] for r in rows] == [" ".join(r["sentence"].split()) for r in first]

@@ -6,15 +6,13 @@ a failing run does not echo the token either.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from pathlib import Path
 
 import pytest
 
 from peft_hybrid.cli import main as cli
-from peft_hybrid.testing.synthetic import dialogue_summary_pairs
+from peft_hybrid.testing.synthetic import dialogue_summary_pairs, write_samsum_csv
 
 # Shaped like a real user access token, so any code that logs "what looks like a token" is caught too.
 TOKEN = "hf_" + "TkN9xQ2" * 5
@@ -27,19 +25,11 @@ RUN = [
 ]
 
 
-def _csv(path: Path, n: int, seed: int) -> Path:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "summary", "dialogue"])
-        writer.writeheader()
-        writer.writerows(dialogue_summary_pairs(n, seed))
-    return path
-
-
 @pytest.mark.slow
 def test_hub_token_is_in_no_file_log_or_output_of_a_training_run(tmp_path, capsys, caplog):
     out = tmp_path / "run"
-    argv = [*RUN, "--train_file", str(_csv(tmp_path / "train.csv", 8, 0)),
-            "--validation_file", str(_csv(tmp_path / "val.csv", 2, 1)), "--output_dir", str(out)]
+    argv = [*RUN, "--train_file", str(write_samsum_csv(tmp_path / "train.csv", dialogue_summary_pairs(8, 0))),
+            "--validation_file", str(write_samsum_csv(tmp_path / "val.csv", dialogue_summary_pairs(2, 1))), "--output_dir", str(out)]
     with caplog.at_level(logging.DEBUG):
         assert cli(argv) == 0
     printed = capsys.readouterr()

@@ -22,7 +22,6 @@ Example:
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -35,16 +34,6 @@ from .serialization import atomic_write_bytes
 SUMMARY_NAME = "summary.json"
 DEMO_TASK = "samsum"
 _ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-
-
-def _write_samsum_csv(path: Path, records: list[dict[str, str]]) -> Path:
-    """SAMSum's CSV layout: header ``id,summary,dialogue``, CRLF turns inside quoted fields."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "summary", "dialogue"])
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in ("id", "summary", "dialogue")} for r in records)
-    return path
 
 
 def _pretraining_texts(n: int, seed: int) -> list[str]:
@@ -107,7 +96,7 @@ def run_demo(
     from .recipe import parse_args
     from .testing import t5_from_preset
     from .testing.pretrain import pretrain_span_corruption
-    from .testing.synthetic import dialogue_summary_pairs
+    from .testing.synthetic import dialogue_summary_pairs, write_samsum_csv
 
     for name, value in (("pretrain_steps", pretrain_steps), ("train_steps", train_steps), ("train_examples", train_examples), ("eval_examples", eval_examples)):
         if value <= 0:
@@ -129,8 +118,8 @@ def run_demo(
 
     records = dialogue_summary_pairs(train_examples + eval_examples, seed=seed)
     data = {
-        "train": _write_samsum_csv(root / "data" / "train.csv", records[:train_examples]),
-        "validation": _write_samsum_csv(root / "data" / "validation.csv", records[train_examples:]),
+        "train": write_samsum_csv(root / "data" / "train.csv", records[:train_examples]),
+        "validation": write_samsum_csv(root / "data" / "validation.csv", records[train_examples:]),
     }
     results = {}
     for mode, folder in (("none", root / "baseline"), ("hybrid", root / "adapter")):

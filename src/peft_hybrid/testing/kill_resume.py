@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import ast
-import csv
 import os
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .synthetic import dialogue_summary_pairs
+from .synthetic import dialogue_summary_pairs, write_samsum_csv
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 # The child is the installed ``peft-hybrid`` entry point, started through the current interpreter.
@@ -60,8 +59,8 @@ class KillResumeRun:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.train_file = self._write_csv("train.csv", self.train_examples, seed=0)
-        self.validation_file = self._write_csv("validation.csv", 2, seed=1)
+        self.train_file = write_samsum_csv(self.workdir / "train.csv", dialogue_summary_pairs(self.train_examples, 0))
+        self.validation_file = write_samsum_csv(self.workdir / "validation.csv", dialogue_summary_pairs(2, 1))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -147,14 +146,6 @@ class KillResumeRun:
                 continue
             problems += [f"{sub or 'final'}: {key}" for key in sorted(left) if not torch.equal(left[key], right[key])]
         return problems
-
-    def _write_csv(self, name: str, n: int, seed: int) -> Path:
-        path = self.workdir / name
-        with path.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["id", "summary", "dialogue"])
-            writer.writeheader()
-            writer.writerows(dialogue_summary_pairs(n, seed))
-        return path
 
 
 @dataclass

@@ -5,8 +5,11 @@ nothing needs the network or a third party's data.
 """
 from __future__ import annotations
 
+import csv
 import random
 import string
+from pathlib import Path
+from typing import Iterable, Mapping
 
 NAMES = [
     "Amy", "Ben", "Carla", "Dev", "Ella", "Farid", "Gina", "Hugo", "Iris", "Jonas",
@@ -81,6 +84,21 @@ def dialogue_summary_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
         turns, summary = rng.choice(_SCENES)(rng, a, b)
         records.append({"id": f"synthetic-{seed}-{i}", "dialogue": "\r\n".join(turns), "summary": summary})
     return records
+
+
+SAMSUM_COLUMNS = ("id", "summary", "dialogue")
+
+
+def write_samsum_csv(path: str | Path, records: Iterable[Mapping[str, str]]) -> Path:
+    """Write records in SAMSum's CSV layout (header ``id,summary,dialogue``; CRLF turns stay
+    inside quoted fields); other keys of the records are ignored."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SAMSUM_COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: record[key] for key in SAMSUM_COLUMNS} for record in records)
+    return path
 
 
 def sentiment_sentences(n: int, seed: int = 0) -> list[dict[str, object]]:
