@@ -6,53 +6,58 @@ Example:
     >>> base, tokenizer = t5_from_preset("tiny")
     >>> model = HybridModel(base, HybridConfig(mode="hybrid"), tokenizer=tokenizer)
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import MODES, HybridConfig  # noqa: E402
-from .model import HybridModel  # noqa: E402
-from .serialization import AdapterLoadError  # noqa: E402
-from .tasks import DataError, Task, get_task, list_tasks, register_task  # noqa: E402
-from .trainer import HybridTrainer, HybridTrainingArguments  # noqa: E402
-from .callbacks import TrainingSummary  # noqa: E402
-from .checkpoints import latest_complete_checkpoint  # noqa: E402
-from .ablation import AblationResult, run_ablation  # noqa: E402
-from .speed import cast_frozen_base_, compile_model, merged_lora  # noqa: E402
-from .inference import generate_texts, load_for_inference  # noqa: E402
-from .card import CardData  # noqa: E402
-from .hub import HubAccessError, HubAuthenticationError, HubError, HubUnavailableError, push_folder  # noqa: E402
-from .attribution import AttributionResult, attribute  # noqa: E402  (captum/matplotlib load lazily)
-from .recipe import ScriptArguments  # noqa: E402
+# The public API, name -> the module it lives in. Imported on first use, so that importing the
+# package (and `peft-hybrid --help`) does not load torch, transformers and datasets up front.
+_EXPORTS = {
+    "MODES": "config",
+    "HybridConfig": "config",
+    "HybridModel": "model",
+    "AdapterLoadError": "serialization",
+    "DataError": "tasks",
+    "Task": "tasks",
+    "get_task": "tasks",
+    "list_tasks": "tasks",
+    "register_task": "tasks",
+    "HybridTrainer": "trainer",
+    "HybridTrainingArguments": "trainer",
+    "TrainingSummary": "callbacks",
+    "latest_complete_checkpoint": "checkpoints",
+    "AblationResult": "ablation",
+    "run_ablation": "ablation",
+    "cast_frozen_base_": "speed",
+    "compile_model": "speed",
+    "merged_lora": "speed",
+    "generate_texts": "inference",
+    "load_for_inference": "inference",
+    "CardData": "card",
+    "HubError": "hub",
+    "HubAccessError": "hub",
+    "HubAuthenticationError": "hub",
+    "HubUnavailableError": "hub",
+    "push_folder": "hub",
+    "AttributionResult": "attribution",
+    "attribute": "attribution",
+    "ScriptArguments": "recipe",
+}
 
-__all__ = [
-    "MODES",
-    "AblationResult",
-    "AdapterLoadError",
-    "AttributionResult",
-    "CardData",
-    "DataError",
-    "HybridConfig",
-    "HybridModel",
-    "HybridTrainer",
-    "HybridTrainingArguments",
-    "HubAccessError",
-    "HubAuthenticationError",
-    "HubError",
-    "HubUnavailableError",
-    "ScriptArguments",
-    "Task",
-    "TrainingSummary",
-    "__version__",
-    "attribute",
-    "cast_frozen_base_",
-    "compile_model",
-    "generate_texts",
-    "latest_complete_checkpoint",
-    "load_for_inference",
-    "merged_lora",
-    "push_folder",
-    "run_ablation",
-    "get_task",
-    "list_tasks",
-    "register_task",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'peft_hybrid' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

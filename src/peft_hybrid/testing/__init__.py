@@ -1,4 +1,21 @@
-"""Offline building blocks for tests, benchmarks and the demo: exact-shape random models."""
-from .presets import PRESETS, offline_tokenizer, t5_from_preset
+"""Offline building blocks for tests, benchmarks and the demo: exact-shape random models.
 
-__all__ = ["PRESETS", "offline_tokenizer", "t5_from_preset"]
+Names load on first use, so that the Hub test server (``peft_hybrid.testing.hub_server``)
+starts without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"PRESETS": "presets", "offline_tokenizer": "presets", "t5_from_preset": "presets"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'peft_hybrid.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -35,21 +35,6 @@ __all__ = ["HubServer", "create_app", "main", "READY_MESSAGE"]
 READY_MESSAGE = "Hub server ready at"
 # HubServer hands tokens to its child through the environment, not argv, which `ps` shows to all.
 USERS_ENV = "PEFT_HYBRID_HUB_SERVER_USERS"
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]
-# The child runs the server without executing the package __init__ files: they import torch,
-# transformers and peft, which the server never uses and which add seconds to every start.
-_CHILD_BOOTSTRAP = """
-import os, sys, types
-package_dir = sys.argv.pop(1)
-for name, path in (("peft_hybrid", package_dir), ("peft_hybrid.testing", os.path.join(package_dir, "testing"))):
-    module = types.ModuleType(name)
-    module.__path__ = [path]
-    sys.modules[name] = module
-from peft_hybrid.testing.hub_server import main
-main()
-"""
-
-
 def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> FastAPI:
     """A FastAPI app serving the Hub repos stored under ``data_dir`` to ``users`` (name -> token)."""
     # Imported lazily: HubServer and the test fixtures must import without the hub-server extra.
@@ -99,7 +84,7 @@ class HubServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env[USERS_ENV] = json.dumps(self.users)
-        cmd = [sys.executable, "-c", _CHILD_BOOTSTRAP, str(_PACKAGE_DIR), "--host", self.host,
+        cmd = [sys.executable, "-m", "peft_hybrid.testing.hub_server", "--host", self.host,
                "--port", str(self.port), "--data-dir", str(self.data_dir)]  # fmt: skip
         with open(self.log_path, "ab") as log:
             offset = log.tell()
