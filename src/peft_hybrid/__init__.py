@@ -26,7 +26,7 @@ _EXPORTS = {
     "list_tasks": "tasks",
     "register_task": "tasks",
     "HybridTrainer": "trainer",
-    "HybridTrainingArguments": "trainer",
+    "HybridTrainingArguments": "training_args",
     "TrainingSummary": "callbacks",
     "latest_complete_checkpoint": "checkpoints",
     "AblationResult": "ablation",
