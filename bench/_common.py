@@ -45,7 +45,7 @@ class Shape:
 
 SHAPES = {
     "tiny": Shape("tiny", batch=16, src=64, tgt=32, new_tokens=16),
-    "small": Shape("bench-small", batch=16, src=256, tgt=64, new_tokens=32),
+    "small": Shape("bench-small", batch=16, src=256, tgt=64, new_tokens=64),
     "flan-t5-base": Shape("flan-t5-base", batch=64, src=512, tgt=128, new_tokens=64),
 }
 
@@ -234,6 +234,18 @@ def add_ratios(rows: list[dict[str, Any]], key: str, pairs: dict[str, str]) -> N
         row, base = by_name.get(name), by_name.get(ref)
         if row and base and key in row and key in base:
             row["ratio_vs"] = f"{row[key] / base[key]:.3f}x {ref}"
+
+
+def paired_speedup(row: dict[str, Any], ref: dict[str, Any]) -> float | None:
+    """Median over reps of ``ref time / row time`` (> 1: the row is faster).
+
+    The variants are timed round-robin, so rep ``i`` of every variant ran within seconds of the
+    others; the ratio inside a rep cancels most of a shared machine's drifting load, which a
+    ratio of two medians taken over the whole run does not.
+    """
+    ours, theirs = row.get("times_s") or [], ref.get("times_s") or []
+    n = min(len(ours), len(theirs))
+    return statistics.median(t / o for o, t in zip(ours[:n], theirs[:n])) if n else None
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

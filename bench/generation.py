@@ -3,7 +3,9 @@
 Every variant generates exactly ``new_tokens`` per example (``min_new_tokens=max_new_tokens``),
 so new tokens/s compare like for like. The merged variant times ``with merged_lora(model):
 model.generate(...)`` whole (the merge is inside the timing) and checks its tokens against the
-unmerged model's. With ``--fast`` (default on cuda) also the merged model on a bf16 base.
+unmerged model's. With ``--fast`` (default on cuda) also the merged model on a bf16 base; with
+``--compile`` also the merged model with its stacks compiled (`compile_model`, the compile is
+in the first call, outside the timed reps).
 
     python bench/generation.py --shape small --device cpu --reps 5 --out bench/results/gen_small.json
 """
@@ -23,16 +25,21 @@ from _common import (
     make_batch,
     make_parser,
     markdown_table,
+    paired_speedup,
     run_interleaved,
     setup,
     write_results,
 )
-from train_step import stock_hybrid
+from train_step import STOCK_HYBRID, stock_hybrid
 
 from peft_hybrid import HybridConfig, HybridModel
-from peft_hybrid.speed import cast_frozen_base_, merged_lora
+from peft_hybrid.speed import cast_frozen_base_, compile_model, merged_lora
 
-COLUMNS = ["variant", "median_s", "min_s", "new_tokens_per_s", "ratio_vs", "ratio_vs_base", "peak_mib", "same_tokens_as_unmerged", "error"]
+COLUMNS = [
+    "variant", "median_s", "min_s", "new_tokens_per_s", "ratio_vs", "ratio_vs_base", "paired_vs_stock", "paired_vs_base",
+    "gflops", "work_vs_base",
+    "peak_mib", "same_tokens_as_unmerged", "error",
+]
 
 
 def ours(base: torch.nn.Module, bf16_base: bool = False) -> HybridModel:
@@ -68,7 +75,7 @@ def prepare_generate(
                     return model.generate(**kwargs)
             return model.generate(**kwargs)
 
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"gflops": count_gflops(generate)}
     if merged:
         with torch.no_grad(), autocast(device, bf16):
             unmerged = model.generate(**kwargs)
@@ -76,24 +83,40 @@ def prepare_generate(
     return generate, info
 
 
-def variants(shape: Shape, device: str, bf16: bool, fast: bool) -> dict[str, Callable[[], tuple]]:
+def count_gflops(generate: Callable[[], torch.Tensor]) -> float:
+    """Matmul GFLOPs of one ``generate()`` call (``torch.utils.flop_counter``): the work a variant
+    does, independent of how fast the machine runs it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        generate()
+    return counter.get_total_flops() / 1e9
+
+
+def variants(
+    shape: Shape, device: str, bf16: bool, fast: bool, compiled: bool = False
+) -> dict[str, Callable[[], tuple]]:
     def prepare(build, merged=False):
         return lambda: prepare_generate(build, shape, device, bf16, merged)
 
     out = {
         "plain base": prepare(lambda base: base),
-        "stock hybrid (hand-assembled)": prepare(stock_hybrid),
+        STOCK_HYBRID: prepare(stock_hybrid),
         "peft_hybrid hybrid unmerged": prepare(ours),
         "peft_hybrid hybrid merged": prepare(ours, merged=True),
     }
     if fast:
         out["peft_hybrid hybrid merged bf16-base"] = prepare(lambda base: ours(base, bf16_base=True), merged=True)
+    if compiled:
+        out["peft_hybrid hybrid merged+compile"] = prepare(lambda base: compile_model(ours(base)), merged=True)
     return out
 
 
-def run(shape: Shape, device: str, bf16: bool, fast: bool, warmup: int, reps: int, deadline: float) -> dict[str, Any]:
+def run(
+    shape: Shape, device: str, bf16: bool, fast: bool, warmup: int, reps: int, deadline: float, compiled: bool = False
+) -> dict[str, Any]:
     """All generation variants, interleaved; rows with new tokens/s and ratios."""
-    rows = run_interleaved(variants(shape, device, bf16, fast), device, warmup, reps, deadline)
+    rows = run_interleaved(variants(shape, device, bf16, fast, compiled), device, warmup, reps, deadline)
     for row in rows:
         if "median_s" in row:
             row["new_tokens_per_s"] = shape.batch * shape.new_tokens / row["median_s"]
@@ -102,24 +125,35 @@ def run(shape: Shape, device: str, bf16: bool, fast: bool, warmup: int, reps: in
 
 
 def add_generation_ratios(rows: list[dict]) -> None:
-    """Throughput ratios (> 1 is faster): vs the stock hybrid, and vs the plain base."""
+    """Throughput ratios (> 1 is faster) vs the stock hybrid and vs the plain base: of the
+    medians, and paired (median of the per-rep ratios, the steadier figure on a shared box)."""
     names = [r["variant"] for r in rows if r["variant"].startswith("peft_hybrid")]
-    add_ratios(rows, "new_tokens_per_s", {n: "stock hybrid (hand-assembled)" for n in names})
-    base = next((r for r in rows if r["variant"] == "plain base" and "new_tokens_per_s" in r), None)
+    add_ratios(rows, "new_tokens_per_s", {n: STOCK_HYBRID for n in names})
+    by_name = {r["variant"]: r for r in rows}
+    base, stock = by_name.get("plain base", {}), by_name.get(STOCK_HYBRID, {})
     for row in rows:
-        if base and "new_tokens_per_s" in row and row is not base:
+        if row is base:
+            continue
+        if "new_tokens_per_s" in row and "new_tokens_per_s" in base:
             row["ratio_vs_base"] = row["new_tokens_per_s"] / base["new_tokens_per_s"]
+        row["paired_vs_base"] = paired_speedup(row, base)
+        if row["variant"] in names:
+            row["paired_vs_stock"] = paired_speedup(row, stock)
+        # Matmul work relative to the plain base: what the soft prompt (and unmerged LoRA) add.
+        if base.get("gflops") and row.get("gflops"):
+            row["work_vs_base"] = row["gflops"] / base["gflops"]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="Add the merged bf16-base variant.")
+    parser.add_argument("--compile", action="store_true", help="Add the merged variant with compiled stacks (inductor).")
     args = parser.parse_args(argv)
     setup(args.device)
     shape = SHAPES[args.shape]
     bf16 = args.bf16 or args.device == "cuda"
     fast = args.fast or args.device == "cuda"
-    result = run(shape, args.device, bf16, fast, args.warmup, args.reps, time.monotonic() + args.budget)
+    result = run(shape, args.device, bf16, fast, args.warmup, args.reps, time.monotonic() + args.budget, args.compile)
     log(f"generation, shape={args.shape} {shape}, bf16 autocast={bf16}\n{result['table']}")
     write_results(args.out, {"shape": args.shape, "geometry": vars(shape), "bf16": bf16, **result})
     return result["rows"]
