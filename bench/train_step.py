@@ -23,6 +23,7 @@ from _common import (
     make_batch,
     make_parser,
     markdown_table,
+    paired_speedup,
     run_interleaved,
     setup,
     summarize,
@@ -35,7 +36,9 @@ from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.speed import cast_frozen_base_, compile_model, dynamo_counters
 
 PAPER_LORA = dict(r=4, lora_alpha=4, target_modules=["q", "v"], lora_dropout=0.05)
-COLUMNS = ["variant", "median_s", "min_s", "samples_per_s", "ratio_vs", "peak_mib", "first_call_s", "trainable", "error"]
+COLUMNS = [
+    "variant", "median_s", "min_s", "samples_per_s", "ratio_vs", "paired_speedup", "peak_mib", "first_call_s", "trainable", "error",
+]
 
 
 def stock_lora(base: torch.nn.Module) -> torch.nn.Module:
@@ -121,50 +124,80 @@ def measure_prepend(shape: Shape, device: str, reps: int = 50) -> dict[str, Any]
     }
 
 
-def variants(shape: Shape, device: str, bf16: bool, fast: bool, backend: str = "inductor") -> dict[str, Callable[[], tuple]]:
+STOCK_HYBRID = "stock hybrid (hand-assembled)"
+FAST = "peft_hybrid hybrid bf16-base+compile"
+
+
+def variants(
+    shape: Shape, device: str, bf16: bool, fast: bool, backend: str = "inductor", only: list[str] | None = None
+) -> dict[str, Callable[[], tuple]]:
     builds = {
         "stock PEFT LoRA": stock_lora,
         "peft_hybrid lora": ours("lora"),
-        "stock hybrid (hand-assembled)": stock_hybrid,
+        STOCK_HYBRID: stock_hybrid,
         "peft_hybrid hybrid": ours("hybrid"),
     }
     if fast:
-        builds["peft_hybrid hybrid bf16-base+compile"] = ours_fast(backend)
+        builds[FAST] = ours_fast(backend)
+    if only:
+        unknown = sorted(set(only) - set(builds))
+        if unknown:
+            raise SystemExit(f"--only {unknown}: not a variant here; choose from {sorted(builds)} (add --fast for {FAST!r}).")
+        builds = {name: build for name, build in builds.items() if name in only}
     return {name: (lambda b=b: prepare_train(b, shape, device, bf16)) for name, b in builds.items()}
 
 
 def run(
-    shape: Shape, device: str, bf16: bool, fast: bool, warmup: int, reps: int, deadline: float, backend: str = "inductor"
+    shape: Shape,
+    device: str,
+    bf16: bool,
+    fast: bool,
+    warmup: int,
+    reps: int,
+    deadline: float,
+    backend: str = "inductor",
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """All train variants, interleaved; rows with samples/s, ratios and compile counts."""
+    """Train variants (all, or those named in ``only``), interleaved; rows with samples/s,
+    ratios and compile counts."""
     before = dynamo_counters()
-    rows = run_interleaved(variants(shape, device, bf16, fast, backend), device, warmup, reps, deadline)
+    rows = run_interleaved(variants(shape, device, bf16, fast, backend, only), device, warmup, reps, deadline)
     after = dynamo_counters()
     for row in rows:
         if "median_s" in row:
             row["samples_per_s"] = shape.batch / row["median_s"]
-    # Time per step, so a ratio < 1 means faster than the reference.
-    add_ratios(rows, "median_s", ratio_pairs(fast))
+    # Time per step, so a ratio < 1 means faster than the reference; the paired speedup
+    # (median of per-rep reference/variant time ratios) is > 1 when faster.
+    pairs = ratio_pairs(fast)
+    add_ratios(rows, "median_s", pairs)
+    by_name = {r["variant"]: r for r in rows}
+    for name, ref in pairs.items():
+        if name in by_name and ref in by_name:
+            by_name[name]["paired_speedup"] = paired_speedup(by_name[name], by_name[ref])
     return {"rows": rows, "dynamo": {"before": before, "after": after}, "table": markdown_table(rows, COLUMNS)}
 
 
 def ratio_pairs(fast: bool) -> dict[str, str]:
-    pairs = {"peft_hybrid lora": "stock PEFT LoRA", "peft_hybrid hybrid": "stock hybrid (hand-assembled)"}
+    pairs = {"peft_hybrid lora": "stock PEFT LoRA", "peft_hybrid hybrid": STOCK_HYBRID}
     if fast:
-        pairs["peft_hybrid hybrid bf16-base+compile"] = "stock hybrid (hand-assembled)"
+        pairs[FAST] = STOCK_HYBRID
     return pairs
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="Add the bf16-frozen-base + compile variant.")
+    parser.add_argument("--only", action="append", metavar="VARIANT", help="Run only this variant (repeatable).")
+    parser.add_argument("--compile-backend", default="inductor", help="'eager' checks the compiled path quickly.")
+    parser.add_argument("--no-prompt-join", action="store_true", help="Skip the soft-prompt join timing.")
     args = parser.parse_args(argv)
     setup(args.device)
     shape = SHAPES[args.shape]
     bf16 = args.bf16 or args.device == "cuda"
     fast = args.fast or args.device == "cuda"
-    result = run(shape, args.device, bf16, fast, args.warmup, args.reps, time.monotonic() + args.budget)
-    prepend = measure_prepend(shape, args.device)
+    deadline = time.monotonic() + args.budget
+    result = run(shape, args.device, bf16, fast, args.warmup, args.reps, deadline, args.compile_backend, args.only)
+    prepend = None if args.no_prompt_join else measure_prepend(shape, args.device)
     log(f"train step, shape={args.shape} {shape}, bf16 autocast={bf16}\n{result['table']}\nprompt join: {prepend}")
     write_results(args.out, {"shape": args.shape, "geometry": vars(shape), "bf16": bf16, **result, "prompt_join": prepend})
     return result["rows"]
