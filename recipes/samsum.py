@@ -2,7 +2,7 @@
 
 The paper's recipe (recipes/configs/samsum.yaml); any argument can be overridden on the command line.
 
-Launch on one or more GPUs (DDP; see recipes/accelerate_configs/ for FSDP and DeepSpeed ZeRO-2)::
+Launch on one or more GPUs (data parallel; FSDP and DeepSpeed are refused, see recipes/README.md)::
 
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/samsum.py \
         --config recipes/configs/samsum.yaml --output_dir runs/samsum-hybrid

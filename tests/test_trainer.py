@@ -355,3 +355,24 @@ def test_bf16_frozen_base_needs_bf16(tmp_path):
     model, tokenizer = _model("hybrid")
     with pytest.raises(ValueError, match="bf16_frozen_base=True needs bf16=True"):
         HybridTrainer(model, _no_eval_args(tmp_path, bf16_frozen_base=True), processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("plugin, name", [("is_fsdp_enabled", "FSDP"), ("is_deepspeed_enabled", "DeepSpeed")])
+def test_sharded_launch_is_refused_before_training(plugin, name, tmp_path, monkeypatch):
+    """An accelerate launch with an FSDP or DeepSpeed plugin fails at construction, naming the
+    plugin and the data-parallel config to use instead (FSDP needs accelerator devices, so the
+    launcher's flag is set here the way accelerate would set it)."""
+    import transformers
+
+    original = transformers.Trainer.create_accelerator_and_postprocess
+
+    def with_plugin(self):
+        original(self)
+        setattr(self, plugin, True)
+
+    monkeypatch.setattr(transformers.Trainer, "create_accelerator_and_postprocess", with_plugin)
+    model, tokenizer = _model()
+    before = {k: v.clone() for k, v in model.adapter_tensors().items()}
+    with pytest.raises(ValueError, match=rf"does not support {name}.*multi_gpu\.yaml"):
+        HybridTrainer(model, _no_eval_args(tmp_path / "out"), processing_class=tokenizer)
+    assert all(torch.equal(before[k], v) for k, v in model.adapter_tensors().items())

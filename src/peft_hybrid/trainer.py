@@ -125,6 +125,24 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
             compile_model(model, dynamic=True)
         super().__init__(model=model, args=args, callbacks=callbacks, compute_metrics=compute_metrics, **kwargs)
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """Refuse sharded training (FSDP, DeepSpeed) as soon as the launcher's plugin is known.
+
+        Adapter-only checkpoints and exact resume read and write the adapter tensors whole, on
+        the main process; under FSDP or DeepSpeed those tensors (and the optimizer state) are
+        sharded across ranks, and DeepSpeed's own checkpoints load through pickle. Failing here,
+        before any step, is better than checkpoints that cannot be loaded.
+        """
+        super().create_accelerator_and_postprocess()
+        sharded = "FSDP" if self.is_fsdp_enabled else "DeepSpeed" if self.is_deepspeed_enabled else None
+        if sharded:
+            raise ValueError(
+                f"HybridTrainer does not support {sharded}: its adapter-only checkpoints need the adapter whole on "
+                "the main process. The adapter needs no sharding (465k parameters at FLAN-T5-base): launch plain "
+                "data parallel instead (accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml), "
+                "and add bf16=True with bf16_frozen_base=True to halve the frozen base's memory."
+            )
+
     # --- public additions -------------------------------------------------------------------
     @property
     def training_summary(self):
