@@ -172,8 +172,8 @@ def run_interleaved(
 
     ``prepare()`` builds a variant and returns ``(call, info)``. Peak memory covers the build,
     the first call (which holds any compile) and the warm-up. The timed calls then alternate
-    between variants, rep by rep, so a load spike from other processes on a shared machine
-    hits every variant alike instead of whichever ran at the time.
+    between variants, rep by rep (the starting variant rotating), so a load spike from other
+    processes on a shared machine hits every variant alike instead of whichever ran at the time.
     """
     rows: dict[str, dict[str, Any]] = {}
     calls: dict[str, Callable[[], Any]] = {}
@@ -204,7 +204,10 @@ def run_interleaved(
         if time.monotonic() > deadline:
             log(f"time budget spent after {rep} timed reps")
             break
-        for name in list(calls):
+        # Rotate the starting variant, so that none always runs first in a rep.
+        names = list(calls)
+        first = rep % len(names) if names else 0
+        for name in names[first:] + names[:first]:
             try:
                 start = time.perf_counter()
                 calls[name]()

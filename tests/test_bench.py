@@ -1,0 +1,60 @@
+"""The GPU benchmark's code path, run on CPU at the tiny shape: GPU time is scarce, so a broken
+bench must show up here, not on the lent machine."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gpu_smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-smoke")
+    command = [
+        sys.executable, str(BENCH / "gpu.py"), "--shape", "tiny", "--device", "cpu", "--compile-backend", "eager",
+        "--warmup", "1", "--train-reps", "2", "--gen-reps", "2", "--budget", "300", "--out", str(out),
+    ]
+    done = subprocess.run(command, cwd=BENCH, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "results.json").read_text(encoding="utf-8")), (out / "results.md").read_text(encoding="utf-8")
+
+
+def _rows(section):
+    return {row["variant"]: row for row in section["rows"]}
+
+
+def test_every_section_measures_every_variant(gpu_smoke):
+    results, markdown = gpu_smoke
+    train, generation, compiled = (_rows(results[name]) for name in ("train", "generation", "compiled"))
+    assert set(train) == {"stock PEFT LoRA", "peft_hybrid lora", "stock hybrid (hand-assembled)", "peft_hybrid hybrid"}
+    assert set(compiled) == {"stock hybrid (hand-assembled)", "peft_hybrid hybrid bf16-base+compile"}
+    assert len(generation) == 5
+    for row in [*train.values(), *generation.values(), *compiled.values()]:
+        assert "error" not in row, row
+        assert len(row["times_s"]) == 2 and row["median_s"] > 0
+    assert {"## train", "## generation", "## compiled"} <= set(markdown.splitlines())
+
+
+def test_trainable_counts_and_ratios_are_like_for_like(gpu_smoke):
+    results, _ = gpu_smoke
+    train, compiled = _rows(results["train"]), _rows(results["compiled"])
+    assert train["peft_hybrid lora"]["trainable"] == train["stock PEFT LoRA"]["trainable"]
+    assert train["peft_hybrid hybrid"]["trainable"] == train["stock hybrid (hand-assembled)"]["trainable"]
+    assert compiled["peft_hybrid hybrid bf16-base+compile"]["trainable"] == train["peft_hybrid hybrid"]["trainable"]
+    assert train["peft_hybrid hybrid"]["ratio_vs"].endswith("x stock hybrid (hand-assembled)")
+    assert results["compiled"]["dynamo"]["after"]["graph_breaks"] == 0
+
+
+def test_generation_merged_tokens_equal_unmerged_and_work_is_counted(gpu_smoke):
+    generation = _rows(gpu_smoke[0]["generation"])
+    merged = generation["peft_hybrid hybrid merged"]
+    assert merged["same_tokens_as_unmerged"] is True
+    # The prompt adds matmul work; merging removes LoRA's share of it.
+    base, stock = generation["plain base"]["gflops"], generation["stock hybrid (hand-assembled)"]["gflops"]
+    assert base < merged["gflops"] < stock
+    assert merged["paired_vs_base"] > 0 and merged["paired_vs_stock"] > 0
