@@ -105,3 +105,26 @@ def test_bad_input_exits_2_with_a_one_line_reason(saved, tmp_path, capsys, argv,
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_generate_texts_runs_merged_and_puts_the_model_back(saved):
+    """No LoRA layer runs during generation (LoRA is merged into plain Linears), the outputs are
+    the unmerged model's, and afterwards the LoRA layers and base weights are the same objects."""
+    from peft.tuners.lora import LoraLayer
+
+    _, model, tokenizer, _, sentences = saved
+    lora_layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    weights = {name: m.get_base_layer().weight for name, m in lora_layers.items()}
+    before = {name: w.detach().clone() for name, w in weights.items()}
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in lora_layers.values()]
+    try:
+        merged = generate_texts(model, tokenizer, sentences[:4], batch_size=2, progress=False, max_new_tokens=4)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert lora_layers and calls == []
+    assert merged == expected_outputs(model, tokenizer, sentences[:4], 2, max_new_tokens=4)
+    after = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert all(after[name] is layer for name, layer in lora_layers.items())
+    assert all(after[n].get_base_layer().weight is weights[n] and torch.equal(weights[n], before[n]) for n in weights)

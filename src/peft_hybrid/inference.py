@@ -118,23 +118,28 @@ def generate_texts(
     """Generate one output per input text, in input order, ``batch_size`` texts at a time.
 
     Batches are taken in input order (as the Trainer's evaluation does), so the same adapter
-    gives the same outputs here and in ``HybridTrainer.evaluate``. The progress bar goes to
-    stderr, leaving stdout for the outputs.
+    gives the same outputs here and in ``HybridTrainer.evaluate``. LoRA is merged for the whole
+    call (`peft_hybrid.speed.merged_lora`, as the Trainer's ``merged_eval``): plain Linears,
+    the same tokens, the model put back unchanged afterwards. The progress bar goes to stderr,
+    leaving stdout for the outputs.
     """
     from tqdm.auto import tqdm
+
+    from .speed import merged_lora
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: pass a positive number of texts per batch.")
     outputs: list[str] = []
     bar = tqdm(total=len(texts), desc=desc, unit="ex", file=sys.stderr, disable=not progress)
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
-        encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
-        encoded = {k: v.to(model.device) for k, v in encoded.items()}
-        generated = model.generate(**encoded, **generation_kwargs)
-        decoded = tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        outputs.extend(text.strip() for text in decoded)
-        bar.update(len(batch))
+    with merged_lora(model):
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
+            encoded = {k: v.to(model.device) for k, v in encoded.items()}
+            generated = model.generate(**encoded, **generation_kwargs)
+            decoded = tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            outputs.extend(text.strip() for text in decoded)
+            bar.update(len(batch))
     bar.close()
     return outputs
 
