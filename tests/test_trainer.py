@@ -11,6 +11,7 @@ import torch
 
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.data import Seq2SeqCollator, tokenize_dataset
+from peft_hybrid.speed import compile_model
 from peft_hybrid.tasks import Task, get_task, register_task, unregister_task
 from peft_hybrid.testing import t5_from_preset
 from peft_hybrid.testing.synthetic import dialogue_summary_pairs, sentiment_sentences
@@ -376,3 +377,28 @@ def test_sharded_launch_is_refused_before_training(plugin, name, tmp_path, monke
     with pytest.raises(ValueError, match=rf"does not support {name}.*multi_gpu\.yaml"):
         HybridTrainer(model, _no_eval_args(tmp_path / "out"), processing_class=tokenizer)
     assert all(torch.equal(before[k], v) for k, v in model.adapter_tensors().items())
+
+
+@pytest.mark.parametrize("flag", ["torch_compile", "compile_stacks"])
+def test_compiled_training_saves_the_adapter_it_trained(flag, tmp_path):
+    """Transformers' own ``torch_compile`` (the whole forward) and ``compile_stacks`` (the two
+    stacks, so generation is compiled too) both train the adapter, leave the base alone, and
+    write checkpoints under the plain parameter names (dynamo tracing only, for speed)."""
+    model, tokenizer = _model()
+    base_before, adapter_before = _base_weights(model), _snapshot(model.adapter_tensors())
+    rows = _tokenized(_sst2_rows(8, 0), tokenizer)
+    args = _args(tmp_path, task="sst2", max_steps=2, per_device_train_batch_size=4, eval_strategy="steps", eval_steps=2,
+                 save_strategy="steps", save_steps=2, learning_rate=1e-2, **{flag: True})
+    if flag == "torch_compile":
+        args.torch_compile_backend = "eager"
+    trainer = HybridTrainer(model, args, train_dataset=rows, eval_dataset=rows, processing_class=tokenizer,
+                            data_collator=Seq2SeqCollator(tokenizer))
+    if flag == "compile_stacks":  # recompile with dynamo only: inductor would take minutes here
+        compile_model(model, backend="eager")
+    trainer.train()
+    assert any("eval_accuracy" in entry for entry in trainer.state.log_history)  # generation ran
+    assert all(torch.equal(v, base_before[k]) for k, v in _base_weights(model).items())
+    trained = model.adapter_tensors()
+    assert all(not torch.equal(trained[k], v) for k, v in adapter_before.items())
+    saved = HybridModel.from_pretrained(tmp_path / "checkpoint-2", t5_from_preset("tiny")[0]).adapter_tensors()
+    assert set(saved) == set(trained) and all(torch.equal(saved[k], trained[k]) for k in saved)
