@@ -230,13 +230,15 @@ def summarize(times: list[float]) -> dict[str, Any]:
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
-def add_ratios(rows: list[dict[str, Any]], key: str, pairs: dict[str, str]) -> None:
-    """``ratio_vs`` on each row in ``pairs`` (row -> reference row): its ``key`` over the reference's."""
+def add_ratios(rows: list[dict[str, Any]], key: str, pairs: dict[str, str], paired_key: str = "paired_speedup") -> None:
+    """For each row in ``pairs`` (row -> reference row): ``ratio_vs``, its ``key`` over the
+    reference's, and under ``paired_key`` the `paired_speedup` against the reference."""
     by_name = {r["variant"]: r for r in rows}
     for name, ref in pairs.items():
         row, base = by_name.get(name), by_name.get(ref)
         if row and base and key in row and key in base:
             row["ratio_vs"] = f"{row[key] / base[key]:.3f}x {ref}"
+            row[paired_key] = paired_speedup(row, base)
 
 
 def paired_speedup(row: dict[str, Any], ref: dict[str, Any]) -> float | None:

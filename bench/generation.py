@@ -137,9 +137,9 @@ def add_generation_ratios(rows: list[dict]) -> None:
     at the hybrid's encoder length: of the medians, and paired (median of the per-rep ratios,
     the steadier figure on a shared box)."""
     names = [r["variant"] for r in rows if r["variant"].startswith("peft_hybrid")]
-    add_ratios(rows, "new_tokens_per_s", {n: STOCK_HYBRID for n in names})
+    add_ratios(rows, "new_tokens_per_s", {n: STOCK_HYBRID for n in names}, paired_key="paired_vs_stock")
     by_name = {r["variant"]: r for r in rows}
-    base, stock, same_length = (by_name.get(n, {}) for n in ("plain base", STOCK_HYBRID, PLAIN_LONGER))
+    base, same_length = by_name.get("plain base", {}), by_name.get(PLAIN_LONGER, {})
     for row in rows:
         if row is base:
             continue
@@ -147,7 +147,6 @@ def add_generation_ratios(rows: list[dict]) -> None:
             row["ratio_vs_base"] = row["new_tokens_per_s"] / base["new_tokens_per_s"]
         row["paired_vs_base"] = paired_speedup(row, base)
         if row["variant"] in names:
-            row["paired_vs_stock"] = paired_speedup(row, stock)
             # Against the base reading as many positions: 1.0 means no overhead beyond the prompt's length.
             row["paired_vs_same_length"] = paired_speedup(row, same_length)
         # Matmul work relative to the plain base: what the soft prompt (and unmerged LoRA) add.

@@ -23,7 +23,6 @@ from _common import (
     make_batch,
     make_parser,
     markdown_table,
-    paired_speedup,
     run_interleaved,
     setup,
     summarize,
@@ -168,12 +167,7 @@ def run(
             row["samples_per_s"] = shape.batch / row["median_s"]
     # Time per step, so a ratio < 1 means faster than the reference; the paired speedup
     # (median of per-rep reference/variant time ratios) is > 1 when faster.
-    pairs = ratio_pairs(fast)
-    add_ratios(rows, "median_s", pairs)
-    by_name = {r["variant"]: r for r in rows}
-    for name, ref in pairs.items():
-        if name in by_name and ref in by_name:
-            by_name[name]["paired_speedup"] = paired_speedup(by_name[name], by_name[ref])
+    add_ratios(rows, "median_s", ratio_pairs(fast))
     return {"rows": rows, "dynamo": {"before": before, "after": after}, "table": markdown_table(rows, COLUMNS)}
 
 
