@@ -2,6 +2,7 @@
 
 Every bench script imports this module (one home); none copies from another.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,17 +15,18 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from peft_hybrid.testing import presets  # noqa: E402
+from peft_hybrid.offline import presets  # noqa: E402
 
 # A bench-local "small T5" shape for CPU targets (between tiny and flan-t5-small).
 presets.PRESETS.setdefault(
@@ -230,7 +232,9 @@ def summarize(times: list[float]) -> dict[str, Any]:
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
-def add_ratios(rows: list[dict[str, Any]], key: str, pairs: dict[str, str], paired_key: str = "paired_speedup") -> None:
+def add_ratios(
+    rows: list[dict[str, Any]], key: str, pairs: dict[str, str], paired_key: str = "paired_speedup"
+) -> None:
     """For each row in ``pairs`` (row -> reference row): ``ratio_vs``, its ``key`` over the
     reference's, and under ``paired_key`` the `paired_speedup` against the reference."""
     by_name = {r["variant"]: r for r in rows}
@@ -273,7 +277,11 @@ def environment() -> dict[str, Any]:
 
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     env = {

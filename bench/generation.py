@@ -9,11 +9,13 @@ in the first call, outside the timed reps).
 
     python bench/generation.py --shape small --device cpu --reps 5 --out bench/results/gen_small.json
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from _common import (
@@ -40,9 +42,20 @@ PROMPT_TOKENS = HybridConfig().num_virtual_tokens
 PLAIN_LONGER = f"plain base, source + {PROMPT_TOKENS} tokens"
 
 COLUMNS = [
-    "variant", "median_s", "min_s", "new_tokens_per_s", "ratio_vs", "ratio_vs_base", "paired_vs_stock", "paired_vs_base",
-    "paired_vs_same_length", "gflops", "work_vs_base",
-    "peak_mib", "same_tokens_as_unmerged", "error",
+    "variant",
+    "median_s",
+    "min_s",
+    "new_tokens_per_s",
+    "ratio_vs",
+    "ratio_vs_base",
+    "paired_vs_stock",
+    "paired_vs_base",
+    "paired_vs_same_length",
+    "gflops",
+    "work_vs_base",
+    "peak_mib",
+    "same_tokens_as_unmerged",
+    "error",
 ]
 
 
@@ -157,7 +170,9 @@ def add_generation_ratios(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="Add the merged bf16-base variant.")
-    parser.add_argument("--compile", action="store_true", help="Add the merged variant with compiled stacks (inductor).")
+    parser.add_argument(
+        "--compile", action="store_true", help="Add the merged variant with compiled stacks (inductor)."
+    )
     args = parser.parse_args(argv)
     setup(args.device)
     shape = SHAPES[args.shape]

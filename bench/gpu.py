@@ -19,6 +19,7 @@ A CPU smoke run of the same code path:
 
     python bench/gpu.py --shape tiny --device cpu --compile-backend eager --out /tmp/gpu-smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,16 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"gpu bench: shape={args.shape} {shape} device={args.device} bf16={bf16} budget={args.budget}s")
     # Eager training gets ~30% of the budget, generation ~20%, the compiled run the rest.
     sections = (
-        ("train", lambda: train_step.run(
-            shape, args.device, bf16, False, args.warmup, args.train_reps, start + 0.3 * args.budget
-        )),
-        ("generation", lambda: generation.run(shape, args.device, bf16, True, 1, args.gen_reps, start + 0.5 * args.budget)),
+        (
+            "train",
+            lambda: train_step.run(
+                shape, args.device, bf16, False, args.warmup, args.train_reps, start + 0.3 * args.budget
+            ),
+        ),
+        (
+            "generation",
+            lambda: generation.run(shape, args.device, bf16, True, 1, args.gen_reps, start + 0.5 * args.budget),
+        ),
         ("compiled", lambda: run_compiled(args, deadline)),
     )
     for name, section in sections:
@@ -78,10 +85,28 @@ def run_compiled(args: argparse.Namespace, deadline: float) -> dict:
     out = args.out / "compiled.json"
     left = deadline - time.monotonic()
     cmd = [
-        sys.executable, str(HERE / "train_step.py"), "--shape", args.shape, "--device", args.device, "--fast",
-        "--only", train_step.STOCK_HYBRID, "--only", train_step.FAST, "--compile-backend", args.compile_backend,
-        "--warmup", str(args.warmup), "--reps", str(args.train_reps), "--budget", str(max(left - 20, 1)),
-        "--no-prompt-join", "--out", str(out),
+        sys.executable,
+        str(HERE / "train_step.py"),
+        "--shape",
+        args.shape,
+        "--device",
+        args.device,
+        "--fast",
+        "--only",
+        train_step.STOCK_HYBRID,
+        "--only",
+        train_step.FAST,
+        "--compile-backend",
+        args.compile_backend,
+        "--warmup",
+        str(args.warmup),
+        "--reps",
+        str(args.train_reps),
+        "--budget",
+        str(max(left - 20, 1)),
+        "--no-prompt-join",
+        "--out",
+        str(out),
     ]
     if args.device == "cuda":
         cmd.append("--bf16")
@@ -97,7 +122,8 @@ def _write(folder: Path, results: dict, start: float) -> None:
     results["elapsed_s"] = time.monotonic() - start
     (folder / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     lines = [
-        f"# GPU bench ({results['environment'].get('gpu', 'cpu')}, shape {results['shape']}, {results['elapsed_s']:.0f} s)",
+        f"# GPU bench ({results['environment'].get('gpu', 'cpu')}, shape {results['shape']}, "
+        f"{results['elapsed_s']:.0f} s)",
         "",
         "train `ratio_vs`: step time over the reference's (< 1 is faster); generation `ratio_vs` and",
         "`ratio_vs_base`: new tokens/s over the reference's (> 1 is faster). Memory: `peak_mib`.",

@@ -10,6 +10,7 @@ Usage::
 
     python bench/kill_resume.py --kills 10 --workers 2 --seed 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from peft_hybrid.testing.kill_resume import KillResumeRun
-
 ROOT = Path(__file__).resolve().parents[1]
+# The kill-resume driver is test code: it lives with the tests.
+sys.path.insert(0, str(ROOT / "tests"))
+
+from kill_resume_driver import KillResumeRun  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "kill_resume.json"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 SECTION_START = "<!-- reliability:start -->"
@@ -77,9 +81,16 @@ def main(argv: list[str] | None = None) -> dict:
             points = [k.result() for k in kills]
         total = time.perf_counter() - started
     result = {
-        "setup": {"preset": "tiny", "task": "samsum (synthetic CSV)", "max_steps": run.max_steps,
-                  "save_steps": run.save_steps, "steps_per_epoch": run.steps_per_epoch, "seed": run.seed,
-                  "kill_seed": args.seed, "workers": args.workers},
+        "setup": {
+            "preset": "tiny",
+            "task": "samsum (synthetic CSV)",
+            "max_steps": run.max_steps,
+            "save_steps": run.save_steps,
+            "steps_per_epoch": run.steps_per_epoch,
+            "seed": run.seed,
+            "kill_seed": args.seed,
+            "workers": args.workers,
+        },
         "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count()},
         "all_equal": all(not p["differences"] for p in points),
         "reference_run_s": round(reference.seconds, 1),
@@ -105,23 +116,34 @@ def _write_section(result: dict) -> None:
     )
     setup = result["setup"]
     equal = sum(not p["differences"] for p in result["points"])
+    header = " | ".join(
+        [
+            "killed after step",
+            "delay (s)",
+            "checkpoints on disk at kill",
+            "half-written, skipped",
+            "resumed from step",
+            "equal",
+            "killed + resumed run (s)",
+        ]
+    )
     section = f"""{SECTION_START}
 ## Reliability: SIGKILL and resume
 
-`python bench/kill_resume.py --kills {len(result['points'])} --workers {setup['workers']} --seed {setup['kill_seed']}`:
-`peft-hybrid train` (tiny preset, synthetic SAMSum CSV, dropout on, {setup['max_steps']} steps over two epochs,
-a checkpoint every {setup['save_steps']} steps, at most 2 kept) killed with SIGKILL a random 0-0.3 s after a
+`python bench/kill_resume.py --kills {len(result["points"])} --workers {setup["workers"]} --seed {setup["kill_seed"]}`:
+`peft-hybrid train` (tiny preset, synthetic SAMSum CSV, dropout on, {setup["max_steps"]} steps over two epochs,
+a checkpoint every {setup["save_steps"]} steps, at most 2 kept) killed with SIGKILL a random 0-0.3 s after a
 random step was logged, then resumed with `--resume_from_checkpoint latest`, and compared with one
 uninterrupted run of the same seed, tensor for tensor (`torch.equal`), on the final adapter and on every
 checkpoint both runs still hold.
 
-**Result: {equal} of {len(result['points'])} resumed runs equal to the uninterrupted run** (all equal:
-{'yes' if result['all_equal'] else 'NO'}). Half-written checkpoints (the kill landed during a save) are
+**Result: {equal} of {len(result["points"])} resumed runs equal to the uninterrupted run** (all equal:
+{"yes" if result["all_equal"] else "NO"}). Half-written checkpoints (the kill landed during a save) are
 skipped with a logged notice and training resumes from the previous complete one. CPU, 2 cores shared with
-other work; uninterrupted run {result['reference_run_s']} s, whole benchmark {result['total_wall_s']} s wall
+other work; uninterrupted run {result["reference_run_s"]} s, whole benchmark {result["total_wall_s"]} s wall
 (each run includes ~15-20 s of Python/torch start-up).
 
-| killed after step | delay (s) | checkpoints on disk at kill | half-written, skipped | resumed from step | equal | killed + resumed run (s) |
+| {header} |
 |---|---|---|---|---|---|---|
 {rows}
 {SECTION_END}

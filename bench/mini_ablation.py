@@ -3,7 +3,7 @@
 FLAN-T5 cannot be downloaded here, and an adapter on a random model measures nothing. So this
 script (1) trains a SentencePiece tokenizer and (2) pre-trains a small T5 with span corruption
 on the benchmarks' own unlabelled text (SST-2 train sentences, SAMSum validation dialogues,
-WikiSQL dev questions) for a bounded time, then (3) runs `peft_hybrid.ablation.run_ablation`
+WikiSQL dev questions) for a bounded time, then (3) runs `peft_hybrid.training.ablation.run_ablation`
 on SST-2 (train on a slice of train_full, select on a held-out slice of train_full, report on
 the 872-sentence dev split) and, with ``--tasks sst2,samsum``, on SAMSum (train on validation,
 report on a slice of test). Pre-training never sees the reported splits.
@@ -16,6 +16,7 @@ Run (about 25 minutes on 2 busy CPU cores):
 
     python bench/mini_ablation.py --pretrain-seconds 480 --tasks sst2,samsum --out RESULTS.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from peft_hybrid.testing.synthetic import write_samsum_csv  # noqa: E402
+from peft_hybrid.offline.synthetic import write_samsum_csv  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = REPO_ROOT.parent / "shared" / "data"
@@ -44,7 +45,9 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DATA)
-    parser.add_argument("--work-dir", type=Path, default=None, help="Base, data slices, adapters (default: a temp folder).")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="Base, data slices, adapters (default: a temp folder)."
+    )
     parser.add_argument("--out", type=Path, default=None, help="Markdown file for the results.")
     parser.add_argument("--tasks", default="sst2", help="Comma-separated: sst2, samsum.")
     parser.add_argument("--pretrain-seconds", type=float, default=480.0)
@@ -88,8 +91,16 @@ def _tokenizer(texts: list[str], vocab_size: int, folder: Path):
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(random.Random(0).sample(texts, min(len(texts), 20000))),
-        model_writer=model, vocab_size=vocab_size, model_type="unigram", character_coverage=0.9995,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, minloglevel=2,
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=0.9995,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
     )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spiece.model").write_bytes(model.getvalue())
@@ -100,9 +111,17 @@ def _base(tokenizer, d_model: int, layers: int, seed: int):
     from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(
-        vocab_size=(len(tokenizer) + 63) // 64 * 64, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model,
-        num_layers=layers, num_decoder_layers=layers, num_heads=4, feed_forward_proj="gated-gelu",
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        vocab_size=(len(tokenizer) + 63) // 64 * 64,
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=2 * d_model,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     torch.manual_seed(seed)
     return T5ForConditionalGeneration(config)
@@ -123,10 +142,19 @@ def _task_files(task: str, args: argparse.Namespace, folder: Path) -> tuple[dict
         random.Random(args.seed).shuffle(train_full)
         files = {
             "train_file": _write_tsv(folder / "train.tsv", train_full[: args.sst2_train]),
-            "validation_file": _write_tsv(folder / "heldout.tsv", train_full[args.sst2_train : args.sst2_train + args.sst2_heldout]),
+            "validation_file": _write_tsv(
+                folder / "heldout.tsv", train_full[args.sst2_train : args.sst2_train + args.sst2_heldout]
+            ),
             "test_file": str(args.data_dir / "sst2" / "dev.tsv"),
         }
-        extra = ["--max_source_length", "96", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "64"]
+        extra = [
+            "--max_source_length",
+            "96",
+            "--per_device_train_batch_size",
+            "32",
+            "--per_device_eval_batch_size",
+            "64",
+        ]
         return files, [*extra, *_budget(args.steps, evaluations=3)]
     if task == "samsum":
         val = _read_csv(args.data_dir / "samsum" / "val.csv")
@@ -137,8 +165,14 @@ def _task_files(task: str, args: argparse.Namespace, folder: Path) -> tuple[dict
             "test_file": str(write_samsum_csv(folder / "test.csv", test)),
         }
         extra = [
-            "--max_source_length", "256", "--max_target_length", "64",
-            "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
+            "--max_source_length",
+            "256",
+            "--max_target_length",
+            "64",
+            "--per_device_train_batch_size",
+            "16",
+            "--per_device_eval_batch_size",
+            "32",
         ]
         # Generating 128-token summaries is the slow part on CPU: select on one evaluation, at the end.
         return files, [*extra, *_budget(args.samsum_steps, evaluations=1)]
@@ -148,8 +182,18 @@ def _task_files(task: str, args: argparse.Namespace, folder: Path) -> tuple[dict
 def _budget(steps: int, evaluations: int) -> list[str]:
     every = str(max(steps // evaluations, 1))
     return [
-        "--max_steps", str(steps), "--warmup_steps", str(steps // 10), "--eval_strategy", "steps", "--eval_steps", every,
-        "--save_strategy", "steps", "--save_steps", every,
+        "--max_steps",
+        str(steps),
+        "--warmup_steps",
+        str(steps // 10),
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        every,
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        every,
     ]
 
 
@@ -158,9 +202,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not args.data_dir.is_dir():
         raise SystemExit(f"{args.data_dir} not found: this benchmark reads the real data beside the checkout.")
-    from peft_hybrid.ablation import run_ablation
-    from peft_hybrid.recipe import parse_args
-    from peft_hybrid.testing.pretrain import pretrain_span_corruption
+    from peft_hybrid.offline.pretrain import pretrain_span_corruption
+    from peft_hybrid.training.ablation import run_ablation
+    from peft_hybrid.training.recipe import parse_args
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="peft-hybrid-mini-ablation-"))
     started = time.perf_counter()
@@ -168,8 +212,15 @@ def main() -> None:
     tokenizer = _tokenizer(texts, args.vocab_size, work / "spm")
     base = _base(tokenizer, args.d_model, args.layers, args.seed)
     pretrain = pretrain_span_corruption(
-        base, tokenizer, texts, seconds=args.pretrain_seconds, batch_size=32, chunk_length=64,
-        learning_rate=3e-3, warmup_steps=100, seed=args.seed,
+        base,
+        tokenizer,
+        texts,
+        seconds=args.pretrain_seconds,
+        batch_size=32,
+        chunk_length=64,
+        learning_rate=3e-3,
+        warmup_steps=100,
+        seed=args.seed,
     )
     base_dir = work / "base"
     base.save_pretrained(base_dir)
@@ -178,7 +229,12 @@ def main() -> None:
         "corpus_documents": len(texts),
         "vocab": len(tokenizer),
         "base_params": base.num_parameters(),
-        "shape": {"d_model": args.d_model, "layers": f"{args.layers}+{args.layers}", "heads": 4, "d_ff": 2 * args.d_model},
+        "shape": {
+            "d_model": args.d_model,
+            "layers": f"{args.layers}+{args.layers}",
+            "heads": 4,
+            "d_ff": 2 * args.d_model,
+        },
         "pretrain": pretrain.to_dict(),
         "tasks": {},
     }
@@ -186,10 +242,31 @@ def main() -> None:
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         files, extra = _task_files(task, args, work / "data" / task)
         argv = [
-            "--model_name_or_path", str(base_dir), "--output_dir", str(work / "ablation" / task),
-            "--train_file", files["train_file"], "--validation_file", files["validation_file"], "--test_file", files["test_file"],
-            "--learning_rate", str(args.learning_rate), "--early_stopping_patience", "0", "--seed", str(args.seed),
-            "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "50", *extra,
+            "--model_name_or_path",
+            str(base_dir),
+            "--output_dir",
+            str(work / "ablation" / task),
+            "--train_file",
+            files["train_file"],
+            "--validation_file",
+            files["validation_file"],
+            "--test_file",
+            files["test_file"],
+            "--learning_rate",
+            str(args.learning_rate),
+            "--early_stopping_patience",
+            "0",
+            "--seed",
+            str(args.seed),
+            "--use_cpu",
+            "true",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--logging_steps",
+            "50",
+            *extra,
         ]
         script_args, hybrid_config, training_args = parse_args(argv, task=task)
         result = run_ablation(script_args, hybrid_config, training_args)
@@ -197,7 +274,9 @@ def main() -> None:
         print(result.markdown(), flush=True)
         # Written after every task, so a run cut short keeps the tables it finished.
         report["wall_seconds"] = round(time.perf_counter() - started, 1)
-        report["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}"
+        report["machine"] = (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}"
+        )
         (work / "mini_ablation.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
         if args.out is not None:
             args.out.write_text(_markdown(report, args), encoding="utf-8")
@@ -218,24 +297,30 @@ def _markdown(report: dict, args: argparse.Namespace) -> str:
         "pre-trained here, not FLAN-T5 (which cannot be downloaded in this environment), so the absolute numbers are "
         "far below the paper's; what the table compares is the four modes under one identical budget.",
         "",
-        f"Command: `{command}` ({report['wall_seconds'] / 60:.1f} min wall on {report['machine']}; the machine was shared).",
+        f"Command: `{command}` ({report['wall_seconds'] / 60:.1f} min wall on {report['machine']}; "
+        "the machine was shared).",
         "",
         "## Base model",
         "",
         f"- T5 v1.1 layout, d_model {report['shape']['d_model']}, {report['shape']['layers']} layers, 4 heads, "
         f"d_ff {report['shape']['d_ff']} (gated-GELU); {report['base_params']:,} parameters.",
         f"- SentencePiece unigram tokenizer trained by the script ({report['vocab']:,} tokens incl. 100 sentinels).",
-        f"- Span-corruption pre-training (`peft_hybrid.testing.pretrain`, noise 0.15, mean span 3, chunks of 64 "
+        f"- Span-corruption pre-training (`peft_hybrid.offline.pretrain`, noise 0.15, mean span 3, chunks of 64 "
         f"tokens, batch 32, AdamW 3e-3) on {report['corpus_documents']:,} unlabelled documents: SST-2 train_full "
-        f"sentences, SAMSum validation dialogues, WikiSQL dev questions. Pre-training: {report['pretrain']['steps']:,} "
-        f"steps in {report['pretrain']['seconds']:.0f} s, loss {report['pretrain']['first_loss']:.2f} → "
+        f"sentences, SAMSum validation dialogues, WikiSQL dev questions. Pre-training: "
+        f"{report['pretrain']['steps']:,} steps in {report['pretrain']['seconds']:.0f} s, loss "
+        f"{report['pretrain']['first_loss']:.2f} → "
         f"{report['pretrain']['final_loss']:.2f}.",
         "",
     ]
     for task, entry in report["tasks"].items():
         settings = entry["result"]["settings"]
         lines += [f"## {task}", "", entry["table"], "Settings shared by every row:", ""]
-        lines += [f"- {k}: `{v}`" for k, v in settings.items() if k not in ("base_model", "train_file", "validation_file", "test_file")]
+        lines += [
+            f"- {k}: `{v}`"
+            for k, v in settings.items()
+            if k not in ("base_model", "train_file", "validation_file", "test_file")
+        ]
         lines += [""]
     lines += [
         "Splits. SST-2: train on a seeded slice of train_full, select the checkpoint on another slice of "

@@ -1,9 +1,9 @@
 """Tokens processed per epoch on real SAMSum validation: length-grouped dynamic padding vs pad-to-512.
 
 Reads ``../shared/data/samsum/val.csv`` beside the repository (skips with a message where it is
-absent), formats and tokenizes it as training does (`peft_hybrid.tasks`, `peft_hybrid.data`,
+absent), formats and tokenizes it as training does (`peft_hybrid.tasks`, `peft_hybrid.training.data`,
 source side, max 512 tokens) and simulates the Trainer's length-grouped sampler with
-`peft_hybrid.data.padding_stats` at batch 16.
+`peft_hybrid.training.data.padding_stats` at batch 16.
 
 The real FLAN-T5 tokenizer cannot be downloaded here; ``--tokenizer offline`` (the default)
 uses the project's offline SentencePiece tokenizer, whose small vocabulary splits text into
@@ -16,6 +16,7 @@ exactly.
 
     python bench/padding.py --out bench/results/padding_samsum.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ from pathlib import Path
 
 from _common import log, write_results
 
-from peft_hybrid.data import padding_stats, tokenize_dataset
 from peft_hybrid.tasks import get_task
+from peft_hybrid.training.data import padding_stats, tokenize_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "samsum" / "val.csv"
@@ -48,8 +49,17 @@ def _proxy_tokenizer():
             lines.extend(json.loads(line)["question"] for line in handle if line.strip())
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=32000, model_type="unigram",
-        character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=32000,
+        model_type="unigram",
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
     )
     folder = Path(tempfile.mkdtemp(prefix="proxy-tokenizer-"))
     (folder / "spiece.model").write_bytes(model.getvalue())
@@ -62,7 +72,7 @@ def load_tokenizer(name: str):
     if name == "proxy":
         return _proxy_tokenizer()
     if name == "offline":
-        from peft_hybrid.testing import offline_tokenizer
+        from peft_hybrid.offline import offline_tokenizer
 
         return offline_tokenizer()
     from transformers import AutoTokenizer
@@ -99,8 +109,14 @@ def main(argv: list[str] | None = None) -> dict | None:
         ("no padding at all", stats["real_tokens"], 0.0),
     ]
     table = "\n".join(
-        ["| batching (batch %d) | source tokens / epoch | pad fraction | vs pad-to-%d |" % (args.batch, args.pad_to), "|---|---|---|---|"]
-        + [f"| {name} | {tokens:,} | {frac:.1%} | {stats['fixed_tokens'] / tokens:.2f}x fewer |" for name, tokens, frac in rows]
+        [
+            f"| batching (batch {args.batch:d}) | source tokens / epoch | pad fraction | vs pad-to-{args.pad_to:d} |",
+            "|---|---|---|---|",
+        ]
+        + [
+            f"| {name} | {tokens:,} | {frac:.1%} | {stats['fixed_tokens'] / tokens:.2f}x fewer |"
+            for name, tokens, frac in rows
+        ]
     )
     log(f"SAMSum val ({stats['examples']} dialogues, tokenizer={args.tokenizer})\n{table}")
     write_results(args.out, {"data": args.data.name, "tokenizer": args.tokenizer, "stats": stats, "table": table})

@@ -8,6 +8,7 @@ LoRA and prompt stay fp32). Dropout is off so that only precision differs betwee
 
     python bench/precision.py --shape tiny --steps 150 --out bench/results/precision_tiny.json
 """
+
 from __future__ import annotations
 
 import time
@@ -16,10 +17,14 @@ import torch
 from _common import SHAPES, autocast, build_base, log, make_parser, setup, write_results
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.offline.synthetic import dialogue_summary_pairs
 from peft_hybrid.speed import cast_frozen_base_
-from peft_hybrid.testing.synthetic import dialogue_summary_pairs
 
-VARIANTS = {"fp32": (False, False), "fp32 master + bf16 autocast": (True, False), "bf16 frozen base + bf16 autocast": (True, True)}
+VARIANTS = {
+    "fp32": (False, False),
+    "fp32 master + bf16 autocast": (True, False),
+    "bf16 frozen base + bf16 autocast": (True, True),
+}
 
 
 def batches(tokenizer, n_batches: int, batch_size: int, src: int, tgt: int, device: str) -> list[dict]:
@@ -27,10 +32,20 @@ def batches(tokenizer, n_batches: int, batch_size: int, src: int, tgt: int, devi
     out = []
     for i in range(n_batches):
         chunk = pairs[i * batch_size : (i + 1) * batch_size]
-        enc = tokenizer([p["dialogue"] for p in chunk], max_length=src, truncation=True, padding=True, return_tensors="pt")
-        labels = tokenizer([p["summary"] for p in chunk], max_length=tgt, truncation=True, padding=True, return_tensors="pt").input_ids
+        enc = tokenizer(
+            [p["dialogue"] for p in chunk], max_length=src, truncation=True, padding=True, return_tensors="pt"
+        )
+        labels = tokenizer(
+            [p["summary"] for p in chunk], max_length=tgt, truncation=True, padding=True, return_tensors="pt"
+        ).input_ids
         labels[labels == tokenizer.pad_token_id] = -100
-        out.append({"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device), "labels": labels.to(device)})
+        out.append(
+            {
+                "input_ids": enc.input_ids.to(device),
+                "attention_mask": enc.attention_mask.to(device),
+                "labels": labels.to(device),
+            }
+        )
     return out
 
 
@@ -77,22 +92,39 @@ def main(argv: list[str] | None = None) -> dict:
     for name, curve in curves.items():
         diffs = [abs(a - b) for a, b in zip(curve, ref)]
         tail = curve[-10:]
-        rows.append({
-            "variant": name,
-            "first_loss": curve[0],
-            "mean_last10": sum(tail) / len(tail),
-            "max_abs_diff_vs_fp32": max(diffs),
-            "max_abs_diff_vs_mixed": max(abs(a - b) for a, b in zip(curve, curves["fp32 master + bf16 autocast"])),
-        })
+        rows.append(
+            {
+                "variant": name,
+                "first_loss": curve[0],
+                "mean_last10": sum(tail) / len(tail),
+                "max_abs_diff_vs_fp32": max(diffs),
+                "max_abs_diff_vs_mixed": max(abs(a - b) for a, b in zip(curve, curves["fp32 master + bf16 autocast"])),
+            }
+        )
     checkpoints = sorted({0, 9, 24, 49, 99, args.steps - 1} & set(range(args.steps)))
     table = "\n".join(
-        ["| variant | " + " | ".join(f"step {s + 1}" for s in checkpoints) + " | mean last 10 | max abs diff vs fp32 | vs mixed |",
-         "|---|" + "---|" * (len(checkpoints) + 3)]
-        + [f"| {r['variant']} | " + " | ".join(f"{curves[r['variant']][s]:.4f}" for s in checkpoints)
-           + f" | {r['mean_last10']:.4f} | {r['max_abs_diff_vs_fp32']:.4f} | {r['max_abs_diff_vs_mixed']:.4f} |" for r in rows]
+        [
+            "| variant | "
+            + " | ".join(f"step {s + 1}" for s in checkpoints)
+            + " | mean last 10 | max abs diff vs fp32 | vs mixed |",
+            "|---|" + "---|" * (len(checkpoints) + 3),
+        ]
+        + [
+            f"| {r['variant']} | "
+            + " | ".join(f"{curves[r['variant']][s]:.4f}" for s in checkpoints)
+            + f" | {r['mean_last10']:.4f} | {r['max_abs_diff_vs_fp32']:.4f} | {r['max_abs_diff_vs_mixed']:.4f} |"
+            for r in rows
+        ]
     )
     log(f"loss curves, shape={args.shape}, {args.steps} steps\n{table}")
-    payload = {"shape": args.shape, "steps": args.steps, "rows": rows, "curves": curves, "seconds": seconds, "table": table}
+    payload = {
+        "shape": args.shape,
+        "steps": args.steps,
+        "rows": rows,
+        "curves": curves,
+        "seconds": seconds,
+        "table": table,
+    }
     write_results(args.out, payload)
     return payload
 

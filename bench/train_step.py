@@ -7,10 +7,12 @@ hybrid with the frozen base in bf16 and the stacks compiled. Also times the soft
 
     python bench/train_step.py --shape small --device cpu --reps 7 --out bench/results/train_small.json
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from _common import (
@@ -36,7 +38,16 @@ from peft_hybrid.speed import cast_frozen_base_, compile_model, dynamo_counters
 
 PAPER_LORA = dict(r=4, lora_alpha=4, target_modules=["q", "v"], lora_dropout=0.05)
 COLUMNS = [
-    "variant", "median_s", "min_s", "samples_per_s", "ratio_vs", "paired_speedup", "peak_mib", "first_call_s", "trainable", "error",
+    "variant",
+    "median_s",
+    "min_s",
+    "samples_per_s",
+    "ratio_vs",
+    "paired_speedup",
+    "peak_mib",
+    "first_call_s",
+    "trainable",
+    "error",
 ]
 
 
@@ -141,7 +152,9 @@ def variants(
     if only:
         unknown = sorted(set(only) - set(builds))
         if unknown:
-            raise SystemExit(f"--only {unknown}: not a variant here; choose from {sorted(builds)} (add --fast for {FAST!r}).")
+            raise SystemExit(
+                f"--only {unknown}: not a variant here; choose from {sorted(builds)} (add --fast for {FAST!r})."
+            )
         builds = {name: build for name, build in builds.items() if name in only}
     return {name: (lambda b=b: prepare_train(b, shape, device, bf16)) for name, b in builds.items()}
 
@@ -193,7 +206,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     result = run(shape, args.device, bf16, fast, args.warmup, args.reps, deadline, args.compile_backend, args.only)
     prepend = None if args.no_prompt_join else measure_prepend(shape, args.device)
     log(f"train step, shape={args.shape} {shape}, bf16 autocast={bf16}\n{result['table']}\nprompt join: {prepend}")
-    write_results(args.out, {"shape": args.shape, "geometry": vars(shape), "bf16": bf16, **result, "prompt_join": prepend})
+    write_results(
+        args.out, {"shape": args.shape, "geometry": vars(shape), "bf16": bf16, **result, "prompt_join": prepend}
+    )
     return result["rows"]
 
 

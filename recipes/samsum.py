@@ -16,17 +16,19 @@ Local files in the benchmark's original format instead of the Hub dataset::
 A quick offline run on a random tiny model::
 
     python recipes/samsum.py --config recipes/configs/samsum.yaml --model_preset tiny --use_cpu true \
-        --bf16 false --max_steps 20 --output_dir runs/samsum-tiny --train_file data/samsum/train.csv --validation_file data/samsum/val.csv --test_file data/samsum/test.csv
+        --bf16 false --max_steps 20 --output_dir runs/samsum-tiny --train_file data/samsum/train.csv \
+        --validation_file data/samsum/val.csv --test_file data/samsum/test.csv
 """
+
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from peft_hybrid import recipe
 from peft_hybrid.config import HybridConfig
-from peft_hybrid.recipe import ScriptArguments
-from peft_hybrid.trainer import HybridTrainingArguments
+from peft_hybrid.training import recipe
+from peft_hybrid.training.recipe import ScriptArguments
+from peft_hybrid.training.trainer import HybridTrainingArguments
 
 TASK = "samsum"
 
@@ -36,8 +38,10 @@ def make_parser():
     return recipe.make_parser(task=TASK)
 
 
-def main(script_args: ScriptArguments, hybrid_config: HybridConfig, training_args: HybridTrainingArguments) -> dict[str, Any]:
-    """Train, evaluate and save the adapter; returns the run summary (see ``peft_hybrid.recipe.main``)."""
+def main(
+    script_args: ScriptArguments, hybrid_config: HybridConfig, training_args: HybridTrainingArguments
+) -> dict[str, Any]:
+    """Train, evaluate and save the adapter; returns the run summary (see ``peft_hybrid.training.recipe.main``)."""
     return recipe.main(script_args, hybrid_config, training_args)
 
 

@@ -7,26 +7,30 @@ Launch on one or more GPUs (data parallel; FSDP and DeepSpeed are refused, see r
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/wikisql.py \
         --config recipes/configs/wikisql.yaml --output_dir runs/wikisql-hybrid
 
-or in one process: ``python recipes/wikisql.py --config recipes/configs/wikisql.yaml --output_dir runs/wikisql-hybrid``.
+or in one process: ``python recipes/wikisql.py --config recipes/configs/wikisql.yaml
+--output_dir runs/wikisql-hybrid``.
 Local files in the benchmark's original format instead of the Hub dataset::
 
     python recipes/wikisql.py --config recipes/configs/wikisql.yaml --output_dir runs/wikisql-hybrid \
-        --train_file data/wikisql/train.jsonl --validation_file data/wikisql/dev.jsonl --tables_file data/wikisql/all.tables.jsonl
+        --train_file data/wikisql/train.jsonl --validation_file data/wikisql/dev.jsonl \
+        --tables_file data/wikisql/all.tables.jsonl
 
 A quick offline run on a random tiny model::
 
     python recipes/wikisql.py --config recipes/configs/wikisql.yaml --model_preset tiny --use_cpu true \
-        --bf16 false --max_steps 20 --output_dir runs/wikisql-tiny --train_file data/wikisql/train.jsonl --validation_file data/wikisql/dev.jsonl --tables_file data/wikisql/all.tables.jsonl
+        --bf16 false --max_steps 20 --output_dir runs/wikisql-tiny --train_file data/wikisql/train.jsonl \
+        --validation_file data/wikisql/dev.jsonl --tables_file data/wikisql/all.tables.jsonl
 """
+
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from peft_hybrid import recipe
 from peft_hybrid.config import HybridConfig
-from peft_hybrid.recipe import ScriptArguments
-from peft_hybrid.trainer import HybridTrainingArguments
+from peft_hybrid.training import recipe
+from peft_hybrid.training.recipe import ScriptArguments
+from peft_hybrid.training.trainer import HybridTrainingArguments
 
 TASK = "wikisql"
 
@@ -36,8 +40,10 @@ def make_parser():
     return recipe.make_parser(task=TASK)
 
 
-def main(script_args: ScriptArguments, hybrid_config: HybridConfig, training_args: HybridTrainingArguments) -> dict[str, Any]:
-    """Train, evaluate and save the adapter; returns the run summary (see ``peft_hybrid.recipe.main``)."""
+def main(
+    script_args: ScriptArguments, hybrid_config: HybridConfig, training_args: HybridTrainingArguments
+) -> dict[str, Any]:
+    """Train, evaluate and save the adapter; returns the run summary (see ``peft_hybrid.training.recipe.main``)."""
     return recipe.main(script_args, hybrid_config, training_args)
 
 

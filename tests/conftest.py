@@ -3,6 +3,7 @@
 Tests never reach the network: the Hub is switched off here, and tests that need a Hub use the
 project's own server on 127.0.0.1.
 """
+
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 # hub_server / hub_online: a local Hub-compatible server for push/pull tests.
-pytest_plugins = ["peft_hybrid.testing.fixtures"]
+pytest_plugins = ["hub_fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The public benchmark files live beside a checkout, never inside it.

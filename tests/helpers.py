@@ -1,8 +1,9 @@
 """Small builders shared by the tests."""
+
 import torch
 
 from peft_hybrid import HybridConfig, HybridModel
-from peft_hybrid.testing import t5_from_preset
+from peft_hybrid.offline import t5_from_preset
 
 TEXTS = ["Amy: Hi Ben! Are you free tomorrow?\r\nBen: Sure.", "Sam: I'll be 10 minutes late."]
 TARGETS = ["Amy and Ben meet tomorrow.", "Sam is late."]

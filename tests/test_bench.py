@@ -1,10 +1,12 @@
 """The GPU benchmark's code path, run on CPU at the tiny shape: GPU time is scarce, so a broken
 bench must show up here, not on the lent machine."""
+
 import json
 import subprocess
 import sys
 
 import pytest
+
 from conftest import REPO_ROOT
 
 BENCH = REPO_ROOT / "bench"
@@ -16,12 +18,30 @@ pytestmark = pytest.mark.slow
 def gpu_smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-smoke")
     command = [
-        sys.executable, str(BENCH / "gpu.py"), "--shape", "tiny", "--device", "cpu", "--compile-backend", "eager",
-        "--warmup", "1", "--train-reps", "2", "--gen-reps", "2", "--budget", "300", "--out", str(out),
+        sys.executable,
+        str(BENCH / "gpu.py"),
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--compile-backend",
+        "eager",
+        "--warmup",
+        "1",
+        "--train-reps",
+        "2",
+        "--gen-reps",
+        "2",
+        "--budget",
+        "300",
+        "--out",
+        str(out),
     ]
     done = subprocess.run(command, cwd=BENCH, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((out / "results.json").read_text(encoding="utf-8")), (out / "results.md").read_text(encoding="utf-8")
+    return json.loads((out / "results.json").read_text(encoding="utf-8")), (out / "results.md").read_text(
+        encoding="utf-8"
+    )
 
 
 def _rows(section):

@@ -1,15 +1,15 @@
 """``peft-hybrid evaluate`` / ``predict`` on a saved tiny adapter: exact round trips and clear errors."""
+
 import json
 
 import pytest
 import torch
 
+from helpers import tiny_model
 from peft_hybrid.cli import main as cli
 from peft_hybrid.inference import generate_texts, load_for_inference
+from peft_hybrid.offline.synthetic import sentiment_sentences
 from peft_hybrid.tasks import get_task
-from peft_hybrid.testing.synthetic import sentiment_sentences
-
-from helpers import tiny_model
 
 N = 10
 
@@ -52,8 +52,20 @@ def test_load_for_inference_restores_the_adapter_on_its_preset_base(saved):
 def test_evaluate_writes_metrics_and_predictions_of_the_saved_adapter(saved, tmp_path, capsys):
     folder, model, tokenizer, tsv, sentences = saved
     out = tmp_path / "eval"
-    code = cli(["evaluate", "--adapter", str(folder), "--data_file", str(tsv), "--batch-size", "4",
-                "--out", str(out), "--no-progress"])
+    code = cli(
+        [
+            "evaluate",
+            "--adapter",
+            str(folder),
+            "--data_file",
+            str(tsv),
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "metrics.json").read_text())
     assert (report["task"], report["split"], report["examples"], report["mode"]) == ("sst2", "validation", N, "hybrid")
@@ -69,18 +81,56 @@ def test_predict_prints_one_output_per_input_line(saved, tmp_path, capsys):
     folder, model, tokenizer, _, sentences = saved
     text_file = tmp_path / "inputs.txt"
     text_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    assert cli(["predict", "--adapter", str(folder), "--input", str(text_file), "--batch-size", "3",
-                "--max-new-tokens", "5", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                "--adapter",
+                str(folder),
+                "--input",
+                str(text_file),
+                "--batch-size",
+                "3",
+                "--max-new-tokens",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [" ".join(o.splitlines()) for o in expected_outputs(model, tokenizer, sentences, 3, max_new_tokens=5, num_beams=1)]
+    assert lines == [
+        " ".join(o.splitlines())
+        for o in expected_outputs(model, tokenizer, sentences, 3, max_new_tokens=5, num_beams=1)
+    ]
 
     jsonl = tmp_path / "inputs.jsonl"
     jsonl.write_text("".join(json.dumps({"sentence": s}) + "\n" for s in sentences[:4]), encoding="utf-8")
-    assert cli(["predict", "--adapter", str(folder), "--input", str(jsonl), "--field", "sentence", "--jsonl",
-                "--batch-size", "3", "--max-new-tokens", "5", "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                "--adapter",
+                str(folder),
+                "--input",
+                str(jsonl),
+                "--field",
+                "sentence",
+                "--jsonl",
+                "--batch-size",
+                "3",
+                "--max-new-tokens",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["input"] for r in records] == sentences[:4]
-    assert [r["prediction"] for r in records] == lines[:3] + expected_outputs(model, tokenizer, sentences[3:4], 3, max_new_tokens=5)
+    assert [r["prediction"] for r in records] == lines[:3] + expected_outputs(
+        model, tokenizer, sentences[3:4], 3, max_new_tokens=5
+    )
 
 
 def test_generate_texts_keeps_input_order_across_batches(saved):

@@ -13,7 +13,9 @@ def test_paper_defaults():
 
 
 def test_json_round_trip_is_exact_and_sorted():
-    c = HybridConfig(mode="lora", r=8, target_modules=["q", "k", "v"], base_model_name_or_path="google/flan-t5-base", revision="abc")
+    c = HybridConfig(
+        mode="lora", r=8, target_modules=["q", "k", "v"], base_model_name_or_path="google/flan-t5-base", revision="abc"
+    )
     text = c.to_json_string()
     data = json.loads(text)
     assert list(data) == sorted(data)

@@ -6,30 +6,55 @@ with ``file``/``row``/``field``), `HybridConfig`, `HybridModel.from_pretrained` 
 ``peft-hybrid evaluate``/``predict``. One case is a wanted skip: over-long inputs are truncated
 and the count is reported.
 """
+
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
+from helpers import tiny_model
 from peft_hybrid import AdapterLoadError, HybridConfig, HybridModel
 from peft_hybrid.cli import main as cli
+from peft_hybrid.offline import t5_from_preset
+from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences
 from peft_hybrid.tasks import DataError, get_task
-from peft_hybrid.testing import t5_from_preset
-from peft_hybrid.testing.synthetic import dialogue_summary_pairs, sentiment_sentences
-
-from helpers import tiny_model
 
 # Arguments that make any training case quick; the data arguments come from each case.
 QUICK = [
-    "--model_preset", "tiny", "--use_cpu", "true", "--bf16", "false", "--report_to", "none",
-    "--disable_tqdm", "true", "--max_steps", "1", "--eval_strategy", "no", "--load_best_model_at_end", "false",
-    "--early_stopping_patience", "0", "--save_strategy", "no", "--per_device_train_batch_size", "4",
-    "--max_source_length", "64", "--max_target_length", "16", "--warmup_steps", "0",
+    "--model_preset",
+    "tiny",
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--max_steps",
+    "1",
+    "--eval_strategy",
+    "no",
+    "--load_best_model_at_end",
+    "false",
+    "--early_stopping_patience",
+    "0",
+    "--save_strategy",
+    "no",
+    "--per_device_train_batch_size",
+    "4",
+    "--max_source_length",
+    "64",
+    "--max_target_length",
+    "16",
+    "--warmup_steps",
+    "0",
 ]
 SAMSUM_FIELDS = ["id", "summary", "dialogue"]
 
@@ -49,7 +74,7 @@ def samsum_csv(path: Path, n: int = 4, edit: Callable[[list[dict]], None] | None
 def sst2_tsv(path: Path, labels: list[str] | None = None, header: bool = True) -> Path:
     sentences = [r["sentence"] for r in sentiment_sentences(4, 0)]
     labels = labels or ["1", "0", "1", "0"]
-    lines = (["sentence\tlabel"] if header else []) + [f"{s}\t{l}" for s, l in zip(sentences, labels)]
+    lines = (["sentence\tlabel"] if header else []) + [f"{s}\t{label}" for s, label in zip(sentences, labels)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -58,7 +83,11 @@ def wikisql_files(folder: Path, conds_column: int = 1, bad_line: str | None = No
     table = {"id": "1-1", "header": ["Player", "Team"], "types": ["text", "text"], "rows": [["Ann", "Reds"]]}
     tables = folder / "dev.tables.jsonl"
     tables.write_text(json.dumps(table) + "\n", encoding="utf-8")
-    good = {"question": "Which team is Ann on?", "table_id": "1-1", "sql": {"sel": 1, "agg": 0, "conds": [[0, 0, "Ann"]]}}
+    good = {
+        "question": "Which team is Ann on?",
+        "table_id": "1-1",
+        "sql": {"sel": 1, "agg": 0, "conds": [[0, 0, "Ann"]]},
+    }
     odd = {**good, "sql": {"sel": 0, "agg": 0, "conds": [[conds_column, 0, "Reds"]]}}
     lines = [json.dumps(good), bad_line if bad_line is not None else json.dumps(odd), json.dumps(good)]
     data = folder / "dev.jsonl"
@@ -69,6 +98,7 @@ def wikisql_files(folder: Path, conds_column: int = 1, bad_line: str | None = No
 def _blank(key: str, row: int, value: Any = "") -> Callable[[list[dict]], None]:
     def edit(rows: list[dict]) -> None:
         rows[row - 1][key] = value
+
     return edit
 
 
@@ -85,9 +115,11 @@ class Case:
 
 def _train(*args: str, task: str = "samsum") -> Callable[[Path], tuple[str, Any]]:
     """A ``peft-hybrid train`` case; ``{tmp}`` in an argument is the test's folder."""
+
     def make(tmp: Path) -> tuple[str, Any]:
         argv = ["train", "--task", task, *QUICK, "--output_dir", str(tmp / "out"), *args]
         return "cli", [a.format(tmp=tmp) for a in argv]
+
     return make
 
 
@@ -95,6 +127,7 @@ def _with(writer: Callable[[Path], Any], then: Callable[[Path], tuple[str, Any]]
     def make(tmp: Path) -> tuple[str, Any]:
         writer(tmp)
         return then(tmp)
+
     return make
 
 
@@ -102,6 +135,7 @@ def _load(task: str, file: str, tables: str | None = None) -> Callable[[Path], t
     def make(tmp: Path) -> tuple[str, Any]:
         kwargs = {"data_file": tmp / file, "tables_file": tmp / tables if tables else None}
         return "call", lambda: get_task(task).load(**kwargs)
+
     return make
 
 
@@ -110,106 +144,183 @@ CASES: dict[str, Case] = {
     # ---- the data files, through peft-hybrid train
     "samsum csv without a summary column": Case(
         _with(lambda t: samsum_csv(t / "train.csv", fields=["id", "dialogue"]), _train(*TRAIN_CSV)),
-        ["train.csv", "row 0", "field 'summary'", "lacks column(s) ['summary']"]),
+        ["train.csv", "row 0", "field 'summary'", "lacks column(s) ['summary']"],
+    ),
     "empty dialogue": Case(
         _with(lambda t: samsum_csv(t / "train.csv", edit=_blank("dialogue", 2)), _train(*TRAIN_CSV)),
-        ["train.csv", "row 2", "field 'dialogue'", "the dialogue is empty"]),
+        ["train.csv", "row 2", "field 'dialogue'", "the dialogue is empty"],
+    ),
     "whitespace-only summary": Case(
         _with(lambda t: samsum_csv(t / "train.csv", edit=_blank("summary", 3, "  \t ")), _train(*TRAIN_CSV)),
-        ["train.csv", "row 3", "field 'summary'", "the summary is empty"]),
+        ["train.csv", "row 3", "field 'summary'", "the summary is empty"],
+    ),
     "non-UTF-8 bytes": Case(
-        _with(lambda t: (t / "train.csv").write_bytes(b"id,summary,dialogue\r\n1,ok,fine\r\n2,ok,caf\xe9 time\r\n"),
-              _train(*TRAIN_CSV)),
-        ["train.csv", "row 2", "byte 0xe9", "not valid UTF-8", "re-encode the file as UTF-8"]),
+        _with(
+            lambda t: (t / "train.csv").write_bytes(b"id,summary,dialogue\r\n1,ok,fine\r\n2,ok,caf\xe9 time\r\n"),
+            _train(*TRAIN_CSV),
+        ),
+        ["train.csv", "row 2", "byte 0xe9", "not valid UTF-8", "re-encode the file as UTF-8"],
+    ),
     "broken CSV quoting": Case(
-        _with(lambda t: (t / "train.csv").write_text('id,summary,dialogue\n1,"ok","fine"\n2,"open quote,x\n', encoding="utf-8"),
-              _train(*TRAIN_CSV)),
-        ["train.csv", "row 2", "broken quoting"]),
+        _with(
+            lambda t: (t / "train.csv").write_text(
+                'id,summary,dialogue\n1,"ok","fine"\n2,"open quote,x\n', encoding="utf-8"
+            ),
+            _train(*TRAIN_CSV),
+        ),
+        ["train.csv", "row 2", "broken quoting"],
+    ),
     "a row with too many fields": Case(
-        _with(lambda t: (t / "train.csv").write_text("id,summary,dialogue\n1,a,b\n2,a,b,c\n", encoding="utf-8"),
-              _train(*TRAIN_CSV)),
-        ["train.csv", "row 2", "expected 3 fields"]),
+        _with(
+            lambda t: (t / "train.csv").write_text("id,summary,dialogue\n1,a,b\n2,a,b,c\n", encoding="utf-8"),
+            _train(*TRAIN_CSV),
+        ),
+        ["train.csv", "row 2", "expected 3 fields"],
+    ),
     "header-only file (empty dataset)": Case(
         _with(lambda t: (t / "train.csv").write_text("id,summary,dialogue\n", encoding="utf-8"), _train(*TRAIN_CSV)),
-        ["train.csv", "the dataset has no examples"]),
+        ["train.csv", "the dataset has no examples"],
+    ),
     "zero-byte file": Case(
-        _with(lambda t: (t / "train.csv").write_bytes(b""), _train(*TRAIN_CSV)),
-        ["train.csv", "the file is empty"]),
+        _with(lambda t: (t / "train.csv").write_bytes(b""), _train(*TRAIN_CSV)), ["train.csv", "the file is empty"]
+    ),
     "missing data file": Case(_train("--train_file", "{tmp}/nope.csv"), ["nope.csv", "file not found"]),
     "wrong file extension": Case(
         _with(lambda t: samsum_csv(t / "train.parquet"), _train("--train_file", "{tmp}/train.parquet")),
-        ["train.parquet", "unsupported file type", ".csv"]),
+        ["train.parquet", "unsupported file type", ".csv"],
+    ),
     "sst2 label None (empty)": Case(
-        _with(lambda t: sst2_tsv(t / "train.tsv", labels=["1", "", "0", "1"]), _train("--train_file", "{tmp}/train.tsv", task="sst2")),
-        ["train.tsv", "row 2", "field 'label'", "is not 0 (negative) or 1 (positive)"]),
+        _with(
+            lambda t: sst2_tsv(t / "train.tsv", labels=["1", "", "0", "1"]),
+            _train("--train_file", "{tmp}/train.tsv", task="sst2"),
+        ),
+        ["train.tsv", "row 2", "field 'label'", "is not 0 (negative) or 1 (positive)"],
+    ),
     "sst2 label out of range": Case(
-        _with(lambda t: sst2_tsv(t / "train.tsv", labels=["1", "0", "2", "1"]), _train("--train_file", "{tmp}/train.tsv", task="sst2")),
-        ["train.tsv", "row 3", "field 'label'", "'2'"]),
+        _with(
+            lambda t: sst2_tsv(t / "train.tsv", labels=["1", "0", "2", "1"]),
+            _train("--train_file", "{tmp}/train.tsv", task="sst2"),
+        ),
+        ["train.tsv", "row 3", "field 'label'", "'2'"],
+    ),
     "sst2 GLUE test labels (-1)": Case(
-        _with(lambda t: sst2_tsv(t / "train.tsv", labels=["-1"] * 4), _train("--train_file", "{tmp}/train.tsv", task="sst2")),
-        ["train.tsv", "row 1", "the GLUE test split has no labels"]),
+        _with(
+            lambda t: sst2_tsv(t / "train.tsv", labels=["-1"] * 4),
+            _train("--train_file", "{tmp}/train.tsv", task="sst2"),
+        ),
+        ["train.tsv", "row 1", "the GLUE test split has no labels"],
+    ),
     "TSV without a header": Case(
-        _with(lambda t: sst2_tsv(t / "train.tsv", header=False), _train("--train_file", "{tmp}/train.tsv", task="sst2")),
-        ["train.tsv", "row 0", "lacks column(s)", "sentence<TAB>label"]),
+        _with(
+            lambda t: sst2_tsv(t / "train.tsv", header=False), _train("--train_file", "{tmp}/train.tsv", task="sst2")
+        ),
+        ["train.tsv", "row 0", "lacks column(s)", "sentence<TAB>label"],
+    ),
     "wikisql bad JSONL line": Case(
-        _with(lambda t: wikisql_files(t, bad_line='{"question": "x", '),
-              _train("--train_file", "{tmp}/dev.jsonl", "--tables_file", "{tmp}/dev.tables.jsonl", task="wikisql")),
-        ["dev.jsonl", "row 2", "line 2 is not valid JSON"]),
+        _with(
+            lambda t: wikisql_files(t, bad_line='{"question": "x", '),
+            _train("--train_file", "{tmp}/dev.jsonl", "--tables_file", "{tmp}/dev.tables.jsonl", task="wikisql"),
+        ),
+        ["dev.jsonl", "row 2", "line 2 is not valid JSON"],
+    ),
     "wikisql condition beyond the header": Case(
-        _with(lambda t: wikisql_files(t, conds_column=5),
-              _train("--train_file", "{tmp}/dev.jsonl", "--tables_file", "{tmp}/dev.tables.jsonl", task="wikisql")),
-        ["dev.jsonl", "row 2", "field 'sql'", "column index 5 is beyond the 2 columns"]),
+        _with(
+            lambda t: wikisql_files(t, conds_column=5),
+            _train("--train_file", "{tmp}/dev.jsonl", "--tables_file", "{tmp}/dev.tables.jsonl", task="wikisql"),
+        ),
+        ["dev.jsonl", "row 2", "field 'sql'", "column index 5 is beyond the 2 columns"],
+    ),
     # ---- arguments and configs
     "unknown task": Case(_train(*TRAIN_CSV, task="nope"), ["unknown task 'nope'"]),
     "invalid YAML": Case(
         _with(lambda t: (t / "c.yaml").write_text("mode: [hybrid\n"), _train("--config", "{tmp}/c.yaml")),
-        ["c.yaml", "is not valid YAML"]),
+        ["c.yaml", "is not valid YAML"],
+    ),
     "unknown YAML key": Case(
-        _with(lambda t: (t / "c.yaml").write_text("mode: hybrid\nlearning_rat: 0.1\n"), _train("--config", "{tmp}/c.yaml")),
-        ["c.yaml", "unknown key(s) ['learning_rat']"]),
+        _with(
+            lambda t: (t / "c.yaml").write_text("mode: hybrid\nlearning_rat: 0.1\n"),
+            _train("--config", "{tmp}/c.yaml"),
+        ),
+        ["c.yaml", "unknown key(s) ['learning_rat']"],
+    ),
     "mode lora with r=0": Case(_train(*TRAIN_CSV, "--mode", "lora", "--r", "0"), ["r=0"]),
     "num_virtual_tokens beyond max_source_length": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--num_virtual_tokens", "80")),
-        ["num_virtual_tokens=80", "max_source_length=64"]),
+        ["num_virtual_tokens=80", "max_source_length=64"],
+    ),
     "zero batch size": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--per_device_train_batch_size", "0")),
-        ["per_device_train_batch_size=0: pass a positive value"]),
+        ["per_device_train_batch_size=0: pass a positive value"],
+    ),
     "negative learning rate": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--learning_rate", "-0.001")),
-        ["learning_rate=-0.001: pass a positive value"]),
+        ["learning_rate=-0.001: pass a positive value"],
+    ),
     "zero learning rate": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--learning_rate", "0")),
-        ["learning_rate=0.0: pass a positive value"]),
+        ["learning_rate=0.0: pass a positive value"],
+    ),
     "dataset id and a local file together": Case(
-        _train(*TRAIN_CSV, "--dataset_id", "knkarthick/samsum"), ["dataset_id and local files", "exclude each other"]),
+        _train(*TRAIN_CSV, "--dataset_id", "knkarthick/samsum"), ["dataset_id and local files", "exclude each other"]
+    ),
     "output directory is a file": Case(
-        _with(lambda t: (samsum_csv(t / "train.csv"), (t / "taken").write_text("x")),
-              _train(*TRAIN_CSV, "--output_dir", "{tmp}/taken")),
-        ["output_dir", "taken: it is a file"]),
+        _with(
+            lambda t: (samsum_csv(t / "train.csv"), (t / "taken").write_text("x")),
+            _train(*TRAIN_CSV, "--output_dir", "{tmp}/taken"),
+        ),
+        ["output_dir", "taken: it is a file"],
+    ),
     "output directory not writable": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--output_dir", "/sys/peft-hybrid-run")),
-        ["output_dir", "/sys/peft-hybrid-run", "Pick a folder you can write to"]),
-    "hybrid config with an unknown mode": Case(lambda t: ("call", lambda: HybridConfig(mode="both")), ["mode", "both"]),
-    "hybrid config with lora_dropout 1.5": Case(lambda t: ("call", lambda: HybridConfig(lora_dropout=1.5)), ["lora_dropout"]),
+        ["output_dir", "/sys/peft-hybrid-run", "Pick a folder you can write to"],
+    ),
+    "hybrid config with an unknown mode": Case(
+        lambda t: ("call", lambda: HybridConfig(mode="both")), ["mode", "both"]
+    ),
+    "hybrid config with lora_dropout 1.5": Case(
+        lambda t: ("call", lambda: HybridConfig(lora_dropout=1.5)), ["lora_dropout"]
+    ),
     # ---- Task.load: the error carries file, row and field as attributes
     "samsum JSON that is not an array": Case(
         _with(lambda t: (t / "train.json").write_text('{"id": 1}'), _load("samsum", "train.json")),
-        ["expected a JSON array"], where=("train.json", None, None), error=DataError),
+        ["expected a JSON array"],
+        where=("train.json", None, None),
+        error=DataError,
+    ),
     "samsum JSON record without a dialogue": Case(
         _with(lambda t: (t / "train.json").write_text('[{"id": "1", "summary": "s"}]'), _load("samsum", "train.json")),
-        ["'dialogue' is missing"], where=("train.json", 1, "dialogue"), error=DataError),
+        ["'dialogue' is missing"],
+        where=("train.json", 1, "dialogue"),
+        error=DataError,
+    ),
     "samsum dialogue null in JSON": Case(
-        _with(lambda t: (t / "train.json").write_text('[{"id": "1", "summary": "s", "dialogue": null}]'), _load("samsum", "train.json")),
-        ["the dialogue is missing (got None)"], where=("train.json", 1, "dialogue"), error=DataError),
+        _with(
+            lambda t: (t / "train.json").write_text('[{"id": "1", "summary": "s", "dialogue": null}]'),
+            _load("samsum", "train.json"),
+        ),
+        ["the dialogue is missing (got None)"],
+        where=("train.json", 1, "dialogue"),
+        error=DataError,
+    ),
     "wikisql table missing from the tables file": Case(
-        _with(lambda t: (wikisql_files(t), (t / "dev.tables.jsonl").write_text("")), _load("wikisql", "dev.jsonl", "dev.tables.jsonl")),
-        ["table '1-1' is not in"], where=("dev.jsonl", 1, "table_id"), error=DataError),
+        _with(
+            lambda t: (wikisql_files(t), (t / "dev.tables.jsonl").write_text("")),
+            _load("wikisql", "dev.jsonl", "dev.tables.jsonl"),
+        ),
+        ["table '1-1' is not in"],
+        where=("dev.jsonl", 1, "table_id"),
+        error=DataError,
+    ),
     # ---- saved adapters
     "adapter folder that does not exist": Case(
         lambda t: ("call", lambda: HybridModel.from_pretrained(t / "no-such-adapter", t5_from_preset("tiny")[0])),
-        ["no-such-adapter", "neither an existing folder nor a Hub repo id"], error=AdapterLoadError),
+        ["no-such-adapter", "neither an existing folder nor a Hub repo id"],
+        error=AdapterLoadError,
+    ),
     "evaluate with an adapter folder that does not exist": Case(
-        lambda t: ("cli", ["evaluate", "--adapter", str(t / "gone"), "--task", "sst2", "--out", str(t / "o")]), ["gone"]),
+        lambda t: ("cli", ["evaluate", "--adapter", str(t / "gone"), "--task", "sst2", "--out", str(t / "o")]),
+        ["gone"],
+    ),
 }
 
 
@@ -218,7 +329,9 @@ def _adapter_for_another_base(tmp: Path) -> tuple[str, Any]:
     model.save_pretrained(tmp / "adapter")
     from transformers import T5Config, T5ForConditionalGeneration
 
-    other = T5ForConditionalGeneration(T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+    other = T5ForConditionalGeneration(
+        T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    )
     return "call", lambda: HybridModel.from_pretrained(tmp / "adapter", other)
 
 
@@ -227,10 +340,22 @@ def _predict_bad_jsonl(tmp: Path) -> tuple[str, Any]:
     model.hybrid_config.base_model_name_or_path = "preset:tiny"
     model.save_pretrained(tmp / "adapter")
     (tmp / "in.jsonl").write_text('{"text": "fine"}\n{"text": \n', encoding="utf-8")
-    return "cli", ["predict", "--adapter", str(tmp / "adapter"), "--model_preset", "tiny", "--input", str(tmp / "in.jsonl")]
+    return "cli", [
+        "predict",
+        "--adapter",
+        str(tmp / "adapter"),
+        "--model_preset",
+        "tiny",
+        "--input",
+        str(tmp / "in.jsonl"),
+    ]
 
 
-CASES["adapter for another base"] = Case(_adapter_for_another_base, ["holds an adapter for a base of shape", "'d_model': 64", "'d_model': 32"], error=AdapterLoadError)
+CASES["adapter for another base"] = Case(
+    _adapter_for_another_base,
+    ["holds an adapter for a base of shape", "'d_model': 64", "'d_model': 32"],
+    error=AdapterLoadError,
+)
 CASES["predict with a bad JSONL line"] = Case(_predict_bad_jsonl, ["in.jsonl line 2 is not valid JSON"])
 
 
@@ -263,9 +388,19 @@ def test_too_many_cases_to_miss():
 def test_over_long_inputs_are_truncated_and_counted(tmp_path, capsys, caplog):
     """Skipping is not what a user wants for long dialogues: they are cut to max_source_length and counted."""
     samsum_csv(tmp_path / "train.csv", n=4, edit=lambda rows: [r.update(dialogue=r["dialogue"] * 20) for r in rows])
-    argv = ["train", "--task", "samsum", *QUICK, "--max_source_length", "32", "--train_file", str(tmp_path / "train.csv"),
-            "--output_dir", str(tmp_path / "out")]
-    with caplog.at_level("WARNING", logger="peft_hybrid.recipe"):
+    argv = [
+        "train",
+        "--task",
+        "samsum",
+        *QUICK,
+        "--max_source_length",
+        "32",
+        "--train_file",
+        str(tmp_path / "train.csv"),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    with caplog.at_level("WARNING", logger="peft_hybrid.training.recipe"):
         assert cli(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["data"]["train"]["examples"] == 4 and results["data"]["train"]["truncated_sources"] == 4

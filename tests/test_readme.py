@@ -1,4 +1,5 @@
 """The README's promises: its quickstart runs as written, and CI runs its test command."""
+
 import os
 import re
 import subprocess
@@ -12,7 +13,11 @@ README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 def test_quickstart_runs_as_written(tmp_path):
     block = re.search(r"<!-- quickstart:[^>]*-->\s*```python\n(.*?)```", README, re.S).group(1)
     result = subprocess.run(
-        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", block],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,5 @@
 """Static guarantees: no pickle on any load path, no remote code, safetensors only."""
+
 import re
 
 from conftest import REPO_ROOT
@@ -23,7 +24,10 @@ def test_no_pickle_on_any_load_path():
     for path, number, line in _code_lines():
         if re.search(r"\btorch\.load\(", line) and "weights_only=True" not in line:
             offenders.append(f"{path}:{number}: torch.load without weights_only=True")
-        if re.search(r"\b(import\s+(c?pickle|joblib|dill)|from\s+(c?pickle|joblib|dill)\s+import|pickle\.loads?\(|joblib\.load\()", line):
+        if re.search(
+            r"\b(import\s+(c?pickle|joblib|dill)|from\s+(c?pickle|joblib|dill)\s+import|pickle\.loads?\(|joblib\.load\()",
+            line,
+        ):
             offenders.append(f"{path}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
 

@@ -1,11 +1,12 @@
 """Fast paths: merged-LoRA evaluation, bf16 frozen base, compiled stacks (tiny preset)."""
+
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.speed import cast_frozen_base_, compile_model, dynamo_counters, merged_lora
-from peft_hybrid.testing import t5_from_preset
 
 
 def _trained_looking(mode: str = "hybrid", dropout: float = 0.0) -> tuple[HybridModel, object]:
@@ -22,14 +23,18 @@ def _trained_looking(mode: str = "hybrid", dropout: float = 0.0) -> tuple[Hybrid
 def _batch(tokenizer):
     texts = ["Amy: see you at 5?\nTom: sure, at the cafe", "Bob: running late, sorry"]
     batch = tokenizer(texts, return_tensors="pt", padding=True)
-    batch["labels"] = tokenizer(["Amy and Tom meet at 5.", "Bob is late."], return_tensors="pt", padding=True).input_ids
+    batch["labels"] = tokenizer(
+        ["Amy and Tom meet at 5.", "Bob is late."], return_tensors="pt", padding=True
+    ).input_ids
     return batch
 
 
 def test_merged_lora_same_outputs_and_original_tensors_back():
     model, tokenizer = _trained_looking()
     batch = _batch(tokenizer)
-    gen = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=8, min_new_tokens=8)
+    gen = dict(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=8, min_new_tokens=8
+    )
     with torch.no_grad():
         logits = model(**batch).logits
     tokens = model.generate(**gen)

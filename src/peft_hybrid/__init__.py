@@ -2,10 +2,11 @@
 
 Example:
     >>> from peft_hybrid import HybridConfig, HybridModel
-    >>> from peft_hybrid.testing import t5_from_preset
+    >>> from peft_hybrid.offline import t5_from_preset
     >>> base, tokenizer = t5_from_preset("tiny")
     >>> model = HybridModel(base, HybridConfig(mode="hybrid"), tokenizer=tokenizer)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,33 +19,33 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MODES": "config",
     "HybridConfig": "config",
-    "HybridModel": "model",
-    "AdapterLoadError": "serialization",
+    "HybridModel": "modeling.model",
+    "AdapterLoadError": "modeling.serialization",
     "DataError": "tasks",
     "Task": "tasks",
     "get_task": "tasks",
     "list_tasks": "tasks",
     "register_task": "tasks",
-    "HybridTrainer": "trainer",
-    "HybridTrainingArguments": "training_args",
-    "TrainingSummary": "callbacks",
-    "latest_complete_checkpoint": "checkpoints",
-    "AblationResult": "ablation",
-    "run_ablation": "ablation",
+    "HybridTrainer": "training.trainer",
+    "HybridTrainingArguments": "training.arguments",
+    "TrainingSummary": "training.callbacks",
+    "latest_complete_checkpoint": "training.checkpoints",
+    "AblationResult": "training.ablation",
+    "run_ablation": "training.ablation",
     "cast_frozen_base_": "speed",
     "compile_model": "speed",
     "merged_lora": "speed",
     "generate_texts": "inference",
     "load_for_inference": "inference",
-    "CardData": "card",
-    "HubError": "hub",
-    "HubAccessError": "hub",
-    "HubAuthenticationError": "hub",
-    "HubUnavailableError": "hub",
-    "push_folder": "hub",
-    "AttributionResult": "attribution",
-    "attribute": "attribution",
-    "ScriptArguments": "recipe",
+    "CardData": "hub.card",
+    "HubError": "hub.upload",
+    "HubAccessError": "hub.upload",
+    "HubAuthenticationError": "hub.upload",
+    "HubUnavailableError": "hub.upload",
+    "push_folder": "hub.upload",
+    "AttributionResult": "interpret.attribution",
+    "attribute": "interpret.attribution",
+    "ScriptArguments": "training.recipe",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -1,4 +1,5 @@
 """`HybridConfig`: what an adapter is, validated once and saved as versioned JSON."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from peft_hybrid import __version__
 
 MODES = ("none", "prompt", "lora", "hybrid", "full")
 PROMPT_INITS = ("sample_vocab", "text", "random")
@@ -69,21 +70,29 @@ class HybridConfig:
         self.target_modules = list(self.target_modules)
         if self.uses_lora:
             if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-                raise ValueError(f"HybridConfig.r={self.r!r}: mode {self.mode!r} uses LoRA, so r must be a positive integer (the paper uses 4).")
+                raise ValueError(
+                    f"HybridConfig.r={self.r!r}: mode {self.mode!r} uses LoRA, so r must be a positive integer "
+                    "(the paper uses 4)."
+                )
             if not self.lora_alpha or self.lora_alpha <= 0:
                 raise ValueError(f"HybridConfig.lora_alpha={self.lora_alpha!r} must be > 0 (the paper uses 4).")
             if not 0.0 <= self.lora_dropout < 1.0:
                 raise ValueError(f"HybridConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1).")
             if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
-                raise ValueError("HybridConfig.target_modules must be a non-empty list of module names, e.g. ['q', 'v'].")
+                raise ValueError(
+                    "HybridConfig.target_modules must be a non-empty list of module names, e.g. ['q', 'v']."
+                )
         if self.uses_prompt:
             if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
                 raise ValueError(
-                    f"HybridConfig.num_virtual_tokens={self.num_virtual_tokens!r}: mode {self.mode!r} uses a soft prompt, "
-                    "so it must be a positive integer (the paper uses 30)."
+                    f"HybridConfig.num_virtual_tokens={self.num_virtual_tokens!r}: mode {self.mode!r} uses a soft "
+                    "prompt, so it must be a positive integer (the paper uses 30)."
                 )
             if self.prompt_init == "text" and not self.prompt_init_text:
-                raise ValueError("HybridConfig.prompt_init='text' needs prompt_init_text, the text whose embeddings start the prompt.")
+                raise ValueError(
+                    "HybridConfig.prompt_init='text' needs prompt_init_text, the text whose embeddings start the "
+                    "prompt."
+                )
 
     @property
     def uses_lora(self) -> bool:
@@ -113,7 +122,7 @@ class HybridConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "HybridConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> HybridConfig:
         """Build from a saved dict; refuses newer formats and unknown fields, saying where."""
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
@@ -134,7 +143,7 @@ class HybridConfig:
         return cls(**data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "HybridConfig":
+    def load(cls, path: str | Path) -> HybridConfig:
         """Read ``hybrid_config.json`` from a folder (or the file itself)."""
         path = config_path(path)
         return cls.from_dict(read_config_dict(path), source=str(path))

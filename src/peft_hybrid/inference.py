@@ -2,54 +2,36 @@
 
 One home for "which base, which tokenizer" shared by the recipes, ``peft-hybrid evaluate`` /
 ``predict`` and the attribution command: a base is a Hub id, a local folder, or an offline
-preset (``preset:tiny`` in an adapter config names `peft_hybrid.testing.t5_from_preset`'s model,
+preset (``preset:tiny`` in an adapter config names `peft_hybrid.offline.t5_from_preset`'s model,
 always built with seed 0 so the same random base comes back). Hub ids are checked with
-`peft_hybrid.hub_access.require_hub` first, so an offline machine fails at once with advice.
+`peft_hybrid.hub.access.require_hub` first, so an offline machine fails at once with advice.
 
 Example:
-    >>> from peft_hybrid.inference import generate_texts, load_base
+    >>> from peft_hybrid.inference import generate_texts
+    >>> from peft_hybrid.modeling.loading import load_base
     >>> base, tokenizer = load_base(preset="tiny")
     >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer)  # doctest: +SKIP
     >>> model.save_pretrained("adapter")  # doctest: +SKIP
     >>> model, tokenizer = load_for_inference("adapter")  # doctest: +SKIP
     >>> generate_texts(model, tokenizer, ["Amy: see you at 5?"], max_new_tokens=8)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .config import HybridConfig
-from .hub_access import require_hub
-from .model import HybridModel, load_base_model, resolve_folder
+from peft_hybrid.config import HybridConfig
+from peft_hybrid.hub.access import require_hub
+from peft_hybrid.hub.download import resolve_folder
+from peft_hybrid.modeling.loading import load_base
+from peft_hybrid.modeling.model import HybridModel
 
-PRESET_PREFIX = "preset:"
-# The preset base is random: the same seed everywhere makes "preset:tiny" name one model.
-PRESET_SEED = 0
 _TOKENIZER_FILES = ("tokenizer_config.json", "spiece.model", "tokenizer.json")
-
-
-def load_base(name_or_path: str | None = None, *, revision: str | None = None, preset: str | None = None, token: str | bool | None = None):
-    """``(base_model, tokenizer)`` from a preset name, a ``preset:<name>`` string, a folder or a Hub id.
-
-    Only safetensors weights are read and remote code never runs.
-    """
-    from transformers import AutoTokenizer
-
-    if preset is None and name_or_path and name_or_path.startswith(PRESET_PREFIX):
-        preset = name_or_path[len(PRESET_PREFIX):]
-    if preset is not None:
-        from .testing import t5_from_preset
-
-        return t5_from_preset(preset, seed=PRESET_SEED)
-    if not name_or_path:
-        raise ValueError("No base model: pass a Hub id or folder (--model_name_or_path / --base) or --model_preset tiny.")
-    require_hub(f"base model {name_or_path!r}", name_or_path, revision=revision)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, token=token)
-    return load_base_model(name_or_path, revision=revision, token=token), tokenizer
 
 
 def load_for_inference(
@@ -75,8 +57,8 @@ def load_for_inference(
     if not Path(adapter).is_dir():
         if _looks_like_path(str(adapter)):
             raise FileNotFoundError(
-                f"adapter {str(adapter)!r}: no such folder. Pass the output_dir of a training run (or a folder written "
-                "by save_pretrained), or a Hub repo id (owner/name)."
+                f"adapter {str(adapter)!r}: no such folder. Pass the output_dir of a training run (or a folder "
+                "written by save_pretrained), or a Hub repo id (owner/name)."
             )
         require_hub(f"adapter {str(adapter)!r}", str(adapter), revision=revision)
     folder = resolve_folder(adapter, revision=revision, token=token)
@@ -85,14 +67,21 @@ def load_for_inference(
         model = HybridModel.from_pretrained(folder)
         tokenizer = None
     else:
-        base_model, tokenizer = load_base(base or config.base_model_name_or_path, revision=None if base else config.revision, preset=preset, token=token)
+        base_model, tokenizer = load_base(
+            base or config.base_model_name_or_path,
+            revision=None if base else config.revision,
+            preset=preset,
+            token=token,
+        )
         model = HybridModel.from_pretrained(folder, base_model=base_model, tokenizer=tokenizer)
     if any((folder / name).is_file() for name in _TOKENIZER_FILES):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if tokenizer is None:
-        raise ValueError(f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model.")
+        raise ValueError(
+            f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model."
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
@@ -125,7 +114,7 @@ def generate_texts(
     """
     from tqdm.auto import tqdm
 
-    from .speed import merged_lora
+    from peft_hybrid.speed import merged_lora
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: pass a positive number of texts per batch.")
@@ -134,7 +123,9 @@ def generate_texts(
     with merged_lora(model):
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
+            encoded = tokenizer(
+                batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length
+            )
             encoded = {k: v.to(model.device) for k, v in encoded.items()}
             generated = model.generate(**encoded, **generation_kwargs)
             decoded = tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
@@ -144,10 +135,12 @@ def generate_texts(
     return outputs
 
 
-def input_texts(task: Any, rows: Any, mode: str, *, use_task_tags: bool | None = None, task_prefix: str | None = None) -> list[str]:
+def input_texts(
+    task: Any, rows: Any, mode: str, *, use_task_tags: bool | None = None, task_prefix: str | None = None
+) -> list[str]:
     """The model inputs of task ``rows``: the task tag only for mode ``full`` unless told otherwise.
 
-    The same rule as training (`peft_hybrid.recipe`), so an adapter is evaluated on what it saw.
+    The same rule as training (`peft_hybrid.training.recipe`), so an adapter is evaluated on what it saw.
     """
     tags = (mode == "full") if use_task_tags is None else use_task_tags
     return [task.format_input(row, tags, task_prefix) for row in rows]
@@ -171,14 +164,20 @@ def evaluate_rows(
     Returns ``(metrics, predictions)``: the task's metrics and one ``{"source", "reference",
     "prediction"}`` row per example, in order.
     """
-    from .callbacks import decoded_rows
+    from peft_hybrid.training.callbacks import decoded_rows
 
     rows = list(rows)
     texts = input_texts(task, rows, model.hybrid_config.mode, use_task_tags=use_task_tags, task_prefix=task_prefix)
     generation = {**task.generation_kwargs, **{k: v for k, v in generation_overrides.items() if v is not None}}
     predictions = generate_texts(
-        model, tokenizer, texts, batch_size=batch_size, max_source_length=max_source_length, progress=progress,
-        desc=f"{task.name}: generating", **generation,
+        model,
+        tokenizer,
+        texts,
+        batch_size=batch_size,
+        max_source_length=max_source_length,
+        progress=progress,
+        desc=f"{task.name}: generating",
+        **generation,
     )
     metrics = task.compute_metrics(predictions, rows)
     return metrics, decoded_rows([r["source"] for r in rows], [r["target"] for r in rows], predictions)

@@ -10,13 +10,13 @@
   ``W + scale * B @ A`` and puts the original weight tensors back on exit, bit-identical.
 - `dynamo_counters`: compile/graph-break/recompile counts, to check that shapes stay stable.
 
-Length-grouped batching with dynamic padding lives in `peft_hybrid.data`.
+Length-grouped batching with dynamic padding lives in `peft_hybrid.training.data`.
 
 Example:
     >>> import torch
     >>> from peft_hybrid import HybridConfig, HybridModel
     >>> from peft_hybrid.speed import cast_frozen_base_, merged_lora
-    >>> from peft_hybrid.testing import t5_from_preset
+    >>> from peft_hybrid.offline import t5_from_preset
     >>> base, tokenizer = t5_from_preset("tiny")
     >>> model = cast_frozen_base_(HybridModel(base, HybridConfig()), torch.bfloat16)
     >>> model.prompt.weight.dtype, model.base_model.shared.weight.dtype
@@ -25,6 +25,7 @@ Example:
     >>> with merged_lora(model):
     ...     ids = model.generate(**batch, max_new_tokens=3)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,7 +61,7 @@ def cast_frozen_base_(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> 
     Example:
         >>> import torch
         >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.testing import t5_from_preset
+        >>> from peft_hybrid.offline import t5_from_preset
         >>> model = cast_frozen_base_(HybridModel(t5_from_preset("tiny")[0], HybridConfig(mode="lora")))
         >>> {p.dtype for p in model.parameters() if p.requires_grad}
         {torch.float32}
@@ -117,7 +118,7 @@ def compile_model(
 
     Example:
         >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.testing import t5_from_preset
+        >>> from peft_hybrid.offline import t5_from_preset
         >>> model = compile_model(HybridModel(t5_from_preset("tiny")[0], HybridConfig()), backend="eager")
     """
     base = getattr(model, "base_model", model)
@@ -164,7 +165,7 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
     Example:
         >>> import torch
         >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.testing import t5_from_preset
+        >>> from peft_hybrid.offline import t5_from_preset
         >>> base, tokenizer = t5_from_preset("tiny")
         >>> model = HybridModel(base, HybridConfig()).eval()
         >>> batch = tokenizer(["Tom: late again"], return_tensors="pt")
@@ -196,7 +197,10 @@ def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
             if getattr(module, "merged", False):
                 raise RuntimeError(f"LoRA layer {name} is already merged in place; unmerge it before merged_lora().")
             if not isinstance(module.get_base_layer(), nn.Linear):
-                raise TypeError(f"merged_lora supports LoRA on nn.Linear only; {name} wraps {type(module.get_base_layer()).__name__}.")
+                raise TypeError(
+                    f"merged_lora supports LoRA on nn.Linear only; {name} wraps "
+                    f"{type(module.get_base_layer()).__name__}."
+                )
             parent_name, _, child = name.rpartition(".")
             found.append((model.get_submodule(parent_name), child, module))
     return found

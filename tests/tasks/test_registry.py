@@ -1,4 +1,5 @@
 """Task registry and the settings every built-in task declares."""
+
 import datasets
 import pytest
 
@@ -75,14 +76,19 @@ def test_hub_records_are_normalised_like_files(monkeypatch):
     records = {
         "knkarthick/samsum": [{"id": "1", "dialogue": "A: hi\r\nB: yo", "summary": "Greeting. "}],
         "nyu-mll/glue": [{"sentence": "fine film ", "label": 1, "idx": 0}],
-        "Salesforce/wikisql": [{
-            "phase": 1,
-            "question": "Who?",
-            "table": {"id": "t-1", "header": ["Name", "No."], "types": ["text", "real"],
-                      "rows": [["Ann", "3"]]},
-            "sql": {"human_readable": "SELECT Name FROM table WHERE No. = 3", "sel": 0, "agg": 0,
-                    "conds": {"column_index": [1], "operator_index": [0], "condition": ["3"]}},
-        }],
+        "Salesforce/wikisql": [
+            {
+                "phase": 1,
+                "question": "Who?",
+                "table": {"id": "t-1", "header": ["Name", "No."], "types": ["text", "real"], "rows": [["Ann", "3"]]},
+                "sql": {
+                    "human_readable": "SELECT Name FROM table WHERE No. = 3",
+                    "sel": 0,
+                    "agg": 0,
+                    "conds": {"column_index": [1], "operator_index": [0], "condition": ["3"]},
+                },
+            }
+        ],
     }
     calls = []
 
@@ -97,9 +103,7 @@ def test_hub_records_are_normalised_like_files(monkeypatch):
     wikisql = get_task("wikisql").load("test")
     assert wikisql[0]["target"] == "SELECT Name FROM table WHERE No. = 3"
     assert wikisql[0]["source"] == "Who? | columns: Name | No."
-    assert get_task("wikisql").compute_metrics([wikisql[0]["target"]], wikisql)[
-        "execution_accuracy"
-    ] == 100.0
+    assert get_task("wikisql").compute_metrics([wikisql[0]["target"]], wikisql)["execution_accuracy"] == 100.0
     assert calls == [
         ("knkarthick/samsum", None, "validation", None),
         ("nyu-mll/glue", "sst2", "validation", None),

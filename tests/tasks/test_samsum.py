@@ -1,4 +1,5 @@
 """SAMSum: corpus ROUGE equal to rouge_score itself, sentence splitting, CSV/JSON readers."""
+
 import json
 import random
 
@@ -31,9 +32,7 @@ def test_rouge_rejects_mismatched_inputs():
 
 
 def test_split_sentences():
-    assert split_sentences('He said "go!" Then left.\r\nOk?  Yes') == [
-        'He said "go!"', "Then left.", "Ok?", "Yes"
-    ]
+    assert split_sentences('He said "go!" Then left.\r\nOk?  Yes') == ['He said "go!"', "Then left.", "Ok?", "Yes"]
     assert split_sentences("3.5 km away") == ["3.5 km away"]
     assert split_sentences("") == []
 

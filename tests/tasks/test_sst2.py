@@ -1,4 +1,5 @@
 """SST-2: label-word accuracy with invalid outputs counted, GLUE TSV reader."""
+
 import pytest
 
 from peft_hybrid.tasks import DataError, get_task

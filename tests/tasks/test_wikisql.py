@@ -1,4 +1,5 @@
 """WikiSQL: human-readable SQL round trip, official logical-form/execution metrics, loader errors."""
+
 import json
 import logging
 
@@ -37,12 +38,8 @@ def test_round_trip_of_awkward_values_and_columns(query):
 
 def test_human_readable_form_is_the_hugging_face_one():
     query = {"sel": 3, "agg": 0, "conds": [[0, 0, "Butler CC"], [1, 1, 7]]}
-    assert to_human_readable(query, HEADER) == (
-        "SELECT Rank FROM table WHERE Name = Butler CC AND Goals = scored > 7"
-    )
-    assert to_human_readable({"sel": 0, "agg": 3, "conds": []}, HEADER) == (
-        "SELECT COUNT Name FROM table"
-    )
+    assert to_human_readable(query, HEADER) == ("SELECT Rank FROM table WHERE Name = Butler CC AND Goals = scored > 7")
+    assert to_human_readable({"sel": 0, "agg": 3, "conds": []}, HEADER) == ("SELECT COUNT Name FROM table")
     with pytest.raises(ValueError, match="column index 9"):
         to_human_readable({"sel": 9, "agg": 0, "conds": []}, HEADER)
 
@@ -53,26 +50,30 @@ def test_what_the_text_form_cannot_express():
     assert parse_sql(text, HEADER)["conds"] == [[3, 0, "New York"]]
     # A value that itself reads "... AND <column> <op> ..." is split at the first such AND.
     query = {"sel": 0, "agg": 0, "conds": [[2, 0, "2 AND Rank > 1"]]}
-    assert parse_sql(to_human_readable(query, HEADER), HEADER)["conds"] == [
-        [2, 0, "2"], [3, 1, "1"]
-    ]
+    assert parse_sql(to_human_readable(query, HEADER), HEADER)["conds"] == [[2, 0, "2"], [3, 1, "1"]]
 
 
 def test_parse_details():
     # Values keep their case and come back as text; whitespace is collapsed.
     assert parse_sql("SELECT  Name FROM table WHERE Rank =  1.5 ", HEADER) == {
-        "sel": 0, "agg": 0, "conds": [[3, 0, "1.5"]]
+        "sel": 0,
+        "agg": 0,
+        "conds": [[3, 0, "1.5"]],
     }
     # A column spelled in another case still resolves.
     assert parse_sql("SELECT name FROM table", HEADER) == {"sel": 0, "agg": 0, "conds": []}
     # "Max speed" is a column, not the MAX aggregation.
     assert parse_sql("SELECT Max speed FROM table", HEADER)["agg"] == 0
-    assert parse_sql("SELECT MAX Max speed FROM table", HEADER) == {
-        "sel": 4, "agg": 1, "conds": []
-    }
-    for bad in ["", "Rank", "SELECT Unknown FROM table", "SELECT Rank FROM table WHERE",
-                "SELECT Rank FROM table WHERE Rank ~ 3",
-                "SELECT Rank FROM table WHERE Rank =", "select Rank from table"]:
+    assert parse_sql("SELECT MAX Max speed FROM table", HEADER) == {"sel": 4, "agg": 1, "conds": []}
+    for bad in [
+        "",
+        "Rank",
+        "SELECT Unknown FROM table",
+        "SELECT Rank FROM table WHERE",
+        "SELECT Rank FROM table WHERE Rank ~ 3",
+        "SELECT Rank FROM table WHERE Rank =",
+        "select Rank from table",
+    ]:
         assert parse_sql(bad, HEADER) is None, bad
 
 
@@ -126,16 +127,24 @@ def _write_jsonl(path, records):
 
 
 def test_load_with_tables_reports_execution_accuracy(tmp_path):
-    tables = _write_jsonl(tmp_path / "dev.tables.jsonl", [
-        {"id": "t-1", "header": ["Player", "No."], "types": ["text", "real"],
-         "rows": [["Ann", 3], ["Bo", 7]]},
-    ])
-    data = _write_jsonl(tmp_path / "dev.jsonl", [
-        {"phase": 1, "table_id": "t-1", "question": "Who wore 3?",
-         "sql": {"sel": 0, "agg": 0, "conds": [[1, 0, 3]]}},
-        {"phase": 1, "table_id": "t-1", "question": "How many players?",
-         "sql": {"sel": 0, "agg": 3, "conds": []}},
-    ])
+    tables = _write_jsonl(
+        tmp_path / "dev.tables.jsonl",
+        [
+            {"id": "t-1", "header": ["Player", "No."], "types": ["text", "real"], "rows": [["Ann", 3], ["Bo", 7]]},
+        ],
+    )
+    data = _write_jsonl(
+        tmp_path / "dev.jsonl",
+        [
+            {
+                "phase": 1,
+                "table_id": "t-1",
+                "question": "Who wore 3?",
+                "sql": {"sel": 0, "agg": 0, "conds": [[1, 0, 3]]},
+            },
+            {"phase": 1, "table_id": "t-1", "question": "How many players?", "sql": {"sel": 0, "agg": 3, "conds": []}},
+        ],
+    )
     task = get_task("wikisql")
     ds = task.load(data_file=data, tables_file=tables)
     assert ds[0]["source"] == "Who wore 3? | columns: Player | No."
@@ -153,17 +162,45 @@ def test_load_with_tables_reports_execution_accuracy(tmp_path):
 @pytest.mark.parametrize(
     "lines, tables, row, field, needle",
     [
-        (['{"question": "q", "table_id": "t-1", "sql": {"sel": 0, "agg": 0, "conds": []}}',
-          '{"question": "q", "table_id": '], None, 2, None, "not valid JSON"),
+        (
+            [
+                '{"question": "q", "table_id": "t-1", "sql": {"sel": 0, "agg": 0, "conds": []}}',
+                '{"question": "q", "table_id": ',
+            ],
+            None,
+            2,
+            None,
+            "not valid JSON",
+        ),
         (['{"question": "q", "table_id": "t-1"}'], None, 1, "sql", "missing"),
-        (['{"question": "q", "table_id": "t-1", "sql": {"sel": 0, "agg": 9, "conds": []}}'],
-         None, 1, "sql.agg", "agg must be"),
-        (['{"question": "q", "table_id": "t-1", "sql": {"sel": 0, "agg": 0, "conds": [[5, 0, "x"]]}}'],
-         [{"id": "t-1", "header": ["A", "B"], "rows": []}], 1, "sql", "column index 5"),
-        (['{"question": "q", "table_id": "t-9", "sql": {"sel": 0, "agg": 0, "conds": []}}'],
-         [{"id": "t-1", "header": ["A", "B"], "rows": []}], 1, "table_id", "not in"),
-        (['{"question": " ", "table_id": "t-1", "sql": {"sel": 0, "agg": 0, "conds": []}}'],
-         None, 1, "question", "empty"),
+        (
+            ['{"question": "q", "table_id": "t-1", "sql": {"sel": 0, "agg": 9, "conds": []}}'],
+            None,
+            1,
+            "sql.agg",
+            "agg must be",
+        ),
+        (
+            ['{"question": "q", "table_id": "t-1", "sql": {"sel": 0, "agg": 0, "conds": [[5, 0, "x"]]}}'],
+            [{"id": "t-1", "header": ["A", "B"], "rows": []}],
+            1,
+            "sql",
+            "column index 5",
+        ),
+        (
+            ['{"question": "q", "table_id": "t-9", "sql": {"sel": 0, "agg": 0, "conds": []}}'],
+            [{"id": "t-1", "header": ["A", "B"], "rows": []}],
+            1,
+            "table_id",
+            "not in",
+        ),
+        (
+            ['{"question": " ", "table_id": "t-1", "sql": {"sel": 0, "agg": 0, "conds": []}}'],
+            None,
+            1,
+            "question",
+            "empty",
+        ),
     ],
 )
 def test_malformed_wikisql_names_file_row_field(tmp_path, lines, tables, row, field, needle):
@@ -189,8 +226,16 @@ def test_empty_and_missing_files(tmp_path):
 
 def _synthetic_header(width: int) -> list[str]:
     """Distinct invented column names, some with spaces, operators, AND and aggregation words."""
-    styles = ["col {} name", "col {} = goals", "home AND away {}", "score > {}", "MAX col {}",
-              "col {}  OP  x", "Col {} < par", "COUNT {}"]
+    styles = [
+        "col {} name",
+        "col {} = goals",
+        "home AND away {}",
+        "score > {}",
+        "MAX col {}",
+        "col {}  OP  x",
+        "Col {} < par",
+        "COUNT {}",
+    ]
     return [styles[i % len(styles)].format(i) for i in range(width)]
 
 

@@ -5,6 +5,7 @@ modules are imported only when their command runs, so ``peft-hybrid --help`` is 
 
 Exit codes: 0 success, 1 the work failed (a clear message on stderr), 2 bad arguments or input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peft-hybrid", description="Hybrid LoRA + soft prompt tuning for T5-family models.")
+    parser = argparse.ArgumentParser(
+        prog="peft-hybrid", description="Hybrid LoRA + soft prompt tuning for T5-family models."
+    )
     from peft_hybrid import __version__
 
     parser.add_argument("--version", action="version", version=f"peft-hybrid {__version__}")

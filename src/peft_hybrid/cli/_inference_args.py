@@ -1,4 +1,5 @@
 """Arguments shared by the commands that load a saved adapter for generation (evaluate, predict)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,13 +15,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Base override (``--base``/``--model_preset``), batching, generation cap, input prefix, device, progress."""
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--base", default=None, help="base model id or folder (default: the one in the adapter config)")
-    base.add_argument("--model_preset", "--model-preset", default=None, help="random offline base: tiny, flan-t5-small, flan-t5-base")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)")
-    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=None, help="generation cap (default: the task's)")
-    parser.add_argument("--max_source_length", "--max-source-length", type=int, default=512, help="input tokens kept (default 512)")
+    base.add_argument(
+        "--model_preset", "--model-preset", default=None, help="random offline base: tiny, flan-t5-small, flan-t5-base"
+    )
+    parser.add_argument(
+        "--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)"
+    )
+    parser.add_argument(
+        "--max_new_tokens", "--max-new-tokens", type=int, default=None, help="generation cap (default: the task's)"
+    )
+    parser.add_argument(
+        "--max_source_length", "--max-source-length", type=int, default=512, help="input tokens kept (default 512)"
+    )
     tags = parser.add_mutually_exclusive_group()
-    tags.add_argument("--use_task_tags", "--use-task-tags", action="store_true", default=None, help="prepend the task tag (default: only for mode full)")
-    tags.add_argument("--task_prefix", "--task-prefix", default=None, help="explicit input prefix instead of the task tag")
+    tags.add_argument(
+        "--use_task_tags",
+        "--use-task-tags",
+        action="store_true",
+        default=None,
+        help="prepend the task tag (default: only for mode full)",
+    )
+    tags.add_argument(
+        "--task_prefix", "--task-prefix", default=None, help="explicit input prefix instead of the task tag"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar on stderr")
 

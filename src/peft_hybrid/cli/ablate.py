@@ -10,6 +10,7 @@ Example::
     peft-hybrid ablate --task sst2 --model_preset tiny --train_file train.tsv \\
         --validation_file dev.tsv --output_dir runs/ablation --max_steps 200 --use_cpu true
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ import sys
 def _own_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peft-hybrid ablate", add_help=False, allow_abbrev=False)
     parser.add_argument(
-        "--modes", default="none,prompt,lora,hybrid", help="comma-separated rows, in order (default: none,prompt,lora,hybrid)"
+        "--modes",
+        default="none,prompt,lora,hybrid",
+        help="comma-separated rows, in order (default: none,prompt,lora,hybrid)",
     )
     parser.add_argument("--include_full", "--include-full", action="store_true", help="add a full fine-tuning row")
     return parser
@@ -36,9 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.ablation import ablation_modes, run_ablation
-    from peft_hybrid.hub_access import HubUnreachableError
-    from peft_hybrid.recipe import make_parser, parse_args
+    from peft_hybrid.hub.access import HubUnreachableError
+    from peft_hybrid.training.ablation import ablation_modes, run_ablation
+    from peft_hybrid.training.recipe import make_parser, parse_args
 
     argv = list(args.ablate_args)
     if "-h" in argv or "--help" in argv:

@@ -7,14 +7,15 @@
 Writes ``attribution.json`` (raw scores, token strings, completeness gaps) and
 ``heatmap.png`` (plus ``heatmap-2.png``, ... with ``--max-rows``) into ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ..attribution import BASELINES, attribute
-from ..heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
+from peft_hybrid.interpret.attribution import BASELINES, attribute
+from peft_hybrid.interpret.heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,38 +44,61 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--adapter", required=True, help="Adapter folder saved by save_pretrained, or a Hub repo id.")
     source.add_argument("--revision", default=None, help="Hub revision of the adapter.")
     base = source.add_mutually_exclusive_group()
-    base.add_argument("--base", default=None, help="Base model folder or Hub id (default: the one named in the adapter config).")
+    base.add_argument(
+        "--base", default=None, help="Base model folder or Hub id (default: the one named in the adapter config)."
+    )
     base.add_argument("--model-preset", default=None, help="Random offline base: tiny, flan-t5-small, flan-t5-base.")
     source.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
     inputs = parser.add_argument_group("input and output text")
     inputs.add_argument("--text", required=True, help="Input text to explain.")
-    inputs.add_argument("--task", default=None, help="Task whose input formatting and generation settings to use (default: the adapter's, if any).")
+    inputs.add_argument(
+        "--task",
+        default=None,
+        help="Task whose input formatting and generation settings to use (default: the adapter's, if any).",
+    )
     inputs.add_argument("--target", default=None, help="Explain this output text instead of the greedy generation.")
-    inputs.add_argument("--max-new-tokens", type=int, default=None, help="Generation length limit (default: the task's, else 32).")
+    inputs.add_argument(
+        "--max-new-tokens", type=int, default=None, help="Generation length limit (default: the task's, else 32)."
+    )
     ig = parser.add_argument_group("integrated gradients")
     ig.add_argument("--n-steps", type=int, default=50, help="Integration steps (Gauss-Legendre).")
-    ig.add_argument("--baseline", choices=BASELINES, default="pad", help="Baseline embedding for every row, soft prompt included.")
-    ig.add_argument("--internal-batch-size", type=int, default=None, help="Interpolation steps per forward pass (lower to save memory).")
+    ig.add_argument(
+        "--baseline", choices=BASELINES, default="pad", help="Baseline embedding for every row, soft prompt included."
+    )
+    ig.add_argument(
+        "--internal-batch-size",
+        type=int,
+        default=None,
+        help="Interpolation steps per forward pass (lower to save memory).",
+    )
     plot = parser.add_argument_group("heatmap")
     plot.add_argument("--out", default="attribution", help="Output folder for attribution.json and heatmap.png.")
     plot.add_argument("--aggregate-prompt", action="store_true", help="Show the soft prompt as one summed row.")
     plot.add_argument("--max-rows", type=int, default=None, help="Rows per PNG; longer inputs are split into pages.")
-    plot.add_argument("--normalize", choices=NORMALIZE, default="none", help="Colour scale: raw scores, or per-column max.")
+    plot.add_argument(
+        "--normalize", choices=NORMALIZE, default="none", help="Colour scale: raw scores, or per-column max."
+    )
     plot.add_argument("--add-to-card", action="store_true", help="Add the heatmap to the adapter folder's README.md.")
     plot.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
-    from ..hub_access import HubUnreachableError
-    from ..inference import input_texts, load_for_inference
+    from peft_hybrid.hub.access import HubUnreachableError
+    from peft_hybrid.inference import input_texts, load_for_inference
 
     adapter_dir = Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
-        print(f"error: --add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; download it or save it first.", file=sys.stderr)
+        print(
+            f"error: --add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; "
+            "download it or save it first.",
+            file=sys.stderr,
+        )
         return 2
     try:
-        model, tokenizer = load_for_inference(args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device)
+        model, tokenizer = load_for_inference(
+            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+        )
     except HubUnreachableError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -82,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     text, generation_kwargs = args.text, {}
     task_name = args.task or model.hybrid_config.task
     if task_name:
-        from ..tasks import get_task
+        from peft_hybrid.tasks import get_task
 
         task = get_task(task_name)
         text = input_texts(task, [{"source": text}], model.hybrid_config.mode)[0]
@@ -103,10 +127,19 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     json_path = result.to_json(out / "attribution.json")
-    pngs = save_heatmaps(result, out / "heatmap.png", aggregate_prompt=args.aggregate_prompt, max_rows=args.max_rows, normalize=args.normalize)
+    pngs = save_heatmaps(
+        result,
+        out / "heatmap.png",
+        aggregate_prompt=args.aggregate_prompt,
+        max_rows=args.max_rows,
+        normalize=args.normalize,
+    )
     print(f"output: {result.output_text!r}")
     worst = max(result.relative_errors)
-    print(f"completeness: largest |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)| = {worst:.2e} over {len(result.output_tokens)} tokens")
+    print(
+        f"completeness: largest |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)| = {worst:.2e} "
+        f"over {len(result.output_tokens)} tokens"
+    )
     if result.num_prompt_tokens:
         share = sum(result.prompt_share) / len(result.prompt_share)
         print(f"soft prompt share of |attribution|: {100 * share:.1f}% on average")

@@ -1,11 +1,12 @@
 """``peft-hybrid demo``: the offline end-to-end demo (pre-train, adapt, evaluate, save, reload).
 
-Needs no network and no GPU; about two minutes on two CPU cores. See `peft_hybrid.demo`.
+Needs no network and no GPU; about two minutes on two CPU cores. See `peft_hybrid.offline.demo`.
 
 Example::
 
     peft-hybrid demo --output-dir demo-out
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Pre-train a tiny T5 on synthetic dialogues, train a hybrid LoRA + soft prompt adapter "
         "for summarization, compare ROUGE with the base alone, save, reload and predict. Offline, on CPU.",
     )
-    parser.add_argument("--output-dir", "--output_dir", required=True, help="new or empty folder for everything the demo writes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the whole run; the same seed gives the same numbers (default 0)")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="span-corruption pre-training steps (default 300)")
+    parser.add_argument(
+        "--output-dir", "--output_dir", required=True, help="new or empty folder for everything the demo writes"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the whole run; the same seed gives the same numbers (default 0)"
+    )
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=300, help="span-corruption pre-training steps (default 300)"
+    )
     parser.add_argument("--train-steps", type=int, default=200, help="adapter training steps (default 200)")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads (default 1: a tiny model gains little from more, and loses much on a busy machine)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -37,14 +46,17 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the Hub; fail fast if anything asks
     import torch
 
-    from peft_hybrid.demo import format_summary, run_demo
+    from peft_hybrid.offline.demo import format_summary, run_demo
 
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: pass 1 or more.")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     summary = run_demo(
-        args.output_dir, seed=args.seed, pretrain_steps=args.pretrain_steps, train_steps=args.train_steps,
+        args.output_dir,
+        seed=args.seed,
+        pretrain_steps=args.pretrain_steps,
+        train_steps=args.train_steps,
         progress=not args.quiet,
     )
     print(format_summary(summary), end="")

@@ -9,6 +9,7 @@ Example::
         --data_file dev.tsv --out runs/sst2/eval
     # -> runs/sst2/eval/metrics.json, runs/sst2/eval/predictions.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,17 +27,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
         help="evaluate an adapter on a split: metrics JSON + predictions",
-        description="Generate for every example of a task split with a saved adapter and score it with the task's metric.",
+        description=(
+            "Generate for every example of a task split with a saved adapter and score it with the task's metric."
+        ),
     )
     add_adapter_arguments(parser)
     parser.add_argument("--task", default=None, help="task name; default: the task the adapter was trained for")
-    parser.add_argument("--split", default="validation", choices=("train", "validation", "test"), help="split to score (default: validation)")
+    parser.add_argument(
+        "--split",
+        default="validation",
+        choices=("train", "validation", "test"),
+        help="split to score (default: validation)",
+    )
     data = parser.add_argument_group("data (default: the task's Hub dataset)")
-    data.add_argument("--data_file", "--data-file", default=None, help="local file of the split in the benchmark's original format")
-    data.add_argument("--tables_file", "--tables-file", default=None, help="WikiSQL: the *.tables.jsonl for --data_file")
+    data.add_argument(
+        "--data_file", "--data-file", default=None, help="local file of the split in the benchmark's original format"
+    )
+    data.add_argument(
+        "--tables_file", "--tables-file", default=None, help="WikiSQL: the *.tables.jsonl for --data_file"
+    )
     data.add_argument("--dataset_id", "--dataset-id", default=None, help="Hub dataset id overriding the task's")
     data.add_argument("--dataset_revision", "--dataset-revision", default=None, help="revision of the Hub dataset")
-    data.add_argument("--max_eval_samples", "--max-eval-samples", type=int, default=None, help="score only the first N examples")
+    data.add_argument(
+        "--max_eval_samples", "--max-eval-samples", type=int, default=None, help="score only the first N examples"
+    )
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, help=f"output folder for {METRICS_NAME} and {PREDICTIONS_NAME}")
     return parser
@@ -53,27 +67,42 @@ def resolve_task(name: str | None, model) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.hub_access import HubUnreachableError, require_hub
+    from peft_hybrid.hub.access import HubUnreachableError, require_hub
     from peft_hybrid.inference import evaluate_rows, load_for_inference
-    from peft_hybrid.serialization import atomic_write_bytes
+    from peft_hybrid.modeling.serialization import atomic_write_bytes
 
     for name in ("batch_size", "max_new_tokens", "max_source_length", "max_eval_samples"):
         check_positive(name, getattr(args, name))
     try:
-        model, tokenizer = load_for_inference(args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device)
+        model, tokenizer = load_for_inference(
+            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+        )
         task = resolve_task(args.task, model)
         if args.data_file is None:
             repo = args.dataset_id or task.hub_dataset.id
             require_hub(f"the {task.name} dataset {repo!r}", repo, repo_type="dataset", revision=args.dataset_revision)
-        rows = task.load(args.split, data_file=args.data_file, tables_file=args.tables_file, dataset_id=args.dataset_id, revision=args.dataset_revision)
+        rows = task.load(
+            args.split,
+            data_file=args.data_file,
+            tables_file=args.tables_file,
+            dataset_id=args.dataset_id,
+            revision=args.dataset_revision,
+        )
     except HubUnreachableError as err:
         print(f"peft-hybrid evaluate: error: {err}", file=sys.stderr)
         return 1
     if args.max_eval_samples is not None and args.max_eval_samples < len(rows):
         rows = rows.select(range(args.max_eval_samples))
     metrics, predictions = evaluate_rows(
-        model, tokenizer, task, rows, batch_size=args.batch_size, max_source_length=args.max_source_length,
-        use_task_tags=args.use_task_tags, task_prefix=args.task_prefix, progress=not args.no_progress,
+        model,
+        tokenizer,
+        task,
+        rows,
+        batch_size=args.batch_size,
+        max_source_length=args.max_source_length,
+        use_task_tags=args.use_task_tags,
+        task_prefix=args.task_prefix,
+        progress=not args.no_progress,
         max_new_tokens=args.max_new_tokens,
     )
     out = Path(args.out)
@@ -90,5 +119,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / METRICS_NAME, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in predictions)
     atomic_write_bytes(out / PREDICTIONS_NAME, lines.encode("utf-8"))
-    print(json.dumps({"task": task.name, "split": args.split, "examples": len(predictions), **metrics}, sort_keys=True))
+    print(
+        json.dumps({"task": task.name, "split": args.split, "examples": len(predictions), **metrics}, sort_keys=True)
+    )
     return 0

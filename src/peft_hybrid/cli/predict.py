@@ -10,6 +10,7 @@ Example::
     printf 'it is a charming journey .\\nunflinchingly bleak\\n' | \\
         peft-hybrid predict --adapter runs/sst2 --task sst2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "predict",
         help="batched generation from a file or stdin",
-        description="Generate one output per input with a saved adapter (text or JSON Lines in, one line out per input).",
+        description=(
+            "Generate one output per input with a saved adapter (text or JSON Lines in, one line out per input)."
+        ),
     )
     add_adapter_arguments(parser)
-    parser.add_argument("--input", default="-", help="input file (.txt: one input per line; .jsonl: objects), or - for stdin (default)")
-    parser.add_argument("--field", default=None, help="JSON Lines key holding the input text (default: text, else source)")
-    parser.add_argument("--task", default=None, help="task whose generation settings and tag to use (default: the adapter's)")
-    parser.add_argument("--jsonl", action="store_true", help='write {"input", "prediction"} JSON Lines instead of plain lines')
+    parser.add_argument(
+        "--input", default="-", help="input file (.txt: one input per line; .jsonl: objects), or - for stdin (default)"
+    )
+    parser.add_argument(
+        "--field", default=None, help="JSON Lines key holding the input text (default: text, else source)"
+    )
+    parser.add_argument(
+        "--task", default=None, help="task whose generation settings and tag to use (default: the adapter's)"
+    )
+    parser.add_argument(
+        "--jsonl", action="store_true", help='write {"input", "prediction"} JSON Lines instead of plain lines'
+    )
     add_model_arguments(parser)
     return parser
 
@@ -58,17 +69,21 @@ def read_inputs(source: str, field: str | None = None) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--input {name} line {number} is not valid JSON ({err.msg}); give one JSON object per line.") from None
+            raise ValueError(
+                f"--input {name} line {number} is not valid JSON ({err.msg}); give one JSON object per line."
+            ) from None
         key = field or next((k for k in ("text", "source") if isinstance(record, dict) and k in record), "text")
         value = record.get(key) if isinstance(record, dict) else None
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"--input {name} line {number} has no text under {key!r}; set --field to the key holding the input.")
+            raise ValueError(
+                f"--input {name} line {number} has no text under {key!r}; set --field to the key holding the input."
+            )
         texts.append(value)
     return texts
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.hub_access import HubUnreachableError
+    from peft_hybrid.hub.access import HubUnreachableError
     from peft_hybrid.inference import generate_texts, input_texts, load_for_inference
     from peft_hybrid.tasks import get_task
 
@@ -76,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         check_positive(name, getattr(args, name))
     texts = read_inputs(args.input, args.field)
     try:
-        model, tokenizer = load_for_inference(args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device)
+        model, tokenizer = load_for_inference(
+            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+        )
     except HubUnreachableError as err:
         print(f"peft-hybrid predict: error: {err}", file=sys.stderr)
         return 1
@@ -88,12 +105,19 @@ def run(args: argparse.Namespace) -> int:
     inputs = texts
     if task is not None:
         rows = [{"source": t} for t in texts]
-        inputs = input_texts(task, rows, model.hybrid_config.mode, use_task_tags=args.use_task_tags, task_prefix=args.task_prefix)
+        inputs = input_texts(
+            task, rows, model.hybrid_config.mode, use_task_tags=args.use_task_tags, task_prefix=args.task_prefix
+        )
     elif args.task_prefix is not None:
         inputs = [args.task_prefix + t for t in texts]
     predictions = generate_texts(
-        model, tokenizer, inputs, batch_size=args.batch_size, max_source_length=args.max_source_length,
-        progress=not args.no_progress, **generation,
+        model,
+        tokenizer,
+        inputs,
+        batch_size=args.batch_size,
+        max_source_length=args.max_source_length,
+        progress=not args.no_progress,
+        **generation,
     )
     for text, prediction in zip(texts, predictions):
         if args.jsonl:

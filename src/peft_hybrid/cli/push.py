@@ -4,22 +4,27 @@
 
 The token comes from ``--token``, HF_TOKEN or the stored login (``hf auth login``); prefer the
 latter two: a token on the command line is visible to other users of the machine. Only the
-adapter, its card, images and metrics are uploaded (see `peft_hybrid.hub.PUSH_PATTERNS`); a
+adapter, its card, images and metrics are uploaded (see `peft_hybrid.hub.upload.PUSH_PATTERNS`); a
 repeated push sends only files that changed.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-from peft_hybrid.hub import DEFAULT_RETRIES, HubError, push_folder
+from peft_hybrid.hub.upload import DEFAULT_RETRIES, HubError, push_folder
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("push", help="push a saved adapter folder to the Hub", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = subparsers.add_parser(
+        "push",
+        help="push a saved adapter folder to the Hub",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("dir", help="adapter folder written by save_pretrained or a training run")
     parser.add_argument("repo_id", help="Hub repo id, user/name (created when missing)")
     parser.add_argument("--private", action="store_true", help="create the repo private (no effect if it exists)")
@@ -34,9 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     try:
         commit = push_folder(
-            args.dir, args.repo_id, token=args.token, private=args.private or None, revision=args.revision,
-            commit_message=args.commit_message, endpoint=args.endpoint, retries=args.retries,
-        )  # fmt: skip
+            args.dir,
+            args.repo_id,
+            token=args.token,
+            private=args.private or None,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            endpoint=args.endpoint,
+            retries=args.retries,
+        )
     except HubError as err:
         print(f"peft-hybrid push: error: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -8,6 +8,7 @@ Example::
     peft-hybrid train --task sst2 --config recipes/configs/sst2.yaml --model_preset tiny \\
         --train_file train.tsv --validation_file dev.tsv --output_dir runs/sst2 --use_cpu true
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.recipe import run as run_recipe
+    from peft_hybrid.training.recipe import run as run_recipe
 
     return run_recipe(args.recipe_args, prog="peft-hybrid train")

@@ -11,6 +11,7 @@ Built in: ``samsum`` (summarization, ROUGE), ``wikisql`` (text-to-SQL, logical-f
     >>> get_task("my_task").name
     'my_task'
 """
+
 from __future__ import annotations
 
 from typing import TypeVar
@@ -49,8 +50,7 @@ def register_task(task: T, *, overwrite: bool = False) -> T:
         raise ValueError(f"{type(instance).__name__} has no name; set name=... in its constructor")
     if instance.name in _REGISTRY and not overwrite:
         raise ValueError(
-            f"a task named {instance.name!r} is already registered; pick another name or pass "
-            "overwrite=True"
+            f"a task named {instance.name!r} is already registered; pick another name or pass overwrite=True"
         )
     _REGISTRY[instance.name] = instance
     return task

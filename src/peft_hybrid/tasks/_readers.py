@@ -3,13 +3,15 @@
 Python's csv/json modules are used instead of ``datasets.load_dataset("csv"|"json")`` because
 they let every error name the record or line at fault.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from peft_hybrid.tasks.base import DataError
 
@@ -55,13 +57,11 @@ def read_delimited(
     """
     text = read_text(path)
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
-    reader = csv.reader(
-        io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=quoted
-    )
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=quoted)
     try:
         header = next(reader)
     except StopIteration:
-        raise DataError("the file is empty; it needs a header line and data rows", file=path)
+        raise DataError("the file is empty; it needs a header line and data rows", file=path) from None
     except csv.Error as err:
         raise DataError(f"the header line cannot be parsed ({err})", file=path, row=0) from None
     header = [h.strip() for h in header]
@@ -69,8 +69,7 @@ def read_delimited(
     if missing:
         sep = "<TAB>" if delimiter == "\t" else delimiter
         raise DataError(
-            f"the header {header} lacks column(s) {missing}; the header line must be "
-            f"{sep.join(required)}",
+            f"the header {header} lacks column(s) {missing}; the header line must be {sep.join(required)}",
             file=path,
             row=0,
             field=missing[0],
@@ -135,18 +134,14 @@ def read_json_records(path: Path) -> Iterator[tuple[int, Any]]:
             row=err.lineno,
         ) from None
     if not isinstance(data, list):
-        raise DataError(
-            f"expected a JSON array of objects, found {type(data).__name__}", file=path
-        )
+        raise DataError(f"expected a JSON array of objects, found {type(data).__name__}", file=path)
     yield from enumerate(data, start=1)
 
 
 def require_object(obj: Any, keys: Sequence[str], *, file: Path, row: int) -> dict[str, Any]:
     """Check that ``obj`` is a JSON object holding ``keys``; raise `DataError` naming the first gap."""
     if not isinstance(obj, dict):
-        raise DataError(
-            f"expected a JSON object, found {type(obj).__name__}", file=file, row=row
-        )
+        raise DataError(f"expected a JSON object, found {type(obj).__name__}", file=file, row=row)
     for key in keys:
         if key not in obj:
             raise DataError(

@@ -8,11 +8,13 @@ separators allowed; otherwise the first number in the text). A query that cannot
 of range, operator ``OP``, a value with no number for a ``real`` column) has no result and so
 never matches.
 """
+
 from __future__ import annotations
 
 import re
 import sqlite3
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 AGG_OPS = ("", "MAX", "MIN", "COUNT", "SUM", "AVG")
 COND_OPS = ("=", ">", "<", "OP")
@@ -40,9 +42,7 @@ class TableDatabase:
         self._names: dict[str, str] = {}
         self._types: dict[str, list[str]] = {}
 
-    def add_table(
-        self, table_id: str, types: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
+    def add_table(self, table_id: str, types: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Create the table once (later calls with the same id are ignored)."""
         if table_id in self._names:
             return
@@ -50,10 +50,7 @@ class TableDatabase:
         kinds = ["real" if t == "real" else "text" for t in types]
         columns = ", ".join(f"col{i} {k.upper()}" for i, k in enumerate(kinds))
         self._conn.execute(f"CREATE TABLE {name} ({columns})")
-        cells = [
-            [_to_number(v) if k == "real" else str(v).lower() for k, v in zip(kinds, row)]
-            for row in rows
-        ]
+        cells = [[_to_number(v) if k == "real" else str(v).lower() for k, v in zip(kinds, row)] for row in rows]
         marks = ", ".join("?" * len(kinds))
         self._conn.executemany(f"INSERT INTO {name} VALUES ({marks})", cells)
         self._names[table_id] = name

@@ -17,12 +17,14 @@ Example:
     >>> task.compute_metrics(["positive", "Negative "], [{"target": "positive"}, {"target": "positive"}])
     {'accuracy': 50.0, 'invalid_outputs': 0.0}
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import datasets
 
@@ -167,23 +169,15 @@ class Task:
                 raise ValueError("tables_file only applies together with data_file")
             rows, source = self._load_hub(split or self.eval_split, dataset_id, revision)
         if not rows:
-            raise DataError(
-                "the dataset has no examples; check that the file holds data rows", file=source
-            )
+            raise DataError("the dataset has no examples; check that the file holds data rows", file=source)
         return datasets.Dataset.from_list(rows)
 
-    def _load_hub(
-        self, split: str, dataset_id: str | None, revision: str | None
-    ) -> tuple[list[dict[str, Any]], str]:
+    def _load_hub(self, split: str, dataset_id: str | None, revision: str | None) -> tuple[list[dict[str, Any]], str]:
         hub = self.hub_dataset
         if split not in hub.splits:
-            raise ValueError(
-                f"task {self.name!r} has no split {split!r}; choose one of {sorted(hub.splits)}"
-            )
+            raise ValueError(f"task {self.name!r} has no split {split!r}; choose one of {sorted(hub.splits)}")
         repo = dataset_id or hub.id
-        ds = datasets.load_dataset(
-            repo, hub.config, split=hub.splits[split], revision=revision or hub.revision
-        )
+        ds = datasets.load_dataset(repo, hub.config, split=hub.splits[split], revision=revision or hub.revision)
         where = f"{repo}[{hub.splits[split]}]"
         return [self._from_hub_row(dict(rec), i + 1, where) for i, rec in enumerate(ds)], where
 
@@ -194,9 +188,7 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} cannot read Hub records")
 
     # --------------------------------------------------------------- formatting
-    def format_input(
-        self, example: Mapping[str, Any], use_task_tags: bool, task_prefix: str | None = None
-    ) -> str:
+    def format_input(self, example: Mapping[str, Any], use_task_tags: bool, task_prefix: str | None = None) -> str:
         """The model input text for one normalised example.
 
         Args:

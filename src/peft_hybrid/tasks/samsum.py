@@ -11,11 +11,13 @@ Example:
     >>> rouge(["the cat sat"], ["the cat sat"])["rouge1"]
     100.0
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from rouge_score import rouge_scorer
 
@@ -55,9 +57,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_KEYS, 0.0)
     for pred, ref in zip(predictions, references):
-        scores = scorer.score(
-            "\n".join(split_sentences(ref)), "\n".join(split_sentences(pred))
-        )
+        scores = scorer.score("\n".join(split_sentences(ref)), "\n".join(split_sentences(pred)))
         for key in ROUGE_KEYS:
             totals[key] += scores[key].fmeasure
     return {key: 100.0 * total / len(predictions) for key, total in totals.items()}
@@ -92,10 +92,7 @@ class SamsumTask(Task):
             raise ValueError("SAMSum has no tables file; omit tables_file")
         fields = ("id", "summary", "dialogue")
         if path.suffix.lower() in {".json", ".jsonl"}:
-            records = (
-                (row, require_object(obj, fields, file=path, row=row))
-                for row, obj in read_json_records(path)
-            )
+            records = ((row, require_object(obj, fields, file=path, row=row)) for row, obj in read_json_records(path))
         elif path.suffix.lower() == ".csv":
             records = read_delimited(path, fields)
         else:
@@ -110,12 +107,8 @@ class SamsumTask(Task):
 
     @staticmethod
     def _normalise(record: Mapping[str, Any], row: int, file: Any) -> dict[str, Any]:
-        dialogue = require_text(
-            record.get("dialogue"), file=file, row=row, field_name="dialogue", what="the dialogue"
-        )
-        summary = require_text(
-            record.get("summary"), file=file, row=row, field_name="summary", what="the summary"
-        )
+        dialogue = require_text(record.get("dialogue"), file=file, row=row, field_name="dialogue", what="the dialogue")
+        summary = require_text(record.get("summary"), file=file, row=row, field_name="summary", what="the summary")
         # The corpus separates turns with \r\n; the model sees plain \n.
         turns = [t.strip() for t in dialogue.replace("\r\n", "\n").split("\n")]
         return {
@@ -124,9 +117,7 @@ class SamsumTask(Task):
             "target": summary.strip(),
         }
 
-    def compute_metrics(
-        self, predictions: Sequence[str], examples: Any
-    ) -> dict[str, float]:
+    def compute_metrics(self, predictions: Sequence[str], examples: Any) -> dict[str, float]:
         """ROUGE-1/2/L/Lsum × 100 of ``predictions`` against the examples' ``target``."""
         rows = check_lengths(predictions, examples)
         return rouge(predictions, [r["target"] for r in rows])

@@ -8,10 +8,12 @@ Example:
     >>> accuracy(["Positive", "maybe"], ["positive", "negative"])
     {'accuracy': 50.0, 'invalid_outputs': 1.0}
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from peft_hybrid.tasks._readers import read_delimited
 from peft_hybrid.tasks.base import (
@@ -58,9 +60,7 @@ def _label_word(value: Any, *, file: Any, row: int) -> tuple[int, str]:
         label = int(value.strip())
     if label not in (0, 1):
         hint = (
-            "; the GLUE test split has no labels (-1): evaluate on the validation split"
-            if value in (-1, "-1")
-            else ""
+            "; the GLUE test split has no labels (-1): evaluate on the validation split" if value in (-1, "-1") else ""
         )
         raise DataError(
             f"label {value!r} is not 0 (negative) or 1 (positive){hint}",

@@ -19,12 +19,14 @@ Example:
     >>> parse_sql(to_human_readable(query, header), header) == query
     True
 """
+
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from peft_hybrid.tasks._readers import read_jsonl, require_object
 from peft_hybrid.tasks._wikisql_exec import AGG_OPS, COND_OPS, TableDatabase
@@ -67,14 +69,10 @@ def to_human_readable(query: Mapping[str, Any], header: Sequence[str]) -> str:
     q = as_query(query)
     for col in [q["sel"]] + [c for c, _, _ in q["conds"]]:
         if not 0 <= col < len(header):
-            raise ValueError(
-                f"column index {col} is outside the header of {len(header)} columns {list(header)}"
-            )
+            raise ValueError(f"column index {col} is outside the header of {len(header)} columns {list(header)}")
     text = f"SELECT {AGG_OPS[q['agg']]} {header[q['sel']]} FROM table"
     if q["conds"]:
-        text += " WHERE " + " AND ".join(
-            f"{header[c]} {COND_OPS[o]} {v}" for c, o, v in q["conds"]
-        )
+        text += " WHERE " + " AND ".join(f"{header[c]} {COND_OPS[o]} {v}" for c, o, v in q["conds"])
     return _collapse(text)
 
 
@@ -104,7 +102,7 @@ def _parse_conds(text: str, names: Sequence[str]) -> list[list[Any]] | None:
     " AND " after which the rest parses as conditions (values may contain spaces, operators and
     AND)."""
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def parse_from(pos: int) -> tuple[tuple[int, int, str], ...] | None:
         for col, end in _match_columns(text, pos, names):
             for op_index, op in enumerate(COND_OPS):
@@ -138,16 +136,14 @@ def parse_sql(text: str, header: Sequence[str]) -> Query | None:
     if not s.startswith("SELECT "):
         return None
     body = len("SELECT ")
-    starts = [(0, body)] + [
-        (i, body + len(a) + 1) for i, a in enumerate(AGG_OPS) if a and s.startswith(a + " ", body)
-    ]
+    starts = [(0, body)] + [(i, body + len(a) + 1) for i, a in enumerate(AGG_OPS) if a and s.startswith(a + " ", body)]
     for agg, pos in starts:
         for sel, end in _match_columns(s, pos, names):
             rest = s[end:]
             if rest == " FROM table":
                 return {"sel": sel, "agg": agg, "conds": []}
             if rest.startswith(" FROM table WHERE "):
-                conds = _parse_conds(rest[len(" FROM table WHERE "):], names)
+                conds = _parse_conds(rest[len(" FROM table WHERE ") :], names)
                 if conds is not None:
                     return {"sel": sel, "agg": agg, "conds": conds}
     return None
@@ -202,7 +198,6 @@ def execution_accuracy(
     return 100.0 * correct / len(pred_texts)
 
 
-
 class WikisqlTask(Task):
     """WikiSQL: ``source`` = question + header, ``target`` = human-readable SQL.
 
@@ -215,9 +210,7 @@ class WikisqlTask(Task):
             name="wikisql",
             # Parquet conversion of the former script dataset (same schema as the original
             # Hugging Face `wikisql`: question, table{header,types,rows,id,...}, sql{...}).
-            hub_dataset=HubDataset(
-                id="Salesforce/wikisql", revision="refs/convert/parquet", name="WikiSQL"
-            ),
+            hub_dataset=HubDataset(id="Salesforce/wikisql", revision="refs/convert/parquet", name="WikiSQL"),
             task_type="text2text-generation",
             task_tag="translate to SQL: ",
             generation_kwargs={"max_new_tokens": 96, "num_beams": 1},
@@ -262,7 +255,9 @@ class WikisqlTask(Task):
                     raise DataError(
                         f"table {rec['table_id']!r} is not in {tables_file}; pass the tables file "
                         "that belongs to this split",
-                        file=path, row=row, field="table_id",
+                        file=path,
+                        row=row,
+                        field="table_id",
                     )
                 header = table["header"]
             else:
@@ -272,7 +267,9 @@ class WikisqlTask(Task):
                     raise DataError(
                         f"column index {col} is beyond the {len(header)} columns of table "
                         f"{rec['table_id']!r} {header}; fix the query or pass the right tables file",
-                        file=path, row=row, field="sql",
+                        file=path,
+                        row=row,
+                        field="sql",
                     )
             rows.append(self._row(rec["question"], rec["table_id"], header, q, table, path, row))
         return rows
@@ -280,18 +277,31 @@ class WikisqlTask(Task):
     def _from_hub_row(self, record: dict[str, Any], row: int, where: str) -> dict[str, Any]:
         table = dict(record["table"])
         return self._row(
-            record["question"], table["id"], table["header"], as_query(record["sql"]),
-            table, where, row,
+            record["question"],
+            table["id"],
+            table["header"],
+            as_query(record["sql"]),
+            table,
+            where,
+            row,
         )
 
     def _row(
-        self, question: Any, table_id: str, header: Sequence[str], query: Query,
-        table: Mapping[str, Any] | None, file: Any, row: int,
+        self,
+        question: Any,
+        table_id: str,
+        header: Sequence[str],
+        query: Query,
+        table: Mapping[str, Any] | None,
+        file: Any,
+        row: int,
     ) -> dict[str, Any]:
         if not isinstance(question, str) or not question.strip():
             raise DataError(
                 f"the question is missing or empty (got {question!r})",
-                file=file, row=row, field="question",
+                file=file,
+                row=row,
+                field="question",
             )
         header = [str(h) for h in header]
         out: dict[str, Any] = {
@@ -325,14 +335,11 @@ class WikisqlTask(Task):
         metrics = {
             "logical_form_accuracy": logical_form_accuracy(predictions, golds, headers),
             "exact_match": exact_match(predictions, [r["target"] for r in rows]),
-            "unparseable": float(
-                sum(parse_sql(p, h) is None for p, h in zip(predictions, headers))
-            ),
+            "unparseable": float(sum(parse_sql(p, h) is None for p, h in zip(predictions, headers))),
         }
         if all(r.get("rows") is not None and not r.get("header_is_placeholder") for r in rows):
             tables = [
-                {"id": r["table_id"], "header": r["header"], "types": r["types"], "rows": r["rows"]}
-                for r in rows
+                {"id": r["table_id"], "header": r["header"], "types": r["types"], "rows": r["rows"]} for r in rows
             ]
             metrics["execution_accuracy"] = execution_accuracy(predictions, golds, tables)
         return metrics
@@ -343,7 +350,9 @@ def _checked_query(sql: Any, file: Path, row: int) -> Query:
     if not isinstance(sql, dict) or not all(k in sql for k in ("sel", "agg", "conds")):
         raise DataError(
             f"expected an object with sel, agg and conds, got {sql!r}",
-            file=file, row=row, field="sql",
+            file=file,
+            row=row,
+            field="sql",
         )
 
     def bad(what: str, fld: str) -> DataError:
@@ -352,17 +361,14 @@ def _checked_query(sql: Any, file: Path, row: int) -> Query:
     if not isinstance(sql["sel"], int) or isinstance(sql["sel"], bool) or sql["sel"] < 0:
         raise bad(f"sel must be a column index >= 0, got {sql['sel']!r}", "sql.sel")
     if not isinstance(sql["agg"], int) or not 0 <= sql["agg"] < len(AGG_OPS):
-        raise bad(f"agg must be 0..{len(AGG_OPS) - 1} (index into {list(AGG_OPS)}), "
-                  f"got {sql['agg']!r}", "sql.agg")
+        raise bad(f"agg must be 0..{len(AGG_OPS) - 1} (index into {list(AGG_OPS)}), got {sql['agg']!r}", "sql.agg")
     if not isinstance(sql["conds"], list):
-        raise bad(f"conds must be a list of [column, operator, value], got {sql['conds']!r}",
-                  "sql.conds")
+        raise bad(f"conds must be a list of [column, operator, value], got {sql['conds']!r}", "sql.conds")
     for cond in sql["conds"]:
         ok = isinstance(cond, list) and len(cond) == 3 and isinstance(cond[0], int)
         ok = ok and cond[0] >= 0 and isinstance(cond[1], int) and 0 <= cond[1] < len(COND_OPS)
         if not ok or cond[2] is None:
-            raise bad(f"condition {cond!r} must be [column index, operator 0..3, value]",
-                      "sql.conds")
+            raise bad(f"condition {cond!r} must be [column index, operator 0..3, value]", "sql.conds")
     return as_query(sql)
 
 
@@ -372,15 +378,16 @@ def _read_tables(path: Path) -> dict[str, dict[str, Any]]:
         table = require_object(obj, ("id", "header", "rows"), file=path, row=row)
         header = table["header"]
         if not isinstance(header, list) or not header:
-            raise DataError("header must be a non-empty list of column names",
-                            file=path, row=row, field="header")
+            raise DataError("header must be a non-empty list of column names", file=path, row=row, field="header")
         types = table.get("types") or ["text"] * len(header)
         if len(types) != len(header):
-            raise DataError(f"{len(types)} types for {len(header)} columns; give one per column",
-                            file=path, row=row, field="types")
+            raise DataError(
+                f"{len(types)} types for {len(header)} columns; give one per column", file=path, row=row, field="types"
+            )
         for i, cells in enumerate(table["rows"]):
             if not isinstance(cells, list) or len(cells) != len(header):
-                raise DataError(f"table row {i} must be a list of {len(header)} cells",
-                                file=path, row=row, field="rows")
+                raise DataError(
+                    f"table row {i} must be a list of {len(header)} cells", file=path, row=row, field="rows"
+                )
         tables[str(table["id"])] = {**table, "types": types}
     return tables

@@ -1,0 +1,130 @@
+"""The encoder-side soft prompt: its initialisation and how it joins the encoder input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PROMPT_KEY = "prompt_embeddings"
+# T5's vocabulary layout: pad, eos, unk first; 100 sentinel ids (<extra_id_N>) after the real pieces.
+_T5_LEADING_SPECIAL = 3
+_T5_SENTINELS = 100
+
+
+class SoftPrompt(nn.Module):
+    """``num_virtual_tokens`` trainable vectors prepended to the encoder input embeddings.
+
+    The decoder is driven by the labels, so the prompt lives on the encoder side only (as in the
+    paper): 30 x 768 = 23,040 parameters on FLAN-T5-base.
+    """
+
+    def __init__(self, num_virtual_tokens: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_virtual_tokens, embedding_dim))
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.weight.shape[0]
+
+    def prepend(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``[prompt; inputs_embeds]`` and the attention mask extended with ones."""
+        batch, length = inputs_embeds.shape[:2]
+        prompt = self.weight.to(inputs_embeds.dtype).expand(batch, -1, -1)
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+        prompt_mask = attention_mask.new_ones(batch, self.num_virtual_tokens)
+        return torch.cat([prompt, inputs_embeds], dim=1), torch.cat([prompt_mask, attention_mask], dim=1)
+
+    # --- initialisation --------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(
+        self,
+        strategy: str,
+        word_embeddings: nn.Embedding,
+        *,
+        seed: int,
+        tokenizer=None,
+        text: str | None = None,
+    ) -> None:
+        """Fill the prompt in place.
+
+        - ``"sample_vocab"``: embeddings of real vocabulary pieces sampled without replacement
+          (never pad/eos/unk or sentinels, unlike copying rows 0..N-1).
+        - ``"text"``: embeddings of ``text``'s tokens, repeated or cut to length.
+        - ``"random"``: normal noise with the word embeddings' standard deviation.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        table = word_embeddings.weight
+        n = self.num_virtual_tokens
+        if strategy == "random":
+            std = table.float().std().item()
+            values = torch.randn(n, table.shape[1], generator=generator) * std
+        else:
+            ids = (
+                _text_ids(tokenizer, text)
+                if strategy == "text"
+                else _sample_ids(table.shape[0], n, generator, tokenizer)
+            )
+            ids = ids.repeat((n + len(ids) - 1) // len(ids))[:n]
+            values = table[ids.to(table.device)].float()
+        self.weight.copy_(values.to(self.weight.device, self.weight.dtype))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {PROMPT_KEY: self.weight}
+
+
+def _candidate_ids(vocab_rows: int, tokenizer) -> torch.Tensor:
+    if tokenizer is not None:
+        special = set(tokenizer.all_special_ids)
+        size = min(len(tokenizer), vocab_rows)
+        sentinel_like = {
+            i
+            for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(size))))
+            if tok and tok.startswith("<extra_id_")
+        }
+        ids = [i for i in range(size) if i not in special and i not in sentinel_like]
+    else:
+        # Without a tokenizer, assume T5's layout (sentinels and padding rows at the end) and keep
+        # a conservative range: round the end down to a multiple of 128 below the sentinels.
+        real_end = max((vocab_rows - _T5_SENTINELS) // 128 * 128, _T5_LEADING_SPECIAL + 1)
+        ids = list(range(_T5_LEADING_SPECIAL, real_end))
+    if not ids:
+        raise ValueError("No ordinary vocabulary tokens to initialise the soft prompt from; use prompt_init='random'.")
+    return torch.tensor(ids)
+
+
+def _sample_ids(vocab_rows: int, n: int, generator: torch.Generator, tokenizer) -> torch.Tensor:
+    candidates = _candidate_ids(vocab_rows, tokenizer)
+    order = torch.randperm(len(candidates), generator=generator)
+    return candidates[order[: min(n, len(candidates))]]
+
+
+def _text_ids(tokenizer, text: str | None) -> torch.Tensor:
+    if tokenizer is None:
+        raise ValueError("prompt_init='text' needs a tokenizer: HybridModel(base, config, tokenizer=tokenizer).")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt_init_text={text!r} tokenizes to nothing; give a non-empty text.")
+    return torch.tensor(ids)
+
+
+def save_peft_prompt(folder, prompt: SoftPrompt, base_config, base_model_name_or_path: str | None):
+    """Write a vanilla PEFT prompt-tuning adapter (encoder only: num_transformer_submodules=1)."""
+    from peft import PromptTuningConfig
+
+    from peft_hybrid.modeling.serialization import write_safetensors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    PromptTuningConfig(
+        task_type="SEQ_2_SEQ_LM",
+        num_virtual_tokens=prompt.num_virtual_tokens,
+        token_dim=base_config.d_model,
+        num_transformer_submodules=1,
+        num_attention_heads=base_config.num_heads,
+        num_layers=base_config.num_layers,
+        base_model_name_or_path=base_model_name_or_path,
+    ).save_pretrained(str(folder))
+    write_safetensors(folder / "adapter_model.safetensors", prompt.tensors())
+    return folder

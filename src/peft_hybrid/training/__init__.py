@@ -1,0 +1,1 @@
+"""Training: `HybridTrainer`, its arguments, callbacks, checkpoints, data pipeline, recipes and the ablation."""

@@ -1,0 +1,43 @@
+import peft
+import torch
+
+from helpers import batch, tiny_model
+from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.offline import t5_from_preset
+
+
+def test_vanilla_peft_loads_the_exported_lora_and_prompt(tmp_path):
+    for mode in ("lora", "prompt"):
+        model, tok = tiny_model(mode)
+        inputs = batch(tok)
+        written = model.export_peft(tmp_path / mode)
+        assert set(written) == {mode}
+        base, _ = t5_from_preset("tiny")
+        vanilla = peft.PeftModel.from_pretrained(base, str(written[mode])).eval()
+        with torch.no_grad():
+            assert torch.equal(vanilla(**inputs).logits, model(**inputs).logits)
+
+
+def test_hybrid_exports_both_parts(tmp_path):
+    model, _ = tiny_model("hybrid")
+    assert set(model.export_peft(tmp_path)) == {"lora", "prompt"}
+    config = peft.PeftConfig.from_pretrained(str(tmp_path / "prompt"))
+    assert config.num_transformer_submodules == 1 and config.num_virtual_tokens == 30
+
+
+def test_start_a_hybrid_from_a_peft_lora_adapter(tmp_path):
+    lora_model, tok = tiny_model("lora", r=2, lora_alpha=8)
+    lora_model.export_peft(tmp_path)
+    base, _ = t5_from_preset("tiny")
+    hybrid = HybridModel.from_peft_lora(base, tmp_path / "lora", HybridConfig(mode="hybrid"), tokenizer=tok).eval()
+    assert (hybrid.hybrid_config.r, hybrid.hybrid_config.lora_alpha) == (2, 8)
+    assert hybrid.prompt is not None
+    for key, value in lora_model.lora.tensors().items():
+        assert torch.equal(hybrid.lora.tensors()[key], value)
+    # With the prompt removed the hybrid is the LoRA model again.
+    lora_only = HybridModel.from_peft_lora(
+        t5_from_preset("tiny")[0], tmp_path / "lora", HybridConfig(mode="lora")
+    ).eval()
+    inputs = batch(tok)
+    with torch.no_grad():
+        assert torch.equal(lora_only(**inputs).logits, lora_model(**inputs).logits)
