@@ -18,6 +18,11 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "hybrid_config.json"
 # Written beside the fields; `weights_sha256` ties the config to the weights saved with it.
 _METADATA_KEYS = ("format_version", "library", "library_version", "peft_type", "weights_sha256")
+# Every field names its group in its metadata, so a new field cannot be left out of `ADAPTER_FIELDS`
+# by forgetting a list elsewhere: the settings that define what the adapter computes (cards,
+# training summaries and ablation tables report these), how its prompt was initialised, and where
+# it came from.
+_SETTING, _INIT, _PROVENANCE = "setting", "init", "provenance"
 
 
 @dataclass
@@ -37,26 +42,38 @@ class HybridConfig:
         False
     """
 
-    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}."})
+    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}.", "group": _SETTING})
     # LoRA
-    r: int = field(default=4, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    r: int = field(default=4, metadata={"help": "LoRA rank.", "group": _SETTING})
+    lora_alpha: float = field(
+        default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r).", "group": _SETTING}
+    )
     target_modules: list[str] = field(
-        default_factory=lambda: ["q", "v"], metadata={"help": "Names of the Linear modules that get LoRA."}
+        default_factory=lambda: ["q", "v"],
+        metadata={"help": "Names of the Linear modules that get LoRA.", "group": _SETTING},
     )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input.", "group": _SETTING})
     # Soft prompt
-    num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (encoder side)."})
-    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}."})
-    prompt_init_text: str | None = field(default=None, metadata={"help": "Text for prompt_init='text'."})
-    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation."})
-    # Provenance
-    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Base model Hub id or folder."})
-    revision: str | None = field(default=None, metadata={"help": "Revision of the base model."})
-    base_model_shape: dict[str, int] | None = field(
-        default=None, metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base."}
+    num_virtual_tokens: int = field(
+        default=30, metadata={"help": "Soft prompt length (encoder side).", "group": _SETTING}
     )
-    task: str | None = field(default=None, metadata={"help": "Task the adapter was trained for, if any."})
+    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}.", "group": _SETTING})
+    prompt_init_text: str | None = field(
+        default=None, metadata={"help": "Text for prompt_init='text'.", "group": _INIT}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation.", "group": _INIT})
+    # Provenance
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base model Hub id or folder.", "group": _PROVENANCE}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Revision of the base model.", "group": _PROVENANCE})
+    base_model_shape: dict[str, int] | None = field(
+        default=None,
+        metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base.", "group": _PROVENANCE},
+    )
+    task: str | None = field(
+        default=None, metadata={"help": "Task the adapter was trained for, if any.", "group": _PROVENANCE}
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -94,6 +111,7 @@ class HybridConfig:
                     "prompt."
                 )
 
+    # --- the mode's derived facts: the one place that reads `mode` for what it implies ----------
     @property
     def uses_lora(self) -> bool:
         return self.mode in ("lora", "hybrid")
@@ -105,6 +123,30 @@ class HybridConfig:
     @property
     def trains_base(self) -> bool:
         return self.mode == "full"
+
+    @property
+    def has_trainable_parameters(self) -> bool:
+        """False for mode ``none`` only: the untouched base, evaluated but never trained."""
+        return self.mode != "none"
+
+    @property
+    def uses_task_tags(self) -> bool:
+        """Whether inputs carry the task's hand-written tag unless the user says otherwise.
+
+        Only full fine-tuning, as in the paper: the PEFT modes learn the instruction (the soft
+        prompt) or adapt a frozen base that never saw the tag in that role.
+        """
+        return self.trains_base
+
+    def adapter_settings(self) -> dict[str, Any]:
+        """The fields in `ADAPTER_FIELDS` and their values, for cards and run summaries.
+
+        Example:
+            >>> HybridConfig(mode="lora", r=8).adapter_settings()["r"]
+            8
+        """
+        data = asdict(self)  # copies, so a caller's edit cannot reach the config
+        return {name: data[name] for name in ADAPTER_FIELDS}
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +189,10 @@ class HybridConfig:
         """Read ``hybrid_config.json`` from a folder (or the file itself)."""
         path = config_path(path)
         return cls.from_dict(read_config_dict(path), source=str(path))
+
+
+# The settings that define what an adapter computes, in field order.
+ADAPTER_FIELDS = tuple(f.name for f in fields(HybridConfig) if f.metadata["group"] == _SETTING)
 
 
 def config_path(path: str | Path) -> Path:

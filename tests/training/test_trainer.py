@@ -3,12 +3,14 @@ task metrics, early stopping and every mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.offline import t5_from_preset
@@ -139,6 +141,42 @@ def test_trainer_refuses_other_models_and_conflicting_tasks(tmp_path):
     model, tokenizer = _model()
     with pytest.raises(ValueError, match="task='samsum' but args.task='sst2'"):
         HybridTrainer(model, _args(tmp_path, task="sst2"), task="samsum", processing_class=tokenizer)
+
+
+def test_plain_seq2seq_arguments_keep_their_values_and_get_the_added_fields_defaults(tmp_path):
+    plain = Seq2SeqTrainingArguments(
+        str(tmp_path), learning_rate=0.02, lr_scheduler_type="linear", report_to="none", use_cpu=True, seed=7
+    )
+    model, tokenizer = _model()
+    trainer = HybridTrainer(model, plain, task="sst2", processing_class=tokenizer)
+    args = trainer.args
+    assert type(args) is HybridTrainingArguments
+    parent = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
+    added = [f for f in dataclasses.fields(HybridTrainingArguments) if f.name not in parent]
+    assert {f.name for f in added} >= {"max_source_length", "max_target_length", "merged_eval", "write_predictions"}
+    for f in added:
+        # Early stopping is the one exception: plain arguments never asked for it (see as_hybrid_arguments).
+        expected = None if f.name == "early_stopping_patience" else f.default
+        assert getattr(args, f.name) == expected, f.name
+    for f in dataclasses.fields(Seq2SeqTrainingArguments):
+        if f.init:
+            assert getattr(args, f.name) == getattr(plain, f.name), f.name
+    # The task does not replace what the plain arguments hold, and nothing stops early.
+    assert args.metric_for_best_model is None and trainer.task.name == "sst2"
+    assert not any(type(c).__name__ == "EarlyStoppingCallback" for c in trainer.callback_handler.callbacks)
+    assert trainer._generation_kwargs({}) == get_task("sst2").generation_kwargs
+
+
+def test_arguments_of_another_kind_are_refused_naming_what_would_be_lost(tmp_path):
+    @dataclasses.dataclass
+    class Mine(Seq2SeqTrainingArguments):
+        my_setting: int = 1
+
+    model, tokenizer = _model()
+    with pytest.raises(TypeError, match=r"\['my_setting'\] that HybridTrainingArguments does not know"):
+        HybridTrainer(model, Mine(str(tmp_path), use_cpu=True, report_to="none"), processing_class=tokenizer)
+    with pytest.raises(TypeError, match="needs the Seq2Seq fields"):
+        HybridTrainer(model, TrainingArguments(str(tmp_path), use_cpu=True), processing_class=tokenizer)
 
 
 # --- one full training run, inspected from many sides --------------------------------------
