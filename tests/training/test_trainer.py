@@ -13,6 +13,8 @@ import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.config import CONFIG_NAME
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences
 from peft_hybrid.speed import compile_model
@@ -238,8 +240,8 @@ def test_checkpoints_hold_the_adapter_and_safe_trainer_state_only(sst2_run):
         names = {p.name for p in checkpoint.iterdir()}
         assert names == {
             "README.md",
-            "adapter_model.safetensors",
-            "hybrid_config.json",
+            WEIGHTS_NAME,
+            CONFIG_NAME,
             "training_args.json",
             "tokenizer.json",
             "tokenizer_config.json",
