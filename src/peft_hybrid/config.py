@@ -18,11 +18,10 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "hybrid_config.json"
 # Written beside the fields; `weights_sha256` ties the config to the weights saved with it.
 _METADATA_KEYS = ("format_version", "library", "library_version", "peft_type", "weights_sha256")
-# Every field names its group in its metadata, so a new field cannot be left out of `ADAPTER_FIELDS`
-# by forgetting a list elsewhere: the settings that define what the adapter computes (cards,
-# training summaries and ablation tables report these), how its prompt was initialised, and where
-# it came from.
-_SETTING, _INIT, _PROVENANCE = "setting", "init", "provenance"
+# Fields that are not adapter settings: how the prompt was initialised and where the adapter came
+# from. Every other field is a setting (`ADAPTER_FIELDS`), so a new field shows up in cards,
+# training summaries and ablation tables unless it is listed here on purpose.
+_NOT_SETTINGS = ("prompt_init_text", "seed", "base_model_name_or_path", "revision", "base_model_shape", "task")
 
 
 @dataclass
@@ -42,38 +41,26 @@ class HybridConfig:
         False
     """
 
-    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}.", "group": _SETTING})
+    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}."})
     # LoRA
-    r: int = field(default=4, metadata={"help": "LoRA rank.", "group": _SETTING})
-    lora_alpha: float = field(
-        default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r).", "group": _SETTING}
-    )
+    r: int = field(default=4, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     target_modules: list[str] = field(
-        default_factory=lambda: ["q", "v"],
-        metadata={"help": "Names of the Linear modules that get LoRA.", "group": _SETTING},
+        default_factory=lambda: ["q", "v"], metadata={"help": "Names of the Linear modules that get LoRA."}
     )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input.", "group": _SETTING})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     # Soft prompt
-    num_virtual_tokens: int = field(
-        default=30, metadata={"help": "Soft prompt length (encoder side).", "group": _SETTING}
-    )
-    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}.", "group": _SETTING})
-    prompt_init_text: str | None = field(
-        default=None, metadata={"help": "Text for prompt_init='text'.", "group": _INIT}
-    )
-    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation.", "group": _INIT})
+    num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (encoder side)."})
+    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}."})
+    prompt_init_text: str | None = field(default=None, metadata={"help": "Text for prompt_init='text'."})
+    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation."})
     # Provenance
-    base_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Base model Hub id or folder.", "group": _PROVENANCE}
-    )
-    revision: str | None = field(default=None, metadata={"help": "Revision of the base model.", "group": _PROVENANCE})
+    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Base model Hub id or folder."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of the base model."})
     base_model_shape: dict[str, int] | None = field(
-        default=None,
-        metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base.", "group": _PROVENANCE},
+        default=None, metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base."}
     )
-    task: str | None = field(
-        default=None, metadata={"help": "Task the adapter was trained for, if any.", "group": _PROVENANCE}
-    )
+    task: str | None = field(default=None, metadata={"help": "Task the adapter was trained for, if any."})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -192,7 +179,7 @@ class HybridConfig:
 
 
 # The settings that define what an adapter computes, in field order.
-ADAPTER_FIELDS = tuple(f.name for f in fields(HybridConfig) if f.metadata["group"] == _SETTING)
+ADAPTER_FIELDS = tuple(f.name for f in fields(HybridConfig) if f.name not in _NOT_SETTINGS)
 
 
 def config_path(path: str | Path) -> Path:
