@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import platform
@@ -85,26 +84,12 @@ def _corpus(data: Path) -> list[str]:
 
 
 def _tokenizer(texts: list[str], vocab_size: int, folder: Path):
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
+    from peft_hybrid.offline.presets import t5_tokenizer, train_t5_sentencepiece
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(random.Random(0).sample(texts, min(len(texts), 20000))),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=0.9995,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        minloglevel=2,
+    sample = random.Random(0).sample(texts, min(len(texts), 20000))
+    return t5_tokenizer(
+        train_t5_sentencepiece(sample, folder, vocab_size, character_coverage=0.9995, hard_vocab_limit=True)
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spiece.model").write_bytes(model.getvalue())
-    return T5Tokenizer.from_pretrained(str(folder), extra_ids=100, legacy=False)
 
 
 def _base(tokenizer, d_model: int, layers: int, seed: int):
