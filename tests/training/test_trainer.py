@@ -64,6 +64,11 @@ def _no_eval_args(tmp: Path, **overrides) -> HybridTrainingArguments:
     return _args(tmp, eval_strategy="no", load_best_model_at_end=False, early_stopping_patience=None, **overrides)
 
 
+def _trainer(model: HybridModel, args, *, tokenizer, **kwargs) -> HybridTrainer:
+    """A trainer with the tokenizer and the padding collator every run here uses."""
+    return HybridTrainer(model, args, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer), **kwargs)
+
+
 def _snapshot(tensors: dict) -> dict:
     return {k: v.detach().clone() for k, v in tensors.items()}
 
@@ -201,14 +206,7 @@ def sst2_run(tmp_path_factory):
         early_stopping_patience=None,
         save_total_limit=None,
     )
-    trainer = HybridTrainer(
-        model,
-        args,
-        train_dataset=train,
-        eval_dataset=val,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, args, train_dataset=train, eval_dataset=val, tokenizer=tokenizer)
     trainer.train()
     return dict(out=out, trainer=trainer, model=model, base_before=base_before, adapter_before=adapter_before)
 
@@ -322,14 +320,7 @@ def test_early_stopping_ends_training_when_the_metric_stalls(tmp_path):
             per_device_train_batch_size=4,
             early_stopping_patience=2,
         )
-        trainer = HybridTrainer(
-            model,
-            args,
-            train_dataset=rows,
-            eval_dataset=rows,
-            processing_class=tokenizer,
-            data_collator=Seq2SeqCollator(tokenizer),
-        )
+        trainer = _trainer(model, args, train_dataset=rows, eval_dataset=rows, tokenizer=tokenizer)
         trainer.train()
     finally:
         unregister_task("flat_test_task")
@@ -356,9 +347,7 @@ def _resume_run(out: Path, train, resume: str | None = None):
         per_device_train_batch_size=8,
         learning_rate=1e-2,
     )
-    trainer = HybridTrainer(
-        model, args, train_dataset=train, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer)
-    )
+    trainer = _trainer(model, args, train_dataset=train, tokenizer=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
     return _snapshot(model.adapter_tensors())
 
@@ -397,9 +386,7 @@ def test_each_trainable_mode_trains_and_restores(mode, tmp_path):
     args = _no_eval_args(
         tmp_path, max_steps=2, per_device_train_batch_size=4, save_strategy="steps", save_steps=2, learning_rate=1e-2
     )
-    HybridTrainer(
-        model, args, train_dataset=train, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer)
-    ).train()
+    _trainer(model, args, train_dataset=train, tokenizer=tokenizer).train()
     base_after = _base_weights(model)
     base_changed = any(not torch.equal(base_after[k], v) for k, v in base_before.items())
     assert base_changed == (mode == "full")
@@ -418,14 +405,7 @@ def test_each_trainable_mode_trains_and_restores(mode, tmp_path):
 def test_mode_none_evaluates_but_refuses_to_train(tmp_path):
     model, tokenizer = _model("none")
     rows = _tokenized(_sst2_rows(8, 0), tokenizer)
-    trainer = HybridTrainer(
-        model,
-        _args(tmp_path, task="sst2"),
-        train_dataset=rows,
-        eval_dataset=rows,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, _args(tmp_path, task="sst2"), train_dataset=rows, eval_dataset=rows, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="no trainable parameters"):
         trainer.train()
     metrics = trainer.evaluate()
@@ -436,13 +416,7 @@ def test_mode_none_evaluates_but_refuses_to_train(tmp_path):
 def test_task_metrics_need_the_task_rows(tmp_path):
     model, tokenizer = _model()
     tokens, _ = tokenize_dataset(get_task("sst2").format_dataset(_sst2_rows(4, 0), False), tokenizer, 64, 8)
-    trainer = HybridTrainer(
-        model,
-        _args(tmp_path, task="sst2"),
-        eval_dataset=tokens,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, _args(tmp_path, task="sst2"), eval_dataset=tokens, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="pass eval_examples=<the task rows>"):
         trainer.evaluate()
     trainer.eval_examples = _sst2_rows(4, 0)
@@ -460,13 +434,12 @@ def test_merged_evaluation_scores_like_unmerged_and_restores_the_base(tmp_path):
     before = _snapshot(dict(model.state_dict()))
     results = {}
     for merged in (True, False):
-        trainer = HybridTrainer(
+        trainer = _trainer(
             model,
             _args(tmp_path / str(merged), merged_eval=merged),
             task="sst2",
             eval_dataset=rows,
-            processing_class=tokenizer,
-            data_collator=Seq2SeqCollator(tokenizer),
+            tokenizer=tokenizer,
         )
         results[merged] = trainer.evaluate()
     assert results[True]["eval_accuracy"] == results[False]["eval_accuracy"]
@@ -526,14 +499,7 @@ def test_compiled_training_saves_the_adapter_it_trained(flag, tmp_path):
     )
     if flag == "torch_compile":
         args.torch_compile_backend = "eager"
-    trainer = HybridTrainer(
-        model,
-        args,
-        train_dataset=rows,
-        eval_dataset=rows,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, args, train_dataset=rows, eval_dataset=rows, tokenizer=tokenizer)
     if flag == "compile_stacks":  # recompile with dynamo only: inductor would take minutes here
         compile_model(model, backend="eager")
     trainer.train()

@@ -1,4 +1,4 @@
-"""`HybridTrainer`: the paper's training recipe on the Hugging Face Trainer (arguments in `training_args`).
+"""`HybridTrainer`: the paper's training recipe on the Hugging Face Trainer (arguments: `training.arguments`).
 
 Checkpoints hold the adapter only (``adapter_model.safetensors`` + ``hybrid_config.json``, as
 `HybridModel.save_pretrained` writes them; base weights only in mode ``full``) beside the
