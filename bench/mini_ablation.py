@@ -225,34 +225,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2), flush=True)
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        files, extra = _task_files(task, args, work / "data" / task)
-        argv = [
-            "--model_name_or_path",
-            str(base_dir),
-            "--output_dir",
-            str(work / "ablation" / task),
-            "--train_file",
-            files["train_file"],
-            "--validation_file",
-            files["validation_file"],
-            "--test_file",
-            files["test_file"],
-            "--learning_rate",
-            str(args.learning_rate),
-            "--early_stopping_patience",
-            "0",
-            "--seed",
-            str(args.seed),
-            "--use_cpu",
-            "true",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-            "--logging_steps",
-            "50",
-            *extra,
-        ]
+        argv = _task_argv(task, args, work, base_dir)
         script_args, hybrid_config, training_args = parse_args(argv, task=task)
         result = run_ablation(script_args, hybrid_config, training_args)
         report["tasks"][task] = {"table": result.markdown(), "result": result.to_dict(), "argv": argv}
@@ -266,6 +239,38 @@ def main() -> None:
         if args.out is not None:
             args.out.write_text(_markdown(report, args), encoding="utf-8")
     print(f"work folder: {work}", flush=True)
+
+
+def _task_argv(task: str, args: argparse.Namespace, work: Path, base_dir: Path) -> list[str]:
+    """The recipe's command line for one task's ablation: the same budget and seed for every mode."""
+    files, extra = _task_files(task, args, work / "data" / task)
+    return [
+        "--model_name_or_path",
+        str(base_dir),
+        "--output_dir",
+        str(work / "ablation" / task),
+        "--train_file",
+        files["train_file"],
+        "--validation_file",
+        files["validation_file"],
+        "--test_file",
+        files["test_file"],
+        "--learning_rate",
+        str(args.learning_rate),
+        "--early_stopping_patience",
+        "0",
+        "--seed",
+        str(args.seed),
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "50",
+        *extra,
+    ]
 
 
 def _markdown(report: dict, args: argparse.Namespace) -> str:
