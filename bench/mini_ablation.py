@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import platform
@@ -85,26 +84,12 @@ def _corpus(data: Path) -> list[str]:
 
 
 def _tokenizer(texts: list[str], vocab_size: int, folder: Path):
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
+    from peft_hybrid.offline.presets import t5_tokenizer, train_t5_sentencepiece
 
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(random.Random(0).sample(texts, min(len(texts), 20000))),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=0.9995,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        minloglevel=2,
+    sample = random.Random(0).sample(texts, min(len(texts), 20000))
+    return t5_tokenizer(
+        train_t5_sentencepiece(sample, folder, vocab_size, character_coverage=0.9995, hard_vocab_limit=True)
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spiece.model").write_bytes(model.getvalue())
-    return T5Tokenizer.from_pretrained(str(folder), extra_ids=100, legacy=False)
 
 
 def _base(tokenizer, d_model: int, layers: int, seed: int):
@@ -240,34 +225,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2), flush=True)
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        files, extra = _task_files(task, args, work / "data" / task)
-        argv = [
-            "--model_name_or_path",
-            str(base_dir),
-            "--output_dir",
-            str(work / "ablation" / task),
-            "--train_file",
-            files["train_file"],
-            "--validation_file",
-            files["validation_file"],
-            "--test_file",
-            files["test_file"],
-            "--learning_rate",
-            str(args.learning_rate),
-            "--early_stopping_patience",
-            "0",
-            "--seed",
-            str(args.seed),
-            "--use_cpu",
-            "true",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-            "--logging_steps",
-            "50",
-            *extra,
-        ]
+        argv = _task_argv(task, args, work, base_dir)
         script_args, hybrid_config, training_args = parse_args(argv, task=task)
         result = run_ablation(script_args, hybrid_config, training_args)
         report["tasks"][task] = {"table": result.markdown(), "result": result.to_dict(), "argv": argv}
@@ -281,6 +239,38 @@ def main() -> None:
         if args.out is not None:
             args.out.write_text(_markdown(report, args), encoding="utf-8")
     print(f"work folder: {work}", flush=True)
+
+
+def _task_argv(task: str, args: argparse.Namespace, work: Path, base_dir: Path) -> list[str]:
+    """The recipe's command line for one task's ablation: the same budget and seed for every mode."""
+    files, extra = _task_files(task, args, work / "data" / task)
+    return [
+        "--model_name_or_path",
+        str(base_dir),
+        "--output_dir",
+        str(work / "ablation" / task),
+        "--train_file",
+        files["train_file"],
+        "--validation_file",
+        files["validation_file"],
+        "--test_file",
+        files["test_file"],
+        "--learning_rate",
+        str(args.learning_rate),
+        "--early_stopping_patience",
+        "0",
+        "--seed",
+        str(args.seed),
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "50",
+        *extra,
+    ]
 
 
 def _markdown(report: dict, args: argparse.Namespace) -> str:

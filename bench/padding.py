@@ -34,12 +34,10 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "samsum" / "val.csv"
 
 def _proxy_tokenizer():
     import csv
-    import io
     import json
     import tempfile
 
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
+    from peft_hybrid.offline.presets import t5_tokenizer, train_t5_sentencepiece
 
     data = REPO_ROOT.parent / "shared" / "data"
     with open(data / "sst2" / "train_full.tsv", encoding="utf-8", newline="") as handle:
@@ -47,23 +45,9 @@ def _proxy_tokenizer():
     for split in ("dev", "test"):
         with open(data / "wikisql" / f"{split}.jsonl", encoding="utf-8") as handle:
             lines.extend(json.loads(line)["question"] for line in handle if line.strip())
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        vocab_size=32000,
-        model_type="unigram",
-        character_coverage=1.0,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    folder = Path(tempfile.mkdtemp(prefix="proxy-tokenizer-"))
-    (folder / "spiece.model").write_bytes(model.getvalue())
-    tokenizer = T5Tokenizer.from_pretrained(str(folder), extra_ids=100, legacy=False)
+    # SentencePiece's default thread count, as the recorded results were made with.
+    folder = train_t5_sentencepiece(lines, tempfile.mkdtemp(prefix="proxy-tokenizer-"), 32000, num_threads=16)
+    tokenizer = t5_tokenizer(folder)
     log(f"proxy tokenizer: {len(tokenizer)} pieces trained on {len(lines):,} non-SAMSum sentences")
     return tokenizer
 

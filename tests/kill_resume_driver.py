@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 
-WEIGHTS_NAME = "adapter_model.safetensors"
 # The child is the installed ``peft-hybrid`` entry point, started through the current interpreter.
 _ENTRY = "import sys; from peft_hybrid.cli import main; sys.exit(main())"
 

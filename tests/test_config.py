@@ -1,9 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 
 from peft_hybrid import HybridConfig
-from peft_hybrid.config import FORMAT_VERSION
+from peft_hybrid.config import ADAPTER_FIELDS, FORMAT_VERSION
 
 
 def test_paper_defaults():
@@ -53,3 +54,44 @@ def test_newer_format_and_unknown_fields_are_refused():
         HybridConfig.from_dict({**data, "format_version": FORMAT_VERSION + 1, "library_version": "9.0"})
     with pytest.raises(ValueError, match="unknown field"):
         HybridConfig.from_dict({**data, "rank": 4})
+
+
+def test_adapter_settings_are_every_field_but_initialisation_and_provenance():
+    names = [f.name for f in dataclasses.fields(HybridConfig)]
+    assert set(names) - set(ADAPTER_FIELDS) == {
+        "prompt_init_text",
+        "seed",
+        "base_model_name_or_path",
+        "revision",
+        "base_model_shape",
+        "task",
+    }
+    assert ADAPTER_FIELDS == (
+        "mode",
+        "r",
+        "lora_alpha",
+        "target_modules",
+        "lora_dropout",
+        "num_virtual_tokens",
+        "prompt_init",
+    )
+    config = HybridConfig(mode="lora", r=8, base_model_name_or_path="google/flan-t5-base", task="sst2")
+    settings = config.adapter_settings()
+    assert settings == {name: getattr(config, name) for name in ADAPTER_FIELDS} and settings["r"] == 8
+    settings["target_modules"].append("k")  # a copy: the config keeps its own list
+    assert config.target_modules == ["q", "v"]
+
+
+@pytest.mark.parametrize(
+    "mode, trainable, tags, base",
+    [
+        ("none", False, False, False),
+        ("prompt", True, False, False),
+        ("lora", True, False, False),
+        ("hybrid", True, False, False),
+        ("full", True, True, True),
+    ],
+)
+def test_the_modes_derived_facts(mode, trainable, tags, base):
+    config = HybridConfig(mode=mode)
+    assert (config.has_trainable_parameters, config.uses_task_tags, config.trains_base) == (trainable, tags, base)

@@ -18,6 +18,10 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "hybrid_config.json"
 # Written beside the fields; `weights_sha256` ties the config to the weights saved with it.
 _METADATA_KEYS = ("format_version", "library", "library_version", "peft_type", "weights_sha256")
+# Fields that are not adapter settings: how the prompt was initialised and where the adapter came
+# from. Every other field is a setting (`ADAPTER_FIELDS`), so a new field shows up in cards,
+# training summaries and ablation tables unless it is listed here on purpose.
+_NOT_SETTINGS = ("prompt_init_text", "seed", "base_model_name_or_path", "revision", "base_model_shape", "task")
 
 
 @dataclass
@@ -94,6 +98,7 @@ class HybridConfig:
                     "prompt."
                 )
 
+    # --- the mode's derived facts: the one place that reads `mode` for what it implies ----------
     @property
     def uses_lora(self) -> bool:
         return self.mode in ("lora", "hybrid")
@@ -105,6 +110,30 @@ class HybridConfig:
     @property
     def trains_base(self) -> bool:
         return self.mode == "full"
+
+    @property
+    def has_trainable_parameters(self) -> bool:
+        """False for mode ``none`` only: the untouched base, evaluated but never trained."""
+        return self.mode != "none"
+
+    @property
+    def uses_task_tags(self) -> bool:
+        """Whether inputs carry the task's hand-written tag unless the user says otherwise.
+
+        Only full fine-tuning, as in the paper: the PEFT modes learn the instruction (the soft
+        prompt) or adapt a frozen base that never saw the tag in that role.
+        """
+        return self.trains_base
+
+    def adapter_settings(self) -> dict[str, Any]:
+        """The fields in `ADAPTER_FIELDS` and their values, for cards and run summaries.
+
+        Example:
+            >>> HybridConfig(mode="lora", r=8).adapter_settings()["r"]
+            8
+        """
+        data = asdict(self)  # copies, so a caller's edit cannot reach the config
+        return {name: data[name] for name in ADAPTER_FIELDS}
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +176,10 @@ class HybridConfig:
         """Read ``hybrid_config.json`` from a folder (or the file itself)."""
         path = config_path(path)
         return cls.from_dict(read_config_dict(path), source=str(path))
+
+
+# The settings that define what an adapter computes, in field order.
+ADAPTER_FIELDS = tuple(f.name for f in fields(HybridConfig) if f.name not in _NOT_SETTINGS)
 
 
 def config_path(path: str | Path) -> Path:

@@ -138,11 +138,11 @@ def generate_texts(
 def input_texts(
     task: Any, rows: Any, mode: str, *, use_task_tags: bool | None = None, task_prefix: str | None = None
 ) -> list[str]:
-    """The model inputs of task ``rows``: the task tag only for mode ``full`` unless told otherwise.
+    """The model inputs of task ``rows``: the task tag where the mode uses it (`HybridConfig.uses_task_tags`).
 
     The same rule as training (`peft_hybrid.training.recipe`), so an adapter is evaluated on what it saw.
     """
-    tags = (mode == "full") if use_task_tags is None else use_task_tags
+    tags = HybridConfig(mode=mode).uses_task_tags if use_task_tags is None else use_task_tags
     return [task.format_input(row, tags, task_prefix) for row in rows]
 
 

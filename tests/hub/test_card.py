@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
 
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.hub.card import CURVE_IMAGE, CardData, framework_versions, render_card, write_card
@@ -17,13 +19,15 @@ from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.tasks import get_task
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "adapter_card_samsum.md"
+# The enums are what TrainingArguments hold; the card must print their plain values.
 SUMMARY = {
     "task": "samsum",
     "hyperparameters": {
         "learning_rate": 0.001,
         "adam_epsilon": 1e-08,
         "per_device_train_batch_size": 16,
-        "lr_scheduler_type": "cosine",
+        "lr_scheduler_type": SchedulerType.COSINE,
+        "optim": OptimizerNames.ADAMW_TORCH,
         "warmup_steps": 500,
         "seed": 42,
         "task": "samsum",
@@ -84,6 +88,9 @@ def test_whole_card_matches_the_snapshot():
     if os.environ.get("PEFT_HYBRID_UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(text, encoding="utf-8")
     assert text == SNAPSHOT.read_text(encoding="utf-8")
+    assert "| lr_scheduler_type | cosine |" in text and "| optim | adamw_torch |" in text
+    assert "SchedulerType" not in text and "OptimizerNames" not in text
+    assert ModelCard(text).data.pipeline_tag == "text-generation"
 
 
 @pytest.mark.parametrize("task", ["samsum", "wikisql", "sst2"])

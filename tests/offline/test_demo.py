@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from peft_hybrid import HybridModel
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 
 
 def _peft_hybrid_command() -> list[str]:
@@ -35,7 +36,7 @@ def test_demo_end_to_end(tmp_path):
     assert "ROUGE on 64 held-out dialogues" in proc.stdout and "(identical)" in proc.stdout
 
     adapter = out / "adapter"
-    for name in ("hybrid_config.json", "adapter_model.safetensors", "README.md", "tokenizer_config.json"):
+    for name in ("hybrid_config.json", WEIGHTS_NAME, "README.md", "tokenizer_config.json"):
         assert (adapter / name).is_file(), name
     assert (out / "base" / "model.safetensors").is_file() and (out / "data" / "train.csv").is_file()
     summary = json.loads((out / "summary.json").read_text())

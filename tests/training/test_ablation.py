@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from peft_hybrid.cli import main as cli_main
+from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.inference import evaluate_rows, load_for_inference
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 from peft_hybrid.tasks import get_task
 from peft_hybrid.training.ablation import AblationResult, AblationRow, ablation_modes
@@ -87,7 +89,7 @@ def test_ablate_table_counts_and_metrics_equal_direct_evaluation(tmp_path, one_t
     scores = set()
     for row in data["rows"]:
         folder = out / row["mode"]
-        assert (folder / "hybrid_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
+        assert (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
         model, tokenizer = load_for_inference(folder, device="cpu")
         assert model.hybrid_config.mode == row["mode"]
         assert model.num_parameters(trainable_only=True) == row["trainable_params"]

@@ -81,7 +81,11 @@ def test_summary_callback_collects_a_run(args):
     data = json.loads((Path(args.output_dir) / SUMMARY_NAME).read_text())
     assert data["task"] == "samsum"
     assert data["hyperparameters"]["learning_rate"] == 5e-3
-    assert data["hyperparameters"]["adapter"]["mode"] == "lora"
+    assert data["hyperparameters"]["adapter"] == model.hybrid_config.adapter_settings()
+    # TrainingArguments hold enums; the summary (and so the card) holds their plain values.
+    hyperparameters = callback.summary.hyperparameters
+    assert (hyperparameters["lr_scheduler_type"], hyperparameters["optim"]) == ("linear", args.optim.value)
+    assert {type(hyperparameters[k]) for k in ("lr_scheduler_type", "optim")} == {str}
     assert data["model"] == {
         "mode": "lora",
         "base_model": "preset:tiny",

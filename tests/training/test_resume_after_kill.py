@@ -19,6 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from kill_resume_driver import KillResumeRun
 from peft_hybrid import AdapterLoadError, HybridConfig, HybridModel
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs
 from peft_hybrid.training.checkpoints import latest_complete_checkpoint, resolve_resume_checkpoint
@@ -115,7 +116,7 @@ def _truncate(path: Path) -> None:
 PARTIAL = {
     "killed before the adapter config": (lambda f: (f / "hybrid_config.json").unlink(), "holds no hybrid_config.json"),
     "weights changed after the config": (
-        lambda f: _truncate(f / "adapter_model.safetensors"),
+        lambda f: _truncate(f / WEIGHTS_NAME),
         "does not match the hash",
     ),
     "killed before the trainer state": (lambda f: (f / "trainer_state.json").unlink(), "holds no trainer_state.json"),
@@ -156,7 +157,7 @@ def test_resume_true_skips_a_half_written_checkpoint_and_ends_on_the_same_adapte
     shutil.copytree(source, out)
     shutil.rmtree(out / "checkpoint-6")  # a run killed at step 6, while writing its checkpoint
     (out / "checkpoint-6").mkdir()
-    (out / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"\x00" * 10)  # the kill came mid-write
+    (out / "checkpoint-6" / WEIGHTS_NAME).write_bytes(b"\x00" * 10)  # the kill came mid-write
 
     trainer, model = _trainer(out)
     trainer.train(resume_from_checkpoint="latest")  # what --resume_from_checkpoint latest passes

@@ -3,14 +3,18 @@ task metrics, early stopping and every mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.config import CONFIG_NAME
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences
 from peft_hybrid.speed import compile_model
@@ -58,6 +62,11 @@ def _args(tmp: Path, **overrides) -> HybridTrainingArguments:
 
 def _no_eval_args(tmp: Path, **overrides) -> HybridTrainingArguments:
     return _args(tmp, eval_strategy="no", load_best_model_at_end=False, early_stopping_patience=None, **overrides)
+
+
+def _trainer(model: HybridModel, args, *, tokenizer, **kwargs) -> HybridTrainer:
+    """A trainer with the tokenizer and the padding collator every run here uses."""
+    return HybridTrainer(model, args, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer), **kwargs)
 
 
 def _snapshot(tensors: dict) -> dict:
@@ -141,6 +150,42 @@ def test_trainer_refuses_other_models_and_conflicting_tasks(tmp_path):
         HybridTrainer(model, _args(tmp_path, task="sst2"), task="samsum", processing_class=tokenizer)
 
 
+def test_plain_seq2seq_arguments_keep_their_values_and_get_the_added_fields_defaults(tmp_path):
+    plain = Seq2SeqTrainingArguments(
+        str(tmp_path), learning_rate=0.02, lr_scheduler_type="linear", report_to="none", use_cpu=True, seed=7
+    )
+    model, tokenizer = _model()
+    trainer = HybridTrainer(model, plain, task="sst2", processing_class=tokenizer)
+    args = trainer.args
+    assert type(args) is HybridTrainingArguments
+    parent = {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
+    added = [f for f in dataclasses.fields(HybridTrainingArguments) if f.name not in parent]
+    assert {f.name for f in added} >= {"max_source_length", "max_target_length", "merged_eval", "write_predictions"}
+    for f in added:
+        # Early stopping is the one exception: plain arguments never asked for it (see as_hybrid_arguments).
+        expected = None if f.name == "early_stopping_patience" else f.default
+        assert getattr(args, f.name) == expected, f.name
+    for f in dataclasses.fields(Seq2SeqTrainingArguments):
+        if f.init:
+            assert getattr(args, f.name) == getattr(plain, f.name), f.name
+    # The task does not replace what the plain arguments hold, and nothing stops early.
+    assert args.metric_for_best_model is None and trainer.task.name == "sst2"
+    assert not any(type(c).__name__ == "EarlyStoppingCallback" for c in trainer.callback_handler.callbacks)
+    assert trainer._generation_kwargs({}) == get_task("sst2").generation_kwargs
+
+
+def test_arguments_of_another_kind_are_refused_naming_what_would_be_lost(tmp_path):
+    @dataclasses.dataclass
+    class Mine(Seq2SeqTrainingArguments):
+        my_setting: int = 1
+
+    model, tokenizer = _model()
+    with pytest.raises(TypeError, match=r"\['my_setting'\] that HybridTrainingArguments does not know"):
+        HybridTrainer(model, Mine(str(tmp_path), use_cpu=True, report_to="none"), processing_class=tokenizer)
+    with pytest.raises(TypeError, match="needs the Seq2Seq fields"):
+        HybridTrainer(model, TrainingArguments(str(tmp_path), use_cpu=True), processing_class=tokenizer)
+
+
 # --- one full training run, inspected from many sides --------------------------------------
 @pytest.fixture(scope="module")
 def sst2_run(tmp_path_factory):
@@ -161,14 +206,7 @@ def sst2_run(tmp_path_factory):
         early_stopping_patience=None,
         save_total_limit=None,
     )
-    trainer = HybridTrainer(
-        model,
-        args,
-        train_dataset=train,
-        eval_dataset=val,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, args, train_dataset=train, eval_dataset=val, tokenizer=tokenizer)
     trainer.train()
     return dict(out=out, trainer=trainer, model=model, base_before=base_before, adapter_before=adapter_before)
 
@@ -200,8 +238,8 @@ def test_checkpoints_hold_the_adapter_and_safe_trainer_state_only(sst2_run):
         names = {p.name for p in checkpoint.iterdir()}
         assert names == {
             "README.md",
-            "adapter_model.safetensors",
-            "hybrid_config.json",
+            WEIGHTS_NAME,
+            CONFIG_NAME,
             "training_args.json",
             "tokenizer.json",
             "tokenizer_config.json",
@@ -282,14 +320,7 @@ def test_early_stopping_ends_training_when_the_metric_stalls(tmp_path):
             per_device_train_batch_size=4,
             early_stopping_patience=2,
         )
-        trainer = HybridTrainer(
-            model,
-            args,
-            train_dataset=rows,
-            eval_dataset=rows,
-            processing_class=tokenizer,
-            data_collator=Seq2SeqCollator(tokenizer),
-        )
+        trainer = _trainer(model, args, train_dataset=rows, eval_dataset=rows, tokenizer=tokenizer)
         trainer.train()
     finally:
         unregister_task("flat_test_task")
@@ -316,9 +347,7 @@ def _resume_run(out: Path, train, resume: str | None = None):
         per_device_train_batch_size=8,
         learning_rate=1e-2,
     )
-    trainer = HybridTrainer(
-        model, args, train_dataset=train, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer)
-    )
+    trainer = _trainer(model, args, train_dataset=train, tokenizer=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
     return _snapshot(model.adapter_tensors())
 
@@ -357,9 +386,7 @@ def test_each_trainable_mode_trains_and_restores(mode, tmp_path):
     args = _no_eval_args(
         tmp_path, max_steps=2, per_device_train_batch_size=4, save_strategy="steps", save_steps=2, learning_rate=1e-2
     )
-    HybridTrainer(
-        model, args, train_dataset=train, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer)
-    ).train()
+    _trainer(model, args, train_dataset=train, tokenizer=tokenizer).train()
     base_after = _base_weights(model)
     base_changed = any(not torch.equal(base_after[k], v) for k, v in base_before.items())
     assert base_changed == (mode == "full")
@@ -378,14 +405,7 @@ def test_each_trainable_mode_trains_and_restores(mode, tmp_path):
 def test_mode_none_evaluates_but_refuses_to_train(tmp_path):
     model, tokenizer = _model("none")
     rows = _tokenized(_sst2_rows(8, 0), tokenizer)
-    trainer = HybridTrainer(
-        model,
-        _args(tmp_path, task="sst2"),
-        train_dataset=rows,
-        eval_dataset=rows,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, _args(tmp_path, task="sst2"), train_dataset=rows, eval_dataset=rows, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="no trainable parameters"):
         trainer.train()
     metrics = trainer.evaluate()
@@ -396,13 +416,7 @@ def test_mode_none_evaluates_but_refuses_to_train(tmp_path):
 def test_task_metrics_need_the_task_rows(tmp_path):
     model, tokenizer = _model()
     tokens, _ = tokenize_dataset(get_task("sst2").format_dataset(_sst2_rows(4, 0), False), tokenizer, 64, 8)
-    trainer = HybridTrainer(
-        model,
-        _args(tmp_path, task="sst2"),
-        eval_dataset=tokens,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, _args(tmp_path, task="sst2"), eval_dataset=tokens, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="pass eval_examples=<the task rows>"):
         trainer.evaluate()
     trainer.eval_examples = _sst2_rows(4, 0)
@@ -420,13 +434,12 @@ def test_merged_evaluation_scores_like_unmerged_and_restores_the_base(tmp_path):
     before = _snapshot(dict(model.state_dict()))
     results = {}
     for merged in (True, False):
-        trainer = HybridTrainer(
+        trainer = _trainer(
             model,
             _args(tmp_path / str(merged), merged_eval=merged),
             task="sst2",
             eval_dataset=rows,
-            processing_class=tokenizer,
-            data_collator=Seq2SeqCollator(tokenizer),
+            tokenizer=tokenizer,
         )
         results[merged] = trainer.evaluate()
     assert results[True]["eval_accuracy"] == results[False]["eval_accuracy"]
@@ -486,14 +499,7 @@ def test_compiled_training_saves_the_adapter_it_trained(flag, tmp_path):
     )
     if flag == "torch_compile":
         args.torch_compile_backend = "eager"
-    trainer = HybridTrainer(
-        model,
-        args,
-        train_dataset=rows,
-        eval_dataset=rows,
-        processing_class=tokenizer,
-        data_collator=Seq2SeqCollator(tokenizer),
-    )
+    trainer = _trainer(model, args, train_dataset=rows, eval_dataset=rows, tokenizer=tokenizer)
     if flag == "compile_stacks":  # recompile with dynamo only: inductor would take minutes here
         compile_model(model, backend="eager")
     trainer.train()

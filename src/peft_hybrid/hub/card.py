@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ CURVE_IMAGE = "training_curve.png"
 # The file name `peft_hybrid.interpret.heatmap.add_heatmap_to_card` gives the attribution heatmap.
 ATTRIBUTION_IMAGE = "attribution_heatmap.png"
 LIBRARY_NAME = "peft-hybrid"
+# The Hub files encoder-decoder generation under text-generation: it folded text2text-generation
+# into it (its model search no longer lists the old tag), and transformers 5 removed that pipeline.
+PIPELINE_TAG = "text-generation"
 BASE_TAGS = ("peft-hybrid", "lora", "prompt-tuning")
 PAPER = {
     "title": (
@@ -64,7 +68,6 @@ METHOD_SUMMARIES = {
     "hybrid": "LoRA on the attention projections plus a soft prompt prepended to the encoder input, on a frozen base.",
     "full": "full fine-tuning of every base weight.",
 }
-_ADAPTER_KEYS = ("mode", "r", "lora_alpha", "target_modules", "lora_dropout", "num_virtual_tokens", "prompt_init")
 
 
 @dataclass
@@ -138,7 +141,6 @@ class CardData:
             overrides: any other `CardData` field.
         """
         config = model.hybrid_config
-        adapter = config.to_dict()
         summary = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary or {})
         if results is None:
             results = _evaluation(summary, evaluation_step)
@@ -147,7 +149,7 @@ class CardData:
             base_model=config.base_model_name_or_path,
             trainable_params=model.num_parameters(trainable_only=True),
             total_params=model.num_parameters(),
-            adapter={k: adapter[k] for k in _ADAPTER_KEYS if k in adapter},
+            adapter=config.adapter_settings(),
             task=config.task or summary.get("task"),
             results=_strip_prefix(results),
             hyperparameters={k: v for k, v in summary.get("hyperparameters", {}).items() if k != "adapter"},
@@ -201,7 +203,7 @@ class CardData:
         tags = list(BASE_TAGS)
         if self.base_model and _is_hub_id(self.base_model):
             tags.append(f"base_model:adapter:{self.base_model}")
-        datasets, metrics, pipeline_tag = None, None, "text2text-generation"
+        datasets, metrics = None, None
         if self.task is not None:
             tags.append(self.task)
             meta = _task(self.task).card_metadata
@@ -216,7 +218,7 @@ class CardData:
             tags=tags,
             datasets=datasets,
             metrics=metrics,
-            pipeline_tag=pipeline_tag,
+            pipeline_tag=PIPELINE_TAG,
             eval_results=eval_results or None,
             model_name=self.model_index_name if eval_results else None,
         )
@@ -359,6 +361,8 @@ def _format_value(value: Any) -> str:
     """Table cell text: floats to 4 decimals (the metadata keeps exact values), lists joined."""
     if value is None:
         return "–"
+    if isinstance(value, Enum):  # transformers' str enums would print as SchedulerType.COSINE
+        return _format_value(value.value)
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):

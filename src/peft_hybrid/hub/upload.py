@@ -28,7 +28,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 
 from peft_hybrid.config import CONFIG_NAME
-from peft_hybrid.modeling.serialization import AdapterLoadError
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME, AdapterLoadError
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -44,7 +44,7 @@ DEFAULT_BACKOFF = 1.0
 # (mode full) the base weights. Not predictions (they quote the data), checkpoints or arguments.
 PUSH_PATTERNS = (
     CONFIG_NAME,
-    "adapter_model.safetensors",
+    WEIGHTS_NAME,
     "README.md",
     "*.png",
     "training_summary.json",

@@ -109,6 +109,23 @@ def plot_heatmap(
         aspect="auto",
         interpolation="nearest",
     )
+    _label_axes(ax, columns, labels)
+    n_prompt = (1 if aggregate_prompt else result.num_prompt_tokens) if result.num_prompt_tokens else 0
+    if start < n_prompt < stop:  # a rule between the soft prompt and the text
+        ax.axhline(n_prompt - start - 0.5, color="black", linewidth=0.8)
+    if annotate or (annotate is None and values.size <= _ANNOTATE_CELLS):
+        _annotate(ax, values, limit)
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.set_label("attribution / column max" if normalize == "column" else "attribution to log p(token)")
+    heading = title if title is not None else f"in: {_shorten(result.text)}\nout: {_shorten(result.output_text)}"
+    if pages > 1:
+        heading += f"  (rows {start + 1}-{stop} of {len(heatmap_rows(result, aggregate_prompt)[0])})"
+    fig.suptitle(_escape(heading), fontsize=9)
+    return fig
+
+
+def _label_axes(ax: Any, columns: list[str], labels: list[str]) -> None:
+    """Generated tokens along the top, input tokens down the side."""
     ax.set_xticks(
         range(len(columns)), [_escape(c) for c in columns], rotation=60, ha="left", rotation_mode="anchor", fontsize=8
     )
@@ -118,27 +135,13 @@ def plot_heatmap(
     ax.xaxis.set_label_position("top")
     ax.set_xlabel("generated tokens")
     ax.set_ylabel("input tokens")
-    n_prompt = (1 if aggregate_prompt else result.num_prompt_tokens) if result.num_prompt_tokens else 0
-    if start < n_prompt < stop:  # a rule between the soft prompt and the text
-        ax.axhline(n_prompt - start - 0.5, color="black", linewidth=0.8)
-    if annotate or (annotate is None and values.size <= _ANNOTATE_CELLS):
-        for (i, j), value in _cells(values):
-            ax.text(
-                j,
-                i,
-                f"{value:.2f}".replace("-0.00", "0.00"),
-                ha="center",
-                va="center",
-                fontsize=6,
-                color="white" if abs(value) > 0.6 * limit else "black",
-            )
-    bar = fig.colorbar(image, ax=ax, shrink=0.8)
-    bar.set_label("attribution / column max" if normalize == "column" else "attribution to log p(token)")
-    heading = title if title is not None else f"in: {_shorten(result.text)}\nout: {_shorten(result.output_text)}"
-    if pages > 1:
-        heading += f"  (rows {start + 1}-{stop} of {len(heatmap_rows(result, aggregate_prompt)[0])})"
-    fig.suptitle(_escape(heading), fontsize=9)
-    return fig
+
+
+def _annotate(ax: Any, values: Any, limit: float) -> None:
+    """Each cell's value, in white on the darkest cells so that it stays readable."""
+    for (i, j), value in _cells(values):
+        color = "white" if abs(value) > 0.6 * limit else "black"
+        ax.text(j, i, f"{value:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=6, color=color)
 
 
 def save_heatmaps(

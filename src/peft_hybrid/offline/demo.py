@@ -131,18 +131,14 @@ def run_demo(
         prediction), ``reload_identical``, ``seconds`` per stage and in total.
     """
     from peft_hybrid.modeling.model import HybridModel
-    from peft_hybrid.offline import t5_from_preset
-    from peft_hybrid.offline.pretrain import pretrain_span_corruption
-    from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
-    from peft_hybrid.training.recipe import main as run_recipe
-    from peft_hybrid.training.recipe import parse_args
 
-    for name, value in (
-        ("pretrain_steps", pretrain_steps),
-        ("train_steps", train_steps),
-        ("train_examples", train_examples),
-        ("eval_examples", eval_examples),
-    ):
+    counts = dict(
+        pretrain_steps=pretrain_steps,
+        train_steps=train_steps,
+        train_examples=train_examples,
+        eval_examples=eval_examples,
+    )
+    for name, value in counts.items():
         if value <= 0:
             raise ValueError(f"{name}={value}: pass a positive number.")
     root = Path(output_dir).resolve()
@@ -151,35 +147,17 @@ def run_demo(
     started = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    base, tokenizer = t5_from_preset("tiny", seed=seed)
-    pretrain = pretrain_span_corruption(
-        base, tokenizer, _pretraining_texts(2000, seed + 1), steps=pretrain_steps, seed=seed, progress=progress
-    )
     base_dir = root / "base"
-    base.save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
+    pretrain = _pretrain_base(base_dir, seed, pretrain_steps, progress)
     seconds["pretrain"] = round(time.perf_counter() - started, 1)
 
-    records = dialogue_summary_pairs(train_examples + eval_examples, seed=seed)
-    data = {
-        "train": write_samsum_csv(root / "data" / "train.csv", records[:train_examples]),
-        "validation": write_samsum_csv(root / "data" / "validation.csv", records[train_examples:]),
-    }
-    results = {}
-    for mode, folder in (("none", root / "baseline"), ("hybrid", root / "adapter")):
-        stage = time.perf_counter()
-        results[mode] = run_recipe(
-            *parse_args(_training_argv(base_dir, data, folder, mode, seed, train_steps, progress))
-        )
-        seconds[f"{mode}_mode"] = round(time.perf_counter() - stage, 1)
+    data = _write_data(root / "data", seed, train_examples, eval_examples)
+    results = _train_both_modes(root, base_dir, data, seed, train_steps, progress, seconds)
 
     stage = time.perf_counter()
     adapter_dir = root / "adapter"
-    predictions = [
-        json.loads(line)
-        for line in next(adapter_dir.glob("eval_predictions-*.jsonl")).read_text(encoding="utf-8").splitlines()
-    ]
-    reloaded, reloaded_prediction = _reload_and_predict(HybridModel, adapter_dir, predictions[0]["source"])
+    first = json.loads(next(adapter_dir.glob("eval_predictions-*.jsonl")).read_text(encoding="utf-8").splitlines()[0])
+    reloaded, reloaded_prediction = _reload_and_predict(HybridModel, adapter_dir, first["source"])
     seconds["reload"] = round(time.perf_counter() - stage, 1)
     seconds["total"] = round(time.perf_counter() - started, 1)
 
@@ -187,15 +165,7 @@ def run_demo(
     summary = {
         "task": DEMO_TASK,
         "seed": seed,
-        "paths": {
-            "output_dir": str(root),
-            "base": str(base_dir),
-            "data": {k: str(v) for k, v in data.items()},
-            "baseline": str(root / "baseline"),
-            "adapter": str(adapter_dir),
-            "card": str(adapter_dir / "README.md"),
-            "metrics": sorted(str(p) for p in adapter_dir.glob("eval_metrics-*.json")),
-        },
+        "paths": _paths(root, data),
         "rouge": {"base": before, "adapter": after, "gain": {k: round(after[k] - before[k], 2) for k in _ROUGE_KEYS}},
         "trainable_params": reloaded.num_parameters(trainable_only=True),
         "total_params": reloaded.num_parameters(),
@@ -203,16 +173,68 @@ def run_demo(
         "train_steps": train_steps,
         "examples": {"train": train_examples, "validation": eval_examples},
         "sample": {
-            "dialogue": predictions[0]["source"],
-            "reference": predictions[0]["reference"],
-            "prediction": predictions[0]["prediction"],
+            "dialogue": first["source"],
+            "reference": first["reference"],
+            "prediction": first["prediction"],
             "reloaded_prediction": reloaded_prediction,
         },
-        "reload_identical": reloaded_prediction == predictions[0]["prediction"],
+        "reload_identical": reloaded_prediction == first["prediction"],
         "seconds": seconds,
     }
     atomic_write_bytes(root / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary
+
+
+def _write_data(folder: Path, seed: int, train_examples: int, eval_examples: int) -> dict[str, Path]:
+    """Synthetic SAMSum-format train and validation files; returns split -> path."""
+    from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
+
+    records = dialogue_summary_pairs(train_examples + eval_examples, seed=seed)
+    return {
+        "train": write_samsum_csv(folder / "train.csv", records[:train_examples]),
+        "validation": write_samsum_csv(folder / "validation.csv", records[train_examples:]),
+    }
+
+
+def _pretrain_base(base_dir: Path, seed: int, steps: int, progress: bool) -> Any:
+    """A tiny T5 pre-trained with span corruption, saved with its tokenizer into ``base_dir``."""
+    from peft_hybrid.offline import t5_from_preset
+    from peft_hybrid.offline.pretrain import pretrain_span_corruption
+
+    base, tokenizer = t5_from_preset("tiny", seed=seed)
+    texts = _pretraining_texts(2000, seed + 1)
+    pretrain = pretrain_span_corruption(base, tokenizer, texts, steps=steps, seed=seed, progress=progress)
+    base.save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    return pretrain
+
+
+def _train_both_modes(
+    root: Path, base_dir: Path, data: dict[str, Path], seed: int, steps: int, progress: bool, seconds: dict
+) -> dict[str, Any]:
+    """The recipe's results for the untouched base (``baseline/``) and the hybrid adapter (``adapter/``)."""
+    from peft_hybrid.training.recipe import main as run_recipe
+    from peft_hybrid.training.recipe import parse_args
+
+    results = {}
+    for mode, folder in (("none", root / "baseline"), ("hybrid", root / "adapter")):
+        stage = time.perf_counter()
+        results[mode] = run_recipe(*parse_args(_training_argv(base_dir, data, folder, mode, seed, steps, progress)))
+        seconds[f"{mode}_mode"] = round(time.perf_counter() - stage, 1)
+    return results
+
+
+def _paths(root: Path, data: dict[str, Path]) -> dict[str, Any]:
+    adapter_dir = root / "adapter"
+    return {
+        "output_dir": str(root),
+        "base": str(root / "base"),
+        "data": {k: str(v) for k, v in data.items()},
+        "baseline": str(root / "baseline"),
+        "adapter": str(adapter_dir),
+        "card": str(adapter_dir / "README.md"),
+        "metrics": sorted(str(p) for p in adapter_dir.glob("eval_metrics-*.json")),
+    }
 
 
 def _reload_and_predict(model_class: Any, adapter_dir: Path, source: str) -> tuple[Any, str]:

@@ -7,6 +7,7 @@ import functools
 import io
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -23,36 +24,60 @@ PRESETS: dict[str, dict] = {
 TOKENIZER_PIECES = 1000
 
 
-@functools.cache
-def _tokenizer_folder(pieces: int) -> Path:
+def train_t5_sentencepiece(
+    lines: Iterable[str],
+    folder: str | Path,
+    vocab_size: int,
+    *,
+    character_coverage: float = 1.0,
+    hard_vocab_limit: bool = False,
+    num_threads: int = 1,
+) -> Path:
+    """Train a unigram SentencePiece model with T5's ids (pad 0, eos 1, unk 2, no bos) on ``lines``.
+
+    Writes ``folder/spiece.model`` and returns ``folder``, ready for `t5_tokenizer`. One thread
+    by default, so the same lines give the same pieces on every machine.
+    """
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus()),
+        sentence_iterator=iter(lines),
         model_writer=model,
-        vocab_size=pieces,
+        vocab_size=vocab_size,
         model_type="unigram",
-        character_coverage=1.0,
+        character_coverage=character_coverage,
         pad_id=0,
         eos_id=1,
         unk_id=2,
         bos_id=-1,
-        num_threads=1,
-        hard_vocab_limit=False,
+        num_threads=num_threads,
+        hard_vocab_limit=hard_vocab_limit,
         minloglevel=2,
     )
-    folder = Path(tempfile.mkdtemp(prefix="peft-hybrid-tokenizer-"))
-    atexit.register(shutil.rmtree, folder, True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "spiece.model").write_bytes(model.getvalue())
     return folder
 
 
-def offline_tokenizer(pieces: int = TOKENIZER_PIECES):
-    """A T5 tokenizer (pad 0, eos 1, unk 2, 100 sentinels) trained on the synthetic corpus."""
+def t5_tokenizer(folder: str | Path):
+    """The T5 tokenizer of a folder written by `train_t5_sentencepiece` (100 sentinels added)."""
     from transformers import T5Tokenizer
 
-    return T5Tokenizer.from_pretrained(str(_tokenizer_folder(pieces)), extra_ids=100, legacy=False)
+    return T5Tokenizer.from_pretrained(str(folder), extra_ids=100, legacy=False)
+
+
+@functools.cache
+def _tokenizer_folder(pieces: int) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="peft-hybrid-tokenizer-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return train_t5_sentencepiece(tokenizer_corpus(), folder, pieces)
+
+
+def offline_tokenizer(pieces: int = TOKENIZER_PIECES):
+    """A T5 tokenizer (pad 0, eos 1, unk 2, 100 sentinels) trained on the synthetic corpus."""
+    return t5_tokenizer(_tokenizer_folder(pieces))
 
 
 def t5_from_preset(name: str, seed: int = 0, device: str | torch.device | None = None):

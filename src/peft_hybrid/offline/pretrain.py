@@ -193,10 +193,7 @@ def pretrain_span_corruption(
     Returns:
         A `PretrainResult`; the model is left in eval mode.
     """
-    if steps is None and seconds is None:
-        raise ValueError("pass steps=... or seconds=... to bound pre-training")
-    if (steps is not None and steps <= 0) or (seconds is not None and seconds <= 0):
-        raise ValueError(f"steps={steps} / seconds={seconds}: the budget must be positive")
+    _check_budget(steps, seconds)
     from tqdm.auto import tqdm
 
     sentinels = sentinel_ids(tokenizer)
@@ -222,25 +219,11 @@ def pretrain_span_corruption(
             done = max(result.steps / steps if steps else 0.0, elapsed / seconds if seconds else 0.0)
             if done >= 1.0:
                 break
-            warm = min(1.0, (result.steps + 1) / max(warmup_steps, 1))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
-            pairs = []
-            for _ in range(batch_size):
-                if not order:  # a fresh shuffled pass over the corpus
-                    order = list(range(len(chunks)))
-                    rng.shuffle(order)
-                pairs.append(
-                    corrupt_spans(
-                        chunks[order.pop()],
-                        sentinels,
-                        tokenizer.eos_token_id,
-                        rng,
-                        noise_density=noise_density,
-                        mean_span_length=mean_span_length,
-                    )
-                )
-            batch = {k: v.to(device) for k, v in _batch(pairs, tokenizer.pad_token_id).items()}
+            _set_learning_rate(optimizer, learning_rate, result.steps, warmup_steps, done)
+            batch = _corrupted_batch(
+                chunks, order, rng, tokenizer, sentinels, batch_size, noise_density, mean_span_length
+            )
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -249,13 +232,57 @@ def pretrain_span_corruption(
             result.steps += 1
             result.tokens_seen += int(batch["attention_mask"].sum())
             result.losses.append(loss.detach().item())
-            if steps is not None:
-                bar.update(1)
-            else:
-                bar.update(round(time.perf_counter() - start) - bar.n)
+            bar.update(1 if steps is not None else round(time.perf_counter() - start) - bar.n)
             bar.set_postfix(loss=f"{result.final_loss:.3f}")
     finally:
         bar.close()
         model.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_budget(steps: int | None, seconds: float | None) -> None:
+    if steps is None and seconds is None:
+        raise ValueError("pass steps=... or seconds=... to bound pre-training")
+    if (steps is not None and steps <= 0) or (seconds is not None and seconds <= 0):
+        raise ValueError(f"steps={steps} / seconds={seconds}: the budget must be positive")
+
+
+def _set_learning_rate(optimizer, peak: float, step: int, warmup_steps: int, done: float) -> None:
+    """Linear warm-up to ``peak``, then a cosine decay to 10% of it as ``done`` goes from 0 to 1."""
+    warm = min(1.0, (step + 1) / max(warmup_steps, 1))
+    for group in optimizer.param_groups:
+        group["lr"] = peak * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+def _corrupted_batch(
+    chunks: Sequence[list[int]],
+    order: list[int],
+    rng: random.Random,
+    tokenizer,
+    sentinels: Sequence[int],
+    batch_size: int,
+    noise_density: float = 0.15,
+    mean_span_length: float = 3.0,
+) -> dict[str, torch.Tensor]:
+    """``batch_size`` span-corrupted chunks as a padded batch, drawn from ``order`` (chunk indices).
+
+    ``order`` is consumed from its end and refilled with a fresh shuffled pass over ``chunks``
+    when it runs out, so every chunk is seen once per pass.
+    """
+    pairs = []
+    for _ in range(batch_size):
+        if not order:
+            order.extend(range(len(chunks)))
+            rng.shuffle(order)
+        pairs.append(
+            corrupt_spans(
+                chunks[order.pop()],
+                sentinels,
+                tokenizer.eos_token_id,
+                rng,
+                noise_density=noise_density,
+                mean_span_length=mean_span_length,
+            )
+        )
+    return _batch(pairs, tokenizer.pad_token_id)

@@ -32,6 +32,7 @@ from typing import Any
 
 from peft_hybrid.config import MODES, HybridConfig
 from peft_hybrid.modeling.serialization import atomic_write_bytes
+from peft_hybrid.training.callbacks import plain_json
 
 ABLATION_MODES = ("none", "prompt", "lora", "hybrid")
 TABLE_NAME = "ablation.md"
@@ -236,14 +237,8 @@ def _settings(
         "use_task_tags": script_args.use_task_tags,
     }
     settings.update({k: getattr(training_args, k) for k in _BUDGET_FIELDS if hasattr(training_args, k)})
-    settings.update(
-        r=hybrid_config.r,
-        lora_alpha=hybrid_config.lora_alpha,
-        target_modules=hybrid_config.target_modules,
-        lora_dropout=hybrid_config.lora_dropout,
-        num_virtual_tokens=hybrid_config.num_virtual_tokens,
-        prompt_init=hybrid_config.prompt_init,
-    )
+    # Every row's settings but the mode, which is the row.
+    settings.update({k: v for k, v in hybrid_config.adapter_settings().items() if k != "mode"})
     if command:
         settings["command"] = command
-    return {k: (v.value if hasattr(v, "value") else v) for k, v in settings.items() if v is not None}
+    return {k: plain_json(v) for k, v in settings.items() if v is not None}

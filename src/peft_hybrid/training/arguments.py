@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import Seq2SeqTrainingArguments
@@ -183,3 +183,39 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
             self.metric_for_best_model = task.metric_for_best_model
         if getattr(self, "_direction_from_task", False) and task.metric_for_best_model:
             self.greater_is_better = task.greater_is_better
+
+
+def as_hybrid_arguments(args: Seq2SeqTrainingArguments) -> HybridTrainingArguments:
+    """``args`` as `HybridTrainingArguments`, the one form `HybridTrainer` reads.
+
+    `HybridTrainingArguments` come back as they are. Plain ``Seq2SeqTrainingArguments`` keep
+    every value they hold (the paper's defaults do not replace them), and the fields
+    `HybridTrainingArguments` adds take its defaults, with one exception:
+    ``early_stopping_patience`` is ``None``, because the plain arguments never asked to stop early
+    (and by default neither evaluate nor restore the best model, which early stopping needs).
+    Their ``metric_for_best_model`` is theirs too: a task does not replace it.
+
+    Example:
+        >>> from transformers import Seq2SeqTrainingArguments
+        >>> args = as_hybrid_arguments(Seq2SeqTrainingArguments("out", learning_rate=0.01, use_cpu=True))
+        >>> args.learning_rate, args.max_source_length, args.early_stopping_patience
+        (0.01, 512, None)
+    """
+    if isinstance(args, HybridTrainingArguments):
+        return args
+    if not isinstance(args, Seq2SeqTrainingArguments):
+        raise TypeError(
+            f"args must be HybridTrainingArguments (or Seq2SeqTrainingArguments), got {type(args).__name__}: "
+            "evaluation generates, which needs the Seq2Seq fields (predict_with_generate, generation_max_length)."
+        )
+    known = {f.name for f in fields(HybridTrainingArguments)}
+    given = {f.name: getattr(args, f.name) for f in fields(args) if f.init}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(
+            f"{type(args).__name__} has field(s) {unknown} that HybridTrainingArguments does not know, so "
+            "HybridTrainer would ignore them; pass HybridTrainingArguments (or a subclass of it) instead."
+        )
+    converted = HybridTrainingArguments(**given, early_stopping_patience=None)
+    converted._metric_from_task = converted._direction_from_task = False
+    return converted

@@ -22,6 +22,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ class TrainingSummary:
     final: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return plain_json(asdict(self))
 
     def save(self, directory: str | Path) -> Path:
         """Write ``training_summary.json`` into ``directory`` (atomically)."""
@@ -140,22 +141,10 @@ class TrainingSummaryCallback(TrainerCallback):
         self.summary = TrainingSummary(task=task)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.summary.hyperparameters = {k: getattr(args, k) for k in _CARD_ARGS if hasattr(args, k)}
+        self.summary.hyperparameters = plain_json({k: getattr(args, k) for k in _CARD_ARGS if hasattr(args, k)})
         hybrid_config = getattr(model, "hybrid_config", None)
         if hybrid_config is not None:
-            adapter = hybrid_config.to_dict()
-            self.summary.hyperparameters["adapter"] = {
-                k: adapter[k]
-                for k in (
-                    "mode",
-                    "r",
-                    "lora_alpha",
-                    "target_modules",
-                    "lora_dropout",
-                    "num_virtual_tokens",
-                    "prompt_init",
-                )
-            }
+            self.summary.hyperparameters["adapter"] = hybrid_config.adapter_settings()
             self.summary.model = {
                 "mode": hybrid_config.mode,
                 "base_model": hybrid_config.base_model_name_or_path,
@@ -231,11 +220,11 @@ class EvalOutputWriter(TrainerCallback):
         step = state.global_step
         metrics_path = directory / f"{prefix}_metrics-{step}.json"
         payload = {"step": step, "epoch": state.epoch, **metrics}
-        atomic_write_bytes(metrics_path, (json.dumps(_jsonable(payload), indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(metrics_path, (json.dumps(plain_json(payload), indent=2, sort_keys=True) + "\n").encode())
         self.written.append(metrics_path)
         if record is not None:
             path = directory / f"{prefix}_predictions-{step}.jsonl"
-            lines = "".join(json.dumps(_jsonable(row), ensure_ascii=False) + "\n" for row in record.rows)
+            lines = "".join(json.dumps(plain_json(row), ensure_ascii=False) + "\n" for row in record.rows)
             atomic_write_bytes(path, lines.encode("utf-8"))
             self.written.append(path)
         logger.info("step %d %s: %s", step, prefix, {k: v for k, v in metrics.items() if not k.endswith("_runtime")})
@@ -249,18 +238,26 @@ def _prefix_of(metrics: dict[str, Any]) -> str:
     return "eval"
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types; NaN/inf become None (JSON has no literal for them)."""
+def plain_json(value: Any) -> Any:
+    """Plain JSON types; NaN/inf become None (JSON has no literal for them), enums their value.
+
+    Example:
+        >>> from transformers.trainer_utils import SchedulerType
+        >>> plain_json({"lr_scheduler_type": SchedulerType.COSINE, "loss": float("nan")})
+        {'lr_scheduler_type': 'cosine', 'loss': None}
+    """
+    if isinstance(value, Enum):  # before str: transformers' enums are str subclasses that print as Class.MEMBER
+        return plain_json(value.value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (str, int, bool)) or value is None:
         return value
     if hasattr(value, "item"):  # numpy / torch scalars
-        return _jsonable(value.item())
+        return plain_json(value.item())
     return str(value)
 
 

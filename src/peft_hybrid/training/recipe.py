@@ -272,7 +272,7 @@ def main(
         "total_params": model.num_parameters(),
         "data": data_stats,
     }
-    if hybrid_config.mode != "none":
+    if hybrid_config.has_trainable_parameters:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         summary["train"] = dict(result.metrics)
         summary["best_checkpoint"] = trainer.state.best_model_checkpoint
@@ -310,7 +310,7 @@ def _wanted_splits(
             f"the {task.name} dataset {repo!r}", repo, repo_type="dataset", revision=script_args.dataset_revision
         )
         wanted = {split: None for split in ("train", "validation", "test") if split in task.hub_dataset.splits}
-    if hybrid_config.mode != "none" and "train" not in wanted:
+    if hybrid_config.has_trainable_parameters and "train" not in wanted:
         raise ValueError(
             f"mode {hybrid_config.mode!r} trains an adapter: pass --train_file "
             "(validation/test files alone only evaluate, with --mode none)."
@@ -343,7 +343,7 @@ def _load_splits(
     from peft_hybrid.training.data import tokenize_dataset
 
     task = get_task(training_args.task)
-    use_tags = script_args.use_task_tags if script_args.use_task_tags is not None else hybrid_config.trains_base
+    use_tags = script_args.use_task_tags if script_args.use_task_tags is not None else hybrid_config.uses_task_tags
     splits: dict[str, Any] = {}
     stats: dict[str, dict[str, int]] = {}
     for split, file in wanted.items():

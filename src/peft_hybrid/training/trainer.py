@@ -1,4 +1,4 @@
-"""`HybridTrainer`: the paper's training recipe on the Hugging Face Trainer (arguments in `training_args`).
+"""`HybridTrainer`: the paper's training recipe on the Hugging Face Trainer (arguments: `training.arguments`).
 
 Checkpoints hold the adapter only (``adapter_model.safetensors`` + ``hybrid_config.json``, as
 `HybridModel.save_pretrained` writes them; base weights only in mode ``full``) beside the
@@ -35,7 +35,6 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from peft_hybrid.config import CONFIG_NAME
-from peft_hybrid.hub.card import BASE_TAGS, PAPER
 from peft_hybrid.hub.trainer_push import HubPushMixin
 from peft_hybrid.modeling.model import HybridModel
 from peft_hybrid.modeling.serialization import (
@@ -46,7 +45,7 @@ from peft_hybrid.modeling.serialization import (
 )
 from peft_hybrid.speed import cast_frozen_base_, compile_model, merged_lora
 from peft_hybrid.tasks import Task, get_task
-from peft_hybrid.training.arguments import HybridTrainingArguments
+from peft_hybrid.training.arguments import HybridTrainingArguments, as_hybrid_arguments
 from peft_hybrid.training.callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, decoded_rows
 from peft_hybrid.training.checkpoints import resolve_resume_checkpoint
 from peft_hybrid.training.data import EpochSeededLengthGroupedSampler
@@ -59,7 +58,8 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
 
     Args:
         model: the `HybridModel` to train (anything else raises TypeError).
-        args: `HybridTrainingArguments` (plain ``Seq2SeqTrainingArguments`` work too).
+        args: `HybridTrainingArguments`; plain ``Seq2SeqTrainingArguments`` keep their values and
+            get the added fields' defaults (see `as_hybrid_arguments`).
         processing_class: the tokenizer (decodes generated predictions; saved with checkpoints).
         task: a `Task` or a registered task name; defaults to ``args.task``. Without a task the
             evaluation reports the loss only.
@@ -73,10 +73,6 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
 
     Example: see the module docstring.
     """
-
-    _tag_names = list(BASE_TAGS)
-    _name = "Hybrid LoRA + prompt tuning"
-    _paper = PAPER
 
     def __init__(
         self,
@@ -94,27 +90,27 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
                 f"HybridTrainer trains a peft_hybrid.HybridModel, got {type(model).__name__}; wrap the base first: "
                 "HybridModel(base_model, HybridConfig(mode=...), tokenizer=tokenizer)."
             )
-        args = args if args is not None else HybridTrainingArguments(output_dir="trainer_output")
-        task_name = getattr(args, "task", None)
+        # Normalised once: everything below reads args.<field> directly.
+        args = as_hybrid_arguments(args if args is not None else HybridTrainingArguments(output_dir="trainer_output"))
+        task_name = args.task
         if isinstance(task, str):
             task = get_task(task)
         elif task is None and task_name is not None:
             task = get_task(task_name)
         if task is not None and task_name is not None and task.name != task_name:
             raise ValueError(f"task={task.name!r} but args.task={task_name!r}; pass one task, or the same in both.")
-        if task is not None and isinstance(args, HybridTrainingArguments):
+        if task is not None:
             args.apply_task_defaults(task)
         self.task = task
         self.eval_examples = eval_examples
         if task is not None and model.hybrid_config.task is None:
             model.hybrid_config.task = task.name
         callbacks = list(callbacks or [])
-        patience = getattr(args, "early_stopping_patience", None)
-        if patience:
-            callbacks.append(EarlyStoppingCallback(patience, getattr(args, "early_stopping_threshold", 0.0)))
+        if args.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
         self._summary = TrainingSummaryCallback(task=task.name if task is not None else None)
         callbacks.append(self._summary)
-        self._writer = EvalOutputWriter() if getattr(args, "write_predictions", True) else None
+        self._writer = EvalOutputWriter() if args.write_predictions else None
         if self._writer is not None:
             callbacks.append(self._writer)
         if compute_metrics is None and task is not None and args.predict_with_generate:
@@ -124,11 +120,11 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         _check_prompt_fits(model, args)
         if args.should_save:
             _check_output_dir(args.output_dir)
-        if getattr(args, "bf16_frozen_base", False):
+        if args.bf16_frozen_base:
             if not args.bf16:
                 raise ValueError("bf16_frozen_base=True needs bf16=True (bf16 autocast over the bf16 base).")
             cast_frozen_base_(model, torch.bfloat16)
-        if getattr(args, "compile_stacks", False):
+        if args.compile_stacks:
             compile_model(model, dynamic=True)
         super().__init__(model=model, args=args, callbacks=callbacks, compute_metrics=compute_metrics, **kwargs)
 
@@ -162,7 +158,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         ``resume_from_checkpoint=True`` (or ``"latest"``) resumes from the latest COMPLETE
         checkpoint, skipping any folder a killed run left half-written (see `peft_hybrid.training.checkpoints`).
         """
-        if self.model.num_parameters(trainable_only=True) == 0:
+        if not self.model.hybrid_config.has_trainable_parameters:
             raise ValueError(
                 f"The model (mode {self.model.hybrid_config.mode!r}) has no trainable parameters: there is nothing to "
                 "train. Use trainer.evaluate()/predict() for the base model's scores, or pick mode 'prompt', 'lora', "
@@ -203,7 +199,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
 
     def _inference_weights(self):
         """LoRA merged into fresh tensors for evaluation (``merged_eval``), restored on exit."""
-        if getattr(self.args, "merged_eval", True):
+        if self.args.merged_eval:
             return merged_lora(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
         return contextlib.nullcontext()
 
@@ -211,7 +207,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
     def _generation_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
         defaults = dict(self.task.generation_kwargs) if self.task is not None else {}
         if not defaults and self.args.generation_max_length is None:
-            defaults["max_new_tokens"] = getattr(self.args, "max_target_length", 128)
+            defaults["max_new_tokens"] = self.args.max_target_length
         if "max_length" in given or "max_new_tokens" in given:  # one cap, the caller's
             defaults.pop("max_length", None)
             defaults.pop("max_new_tokens", None)
@@ -323,10 +319,10 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         model.load_adapter_tensors(tensors, source=str(folder_path))
 
 
-def _check_prompt_fits(model: HybridModel, args: Seq2SeqTrainingArguments) -> None:
-    max_source = getattr(args, "max_source_length", None)
+def _check_prompt_fits(model: HybridModel, args: HybridTrainingArguments) -> None:
+    max_source = args.max_source_length
     tokens = model.hybrid_config.num_virtual_tokens
-    if model.prompt is not None and max_source is not None and tokens > max_source:
+    if model.prompt is not None and tokens > max_source:
         raise ValueError(
             f"num_virtual_tokens={tokens} is larger than max_source_length={max_source}: the soft prompt would "
             "outweigh every input. Lower num_virtual_tokens (paper: 30) or raise max_source_length."
