@@ -10,7 +10,7 @@ from torch import nn
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.download import resolve_folder
-from peft_hybrid.modeling.loading import load_base_model
+from peft_hybrid.modeling.loading import load_base_model, record_base
 from peft_hybrid.modeling.lora import LoraPart, read_peft_lora_config, save_peft_lora
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt, save_peft_prompt
@@ -58,8 +58,7 @@ class HybridModel(nn.Module):
                 f"{shape}. Load the adapter onto the base it was trained on ({config.base_model_name_or_path})."
             )
         config.base_model_shape = shape
-        if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) or None
+        record_base(config, base_model)
         self.hybrid_config = config
         self.base_model = base_model
         self.merged = False
@@ -215,7 +214,7 @@ class HybridModel(nn.Module):
         """Save the adapter and its card and upload them to the Hub repo ``repo_id``.
 
         The repo is created when missing (``private`` applies then); ``token`` defaults to
-        HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.upload.HubError` subclasses; see
+        HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.errors.HubError` subclasses; see
         `peft_hybrid.hub.upload.push_model` for the retry settings passed through ``kwargs``.
 
         Example:
