@@ -235,6 +235,9 @@ def test_push_sends_only_changed_files_and_the_cli_reports_bad_tokens(hub_online
         "adapter_model.safetensors",
         "README.md",
     }
+    # The card is uploaded as saved (no placeholder rewritten at upload): its snippet loads the folder it is in.
+    card = Path(api.hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "cache")).read_bytes()
+    assert card == (folder / "README.md").read_bytes() and b'HybridModel.from_pretrained(".")' in card
     stats = server.stats()
     again = push_folder(folder, repo_id, token=server.token("alice"), endpoint=server.url)
     assert server.stats() == stats and again.oid == api.model_info(repo_id).sha

@@ -292,9 +292,10 @@ class HybridModel(nn.Module):
     ) -> HybridModel:
         """Load an adapter from a folder or a Hub repo id onto ``base_model``.
 
-        With ``base_model=None`` the base named in the adapter config is loaded (safetensors
-        only, never remote code). The base passed in is left untouched if the adapter does not
-        fit it.
+        With ``base_model=None`` the base named in the adapter config is loaded by
+        `peft_hybrid.modeling.loading` (a folder, ``preset:NAME``, or a Hub id at the commit the
+        adapter recorded; safetensors only, never remote code). A base passed in of another Hub commit
+        loads with a ``BaseRevisionWarning``; one the adapter does not fit is left untouched.
         """
         folder = resolve_folder(
             path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only

@@ -169,7 +169,8 @@ def run_demo(
     for mode, folder in (("none", root / "baseline"), ("hybrid", root / "adapter")):
         stage = time.perf_counter()
         results[mode] = run_recipe(
-            *parse_args(_training_argv(base_dir, data, folder, mode, seed, train_steps, progress))
+            # The base as the user named its folder (relative stays relative): what the adapter records.
+            *parse_args(_training_argv(Path(output_dir) / "base", data, folder, mode, seed, train_steps, progress))
         )
         seconds[f"{mode}_mode"] = round(time.perf_counter() - stage, 1)
 
