@@ -20,6 +20,7 @@ _EXPORTS = {
     "MODES": "config",
     "HybridConfig": "config",
     "HybridModel": "modeling.model",
+    "BaseRevisionWarning": "modeling.loading",
     "AdapterLoadError": "modeling.serialization",
     "DataError": "tasks",
     "Task": "tasks",
