@@ -1,10 +1,10 @@
 """Loading a base model or a saved adapter for use, and batched generation with a progress bar.
 
-One home for "which base, which tokenizer" shared by the recipes, ``peft-hybrid evaluate`` /
-``predict`` and the attribution command: a base is a Hub id, a local folder, or an offline
-preset (``preset:tiny`` in an adapter config names `peft_hybrid.offline.t5_from_preset`'s model,
-always built with seed 0 so the same random base comes back). Hub ids are checked with
-`peft_hybrid.hub.access.require_hub` first, so an offline machine fails at once with advice.
+One home for "which adapter, which tokenizer" shared by the recipes, ``peft-hybrid evaluate`` /
+``predict`` and the attribution command; the base comes from the one resolver,
+`peft_hybrid.modeling.loading` (a Hub id, a local folder, or an offline preset). Hub ids are
+checked with `peft_hybrid.hub.access.require_hub` first, so an offline machine fails at once with
+advice (an adapter already in the local Hub cache passes under ``HF_HUB_OFFLINE=1``).
 
 Example:
     >>> from peft_hybrid.inference import generate_texts

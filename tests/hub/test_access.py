@@ -12,7 +12,8 @@ from huggingface_hub import constants
 
 from peft_hybrid.cli import main as cli
 from peft_hybrid.hub import access as hub_access
-from peft_hybrid.hub.access import HubUnreachableError, require_hub
+from peft_hybrid.hub.access import require_hub
+from peft_hybrid.hub.errors import HubError, HubUnreachableError
 from peft_hybrid.training.recipe import run as run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +100,21 @@ def test_local_folders_and_cached_models_pass_offline(monkeypatch, tmp_path):
     require_hub("model 'me/t5'", "me/t5")
     with pytest.raises(HubUnreachableError, match="not in the local cache"):
         require_hub("model 'me/other'", "me/other")
+
+
+def test_a_cached_adapter_repo_passes_offline(monkeypatch, tmp_path):
+    """An adapter repo holds hybrid_config.json, not config.json: it is found in the cache all the same."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--me--adapter"
+    (repo / "snapshots" / ("b" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("b" * 40) / "hybrid_config.json").write_text("{}", encoding="utf-8")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40, encoding="utf-8")
+    require_hub("adapter 'me/adapter'", "me/adapter")
+    require_hub("adapter 'me/adapter'", "me/adapter", revision="b" * 40)
+    with pytest.raises(HubError, match="not in the local cache"):  # one hierarchy: HubError catches offline
+        require_hub("adapter 'me/adapter'", "me/adapter", revision="c" * 40)
 
 
 def test_a_reachable_endpoint_passes(hub_server, monkeypatch):

@@ -156,7 +156,11 @@ def test_without_matplotlib_the_card_skips_the_curve_with_a_notice(tmp_path, mon
 def test_save_pretrained_writes_a_card_that_names_the_mode_and_counts():
     model = _model()
     text = render_card(CardData.from_model(model))
-    assert "| mode | `hybrid` |" in text and 'HybridModel.from_pretrained("path/to/adapter")' in text
+    assert "| mode | `hybrid` |" in text
+    # No repo id yet: the snippet loads the folder holding the card, and needs no rewriting at upload.
+    assert 'HybridModel.from_pretrained(".")' in text and "path/to/" not in text
+    named = render_card(CardData.from_model(model, repo_id="me/tiny-hybrid"))
+    assert 'HybridModel.from_pretrained("me/tiny-hybrid")' in named and 'from_pretrained(".")' not in named
 
 
 def test_metrics_measured_on_local_files_do_not_claim_the_hub_dataset():
@@ -183,6 +187,6 @@ def test_a_local_base_is_named_but_not_linked_to_the_hub(tmp_path):
     local = tmp_path / "my-base"
     local.mkdir()
     text = render_card(CardData(mode="hybrid", base_model=str(local)))
-    assert f"`{local}`" in text and "huggingface.co/" + str(local) not in text
+    assert f"the local base model `{local}` (not on the Hub)" in text and "huggingface.co/" + str(local) not in text
     hub = render_card(CardData(mode="hybrid", base_model="google/flan-t5-base"))
     assert "(https://huggingface.co/google/flan-t5-base)" in hub

@@ -3,7 +3,8 @@
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``;
 modules are imported only when their command runs, so ``peft-hybrid --help`` is quick.
 
-Exit codes: 0 success, 1 the work failed (a clear message on stderr), 2 bad arguments or input.
+Exit codes: 0 success, 1 the work failed (a clear message on stderr; every
+`peft_hybrid.hub.errors.HubError`), 2 bad arguments or input.
 """
 
 from __future__ import annotations
@@ -51,15 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     module = importlib.import_module(COMMANDS[args.command][0])
+    from peft_hybrid.hub.errors import HubError
+
     try:
         return int(module.run(args) or EXIT_OK)
+    except HubError as err:
+        # Offline, unreachable, a rejected token or a refused repo: the message says what to do.
+        print(f"peft-hybrid {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as err:
         # Errors the library raises for bad input carry the file/row/field and what to do.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"peft-hybrid {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except ConnectionError as err:
-        # The Hub could not be reached; the message says how to work offline.
+        # A connection failure outside the Hub client (e.g. datasets' own download).
         print(f"peft-hybrid {args.command}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

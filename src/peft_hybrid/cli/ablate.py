@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.hub.access import HubUnreachableError
+    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.training.ablation import ablation_modes, run_ablation
     from peft_hybrid.training.recipe import make_parser, parse_args
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_ablation(
             script_args, hybrid_config, training_args, modes=modes, command="peft-hybrid ablate " + shlex.join(argv)
         )
-    except HubUnreachableError as err:
+    except HubError as err:
         print(f"peft-hybrid ablate: error: {err}", file=sys.stderr)
         return 1
     print(result.markdown(), end="")

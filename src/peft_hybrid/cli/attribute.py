@@ -84,7 +84,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
-    from peft_hybrid.hub.access import HubUnreachableError
+    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import input_texts, load_for_inference
 
     adapter_dir = Path(args.adapter)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_for_inference(
             args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
         )
-    except HubUnreachableError as err:
+    except HubError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -67,7 +67,8 @@ def resolve_task(name: str | None, model) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.hub.access import HubUnreachableError, require_hub
+    from peft_hybrid.hub.access import require_hub
+    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import evaluate_rows, load_for_inference
     from peft_hybrid.modeling.serialization import atomic_write_bytes
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             dataset_id=args.dataset_id,
             revision=args.dataset_revision,
         )
-    except HubUnreachableError as err:
+    except HubError as err:
         print(f"peft-hybrid evaluate: error: {err}", file=sys.stderr)
         return 1
     if args.max_eval_samples is not None and args.max_eval_samples < len(rows):

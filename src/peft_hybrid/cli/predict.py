@@ -83,7 +83,7 @@ def read_inputs(source: str, field: str | None = None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.hub.access import HubUnreachableError
+    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import generate_texts, input_texts, load_for_inference
     from peft_hybrid.tasks import get_task
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_for_inference(
             args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
         )
-    except HubUnreachableError as err:
+    except HubError as err:
         print(f"peft-hybrid predict: error: {err}", file=sys.stderr)
         return 1
     name = args.task or model.hybrid_config.task

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from peft_hybrid.hub.upload import DEFAULT_RETRIES, HubError, push_folder
+from peft_hybrid.hub.errors import HubError
+from peft_hybrid.hub.upload import DEFAULT_RETRIES, push_folder
 
 EXIT_OK, EXIT_FAILED = 0, 1
 

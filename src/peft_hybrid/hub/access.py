@@ -21,29 +21,23 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from huggingface_hub import constants, try_to_load_from_cache
+
+from peft_hybrid.config import CONFIG_NAME
+from peft_hybrid.hub.errors import OFFLINE_HINT, HubUnreachableError
+
 PROBE_TIMEOUT_S = 3.0
-OFFLINE_HINT = (
-    "To run without the Hub: pass local data files in the benchmark's original format "
-    "(--train_file/--validation_file/--test_file), a model folder (--model_name_or_path PATH, "
-    "or --base PATH), a random offline model (--model_preset tiny), or try `peft-hybrid demo`."
-)
-
-
-class HubUnreachableError(ConnectionError):
-    """A Hub id was given but the Hugging Face Hub cannot be used here (offline or unreachable)."""
+# A cached model repo holds one of these: a base model's config, or an adapter's.
+_MODEL_MARKERS = ("config.json", CONFIG_NAME)
 
 
 def hub_endpoint() -> str:
     """The Hub endpoint huggingface_hub talks to (``HF_ENDPOINT`` as read when it was imported)."""
-    from huggingface_hub import constants
-
     return constants.ENDPOINT.rstrip("/")
 
 
 def hub_offline() -> bool:
     """True when huggingface_hub is in offline mode (``HF_HUB_OFFLINE=1`` when it was imported)."""
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
@@ -69,18 +63,20 @@ def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
 
 
 def _in_cache(repo_id: str, repo_type: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    filename = "config.json" if repo_type == "model" else "README.md"
-    try:
-        found = try_to_load_from_cache(repo_id, filename, revision=revision, repo_type=repo_type)
-    except ValueError:  # not a valid repo id
-        return False
-    return isinstance(found, str)
+    """True when the local Hub cache holds ``repo_id`` (a base model or an adapter) at ``revision``."""
+    markers = _MODEL_MARKERS if repo_type == "model" else ("README.md",)
+    for filename in markers:
+        try:
+            found = try_to_load_from_cache(repo_id, filename, revision=revision, repo_type=repo_type)
+        except ValueError:  # not a valid repo id
+            return False
+        if isinstance(found, str):
+            return True
+    return False
 
 
 def require_hub(what: str, repo_id: str, *, repo_type: str = "model", revision: str | None = None) -> None:
-    """Raise `HubUnreachableError` unless ``repo_id`` can be fetched now.
+    """Raise `HubUnreachableError` (a `peft_hybrid.hub.errors.HubError`) unless ``repo_id`` can be fetched now.
 
     Args:
         what: what needs it, for the message, e.g. ``"--model_name_or_path 'google/flan-t5-base'"``.
@@ -88,7 +84,7 @@ def require_hub(what: str, repo_id: str, *, repo_type: str = "model", revision: 
         repo_type: ``"model"`` or ``"dataset"``.
         revision: branch, tag or commit.
 
-    Under ``HF_HUB_OFFLINE=1`` a model already in the local Hub cache passes (huggingface_hub
+    Under ``HF_HUB_OFFLINE=1`` a model or adapter repo already in the local Hub cache passes (huggingface_hub
     then reads the cache without network); datasets are left to ``datasets``' own offline cache.
     """
     if Path(repo_id).is_dir():
@@ -100,5 +96,6 @@ def require_hub(what: str, repo_id: str, *, repo_type: str = "model", revision: 
         return
     cached = " (and it is not in the local cache)" if hub_offline() else ""
     raise HubUnreachableError(
-        f"{what} is a Hub {repo_type} id, but the Hugging Face Hub cannot be used ({reason}){cached}. {OFFLINE_HINT}"
+        f"{what} is a Hub {repo_type} id, but the Hugging Face Hub cannot be used ({reason}){cached}. {OFFLINE_HINT}",
+        repo_id,
     )

@@ -241,7 +241,7 @@ def render_card(data: CardData) -> str:
         ablation=_ablation_table(data),
         paper=PAPER,
         fmt=_format_value,
-        repo_id=data.repo_id or "path/to/adapter",
+        repo_id=data.repo_id,
         base_on_hub=bool(data.base_model) and _is_hub_id(data.base_model),
     )
     return str(card)

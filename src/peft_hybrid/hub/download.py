@@ -1,9 +1,42 @@
-"""Downloading adapter folders from the Hub (or its local cache)."""
+"""Downloading adapter folders from the Hub (or its local cache), and what a failed download means.
+
+`resolve_folder` returns a local folder as is and otherwise downloads the repo's adapter files
+through huggingface_hub. A failure is sorted by `load_error`: Hub failures (offline, unreachable,
+rejected token) raise `peft_hybrid.hub.errors.HubError` subclasses; a repo or revision that does not
+exist (or a private repo the token cannot read) is bad input and raises ``AdapterLoadError``.
+
+Example:
+    >>> from peft_hybrid.hub.errors import HubError
+    >>> try:  # HF_HUB_OFFLINE=1 and nothing cached
+    ...     resolve_folder("me/never-downloaded")
+    ... except HubError as err:
+    ...     print(type(err).__name__)
+    HubUnreachableError
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import get_token, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from peft_hybrid.hub.errors import (
+    LOGIN_HINT,
+    UNAVAILABLE_STATUS,
+    HubAuthenticationError,
+    HubUnavailableError,
+    HubUnreachableError,
+    scrub,
+    token_secrets,
+)
 from peft_hybrid.modeling.serialization import AdapterLoadError
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
@@ -17,15 +50,16 @@ def resolve_folder(
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
 ) -> Path:
-    """A local folder as is; otherwise download the repo's adapter files through huggingface_hub."""
+    """A local folder as is; otherwise download the repo's adapter files through huggingface_hub.
+
+    Raises:
+        HubUnreachableError: offline (or ``local_files_only``) and not cached, or the Hub does not answer.
+        HubAuthenticationError: the Hub rejected the token.
+        AdapterLoadError: neither a folder nor an existing repo/revision you can read.
+    """
     path = Path(path_or_repo_id)
     if path.is_dir():
         return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-
-    from peft_hybrid.hub.upload import load_error
-
     repo_id = str(path_or_repo_id)
     try:
         return Path(
@@ -45,3 +79,67 @@ def resolve_folder(
             f"{repo_id!r} is neither an existing folder nor a Hub repo id. Pass a folder written by "
             "HybridModel.save_pretrained, or a repo id such as 'owner/name'."
         ) from None
+
+
+def load_error(err: Exception, repo_id: str, token: str | bool | None, *, local_files_only: bool = False) -> Exception:
+    """The error to raise when downloading ``repo_id`` failed with ``err`` (huggingface_hub's).
+
+    Says which of these happened: the Hub was unreachable / offline and the repo is not cached
+    (`HubUnreachableError`), the token was rejected (`HubAuthenticationError`), the repo is
+    missing or private, or the revision is missing (``AdapterLoadError``: check the id); a server
+    error after huggingface_hub's own retries is a `HubUnavailableError`.
+    """
+    secrets = token_secrets(token)
+    if isinstance(err, LocalEntryNotFoundError):
+        cause = err.__cause__
+        if local_files_only or isinstance(cause, OfflineModeIsEnabled):
+            why = "local_files_only=True" if local_files_only else "the Hub is switched off (HF_HUB_OFFLINE=1)"
+            return HubUnreachableError(
+                f"{repo_id!r} is not a local folder and is not in the Hub cache, and {why}. Download it once while "
+                "online (or unset HF_HUB_OFFLINE), or pass a folder saved by save_pretrained.",
+                repo_id,
+            )
+        return HubUnreachableError(
+            f"{repo_id!r} is not in the Hub cache and the Hub could not be reached "
+            f"({scrub(_reason(cause), secrets)}). "
+            "Check the connection (or HF_ENDPOINT) and retry, or pass a folder saved by save_pretrained.",
+            repo_id,
+        )
+    if isinstance(err, RevisionNotFoundError):
+        return AdapterLoadError(f"{repo_id!r} has no such revision (branch, tag or commit); check revision=....")
+    if _is_rejected_token(err):
+        return HubAuthenticationError(
+            f"Authentication failed for {repo_id!r}: the Hub rejected the token (invalid or expired); {LOGIN_HINT}.",
+            repo_id,
+        )
+    if isinstance(err, RepositoryNotFoundError):
+        who = "the token given cannot read it" if _has_token(token) else "no token was given"
+        return AdapterLoadError(
+            f"{repo_id!r} is neither a local folder nor a Hub repository you can read: it does not exist, or it is "
+            f"private and {who}. Check the id; for a private repo {LOGIN_HINT}."
+        )
+    response = getattr(err, "response", None)
+    if response is not None and response.status_code in UNAVAILABLE_STATUS:
+        return HubUnavailableError(
+            f"Could not download {repo_id!r}: the Hub answered {response.status_code} "
+            f"({scrub(_reason(err), secrets)}). Try again later.",
+            repo_id,
+        )
+    return AdapterLoadError(f"Could not download {repo_id!r} from the Hub: {scrub(_reason(err), secrets)}")
+
+
+def _has_token(token: str | bool | None) -> bool:
+    return bool(token) if token is not None else get_token() is not None
+
+
+def _is_rejected_token(err: Exception) -> bool:
+    response = getattr(err, "response", None)
+    if not isinstance(err, HfHubHTTPError) or response is None or response.status_code != 401:
+        return False
+    # huggingface_hub reports a 401 on a repo URL as RepositoryNotFoundError (private or missing),
+    # except when the server said the credentials themselves are invalid.
+    return not isinstance(err, RepositoryNotFoundError) or "invalid credentials" in str(err).lower()
+
+
+def _reason(err: BaseException | None) -> str:
+    return f"{type(err).__name__}: {err}" if err is not None else "unknown error"

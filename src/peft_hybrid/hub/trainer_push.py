@@ -28,7 +28,8 @@ from transformers.trainer_utils import HubStrategy, SaveStrategy
 from transformers.utils.hub import PushInProgress
 
 from peft_hybrid.hub.card import CardData, write_card
-from peft_hybrid.hub.upload import HubError, create_repo, push_folder
+from peft_hybrid.hub.errors import HubError
+from peft_hybrid.hub.upload import create_repo, push_folder
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class HubPushMixin:
         """Save the adapter and its card into ``output_dir`` and upload them to ``hub_model_id``.
 
         Returns huggingface_hub's ``CommitInfo`` (a ``Future`` of it when ``blocking=False``).
-        Raises `peft_hybrid.hub.upload.HubError` subclasses; ``output_dir`` keeps everything.
+        Raises `peft_hybrid.hub.errors.HubError` subclasses; ``output_dir`` keeps everything.
         """
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         token = token if token is not None else self.args.hub_token

@@ -38,10 +38,10 @@ from peft_hybrid.hub_server.store import (
     LFS_SIZE_THRESHOLD,
     REPO_TYPES,
     AddFile,
+    ApiRefusal,
     DeleteFile,
     DeleteFolder,
     FileEntry,
-    HubError,
     Operation,
     RepoRef,
     default_gitattributes,
@@ -53,20 +53,32 @@ from peft_hybrid.hub_server.store import (
 def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> FastAPI:
     """A FastAPI app that serves Hub repos stored under ``data_dir`` to ``users`` (name -> token)."""
     hub = HubState(data_dir, users)
-    store = hub.store
     app = FastAPI(title="peft_hybrid local Hub", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.hub = hub
 
-    @app.exception_handler(HubError)
-    async def _on_hub_error(request: Request, exc: HubError) -> JSONResponse:
+    @app.exception_handler(ApiRefusal)
+    async def _on_refusal(request: Request, exc: ApiRefusal) -> JSONResponse:
         return error_response(exc)
 
-    # -- account and repo lifecycle ------------------------------------------------------------
+    # Registration order is matching order: the fixed /api/... paths come before /api/{tp}.
+    _account_routes(app, hub)
+    _read_routes(app, hub)
+    _history_routes(app, hub)
+    _commit_routes(app, hub)
+    _lfs_routes(app, hub)
+    _ref_routes(app, hub)
+    return app
+
+
+def _account_routes(app: FastAPI, hub: HubState) -> None:
+    """Who am I, test statistics, and the repo lifecycle (create, delete, settings, YAML check)."""
+    store = hub.store
+
     @app.get("/api/whoami-v2")
     async def whoami(request: Request) -> dict[str, Any]:
         user = hub.user(request)
         if user is None:
-            raise HubError(401, "You must be authenticated to call whoami")
+            raise ApiRefusal(401, "You must be authenticated to call whoami")
         token = {"displayName": "local test token", "role": "write"}
         return {
             "type": "user",
@@ -86,13 +98,13 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         user = hub.user(request)
         body = await json_body(request)
         if user is None:
-            raise HubError(401, "You must be authenticated to create a repo")
+            raise ApiRefusal(401, "You must be authenticated to create a repo")
         repo_type, name = body.get("type") or "model", body.get("name")
         namespace = body.get("organization") or user
         if repo_type not in REPO_TYPES or not isinstance(name, str):
-            raise HubError(400, "Expected a repo 'name' and a 'type' among model, dataset, space")
+            raise ApiRefusal(400, "Expected a repo 'name' and a 'type' among model, dataset, space")
         if namespace != user:
-            raise HubError(
+            raise ApiRefusal(
                 403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"'
             )
         visibility = body.get("visibility")
@@ -101,9 +113,9 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         url = f"{hub.base_url(request)}/{repo.url_path}"
         try:
             store.create_repo(repo, private=private, author=user)
-        except HubError as exc:
+        except ApiRefusal as exc:
             if exc.status == 409:  # huggingface_hub reads "url" from the 409 when exist_ok=True
-                raise HubError(409, exc.message, url=url) from None
+                raise ApiRefusal(409, exc.message, url=url) from None
             raise
         return {"url": url, "name": repo.repo_id, "id": repo.repo_id}
 
@@ -113,7 +125,7 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         user = hub.user(request)
         repo_type = body.get("type") or "model"
         if repo_type not in REPO_TYPES or not isinstance(body.get("name"), str):
-            raise HubError(400, "Expected a repo 'name' and a 'type' among model, dataset, space")
+            raise ApiRefusal(400, "Expected a repo 'name' and a 'type' among model, dataset, space")
         repo = RepoRef(repo_type, body.get("organization") or user or "", body["name"])
         hub.writable(request, repo)
         store.delete_repo(repo)
@@ -137,11 +149,15 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         body = {"errors": [{"message": e} for e in errors], "warnings": []}
         return JSONResponse(body, status_code=400 if errors else 200)
 
-    # -- reading repos -------------------------------------------------------------------------
+
+def _read_routes(app: FastAPI, hub: HubState) -> None:
+    """Listing repos, repo info, file trees and paths info."""
+    store = hub.store
+
     @app.get("/api/{tp}")
     async def list_repos(request: Request, tp: str, author: str | None = None, search: str | None = None) -> list:
         if tp not in TYPE_PLURALS:
-            raise HubError(404, "Not Found")
+            raise ApiRefusal(404, "Not Found")
         user = hub.user(request)
         out = []
         for repo in store.list_repos(TYPE_PLURALS[tp]):
@@ -168,7 +184,7 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         commit = store.commit_at(repo, revision)
         folder = folder.strip("/")
         if folder not in commit.folders():
-            raise HubError(404, f"{folder} does not exist on {revision}", "EntryNotFound")
+            raise ApiRefusal(404, f"{folder} does not exist on {revision}", "EntryNotFound")
         prefix, deep = (folder + "/" if folder else ""), truthy(recursive)
 
         def wanted(path: str) -> bool:
@@ -196,6 +212,11 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
             elif path and path in folders:
                 out.append(hub.folder_json(commit, path))
         return out
+
+
+def _history_routes(app: FastAPI, hub: HubState) -> None:
+    """Refs, commit history, and file downloads (``/resolve``)."""
+    store = hub.store
 
     @app.get("/api/{tp}/{ns}/{name}/refs")
     async def list_refs(request: Request) -> dict[str, Any]:
@@ -234,7 +255,7 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         entry = commit.files.get(path)
         if entry is None:
             # X-Repo-Commit lets the client cache the file's absence for this commit.
-            raise HubError(404, f"Entry not found: {path}", "EntryNotFound", headers={"X-Repo-Commit": commit.oid})
+            raise ApiRefusal(404, f"Entry not found: {path}", "EntryNotFound", headers={"X-Repo-Commit": commit.oid})
         headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{entry.etag}"', "Accept-Ranges": "bytes"}
         if entry.lfs:
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
@@ -254,7 +275,11 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
             media_type="application/octet-stream",
         )
 
-    # -- writing repos -------------------------------------------------------------------------
+
+def _commit_routes(app: FastAPI, hub: HubState) -> None:
+    """The preupload check and the commit endpoint (NDJSON operations)."""
+    store = hub.store
+
     @app.post("/api/{tp}/{ns}/{name}/preupload/{revision:path}")
     async def preupload(request: Request, revision: str) -> dict[str, Any]:
         repo = hub.repo(request)
@@ -281,6 +306,62 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
             )
         return {"files": files, "commitOid": commit.oid}
 
+    @app.post("/api/{tp}/{ns}/{name}/commit/{revision:path}")
+    async def commit(request: Request, revision: str, create_pr: str | None = None) -> dict[str, Any]:
+        repo = hub.repo(request)
+        user = hub.writable(request, repo)
+        if truthy(create_pr):
+            raise ApiRefusal(400, "Pull requests are not supported by this local Hub server")
+        header: dict[str, Any] | None = None
+        operations: list[Operation] = []
+        for line in (await request.body()).splitlines():
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                key, value = item["key"], item["value"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ApiRefusal(400, "Malformed commit payload: expected NDJSON lines {key, value}") from None
+            if key == "header":
+                header = value
+            elif key == "file":
+                raw = value.get("content", "")
+                data = base64.b64decode(raw) if value.get("encoding") == "base64" else raw.encode()
+                operations.append(AddFile(clean_path(value.get("path")), store.put_bytes(data)))
+            elif key == "lfsFile":
+                path, oid, size = clean_path(value.get("path")), str(value.get("oid")), value.get("size")
+                if not store.has_blob(oid, size):
+                    raise ApiRefusal(400, f"LFS object of {path} (sha256 {oid}) was never uploaded")
+                size = size if size is not None else store.blob_path(oid).stat().st_size
+                operations.append(AddFile(path, FileEntry.large(oid, size)))
+            elif key == "deletedFile":
+                operations.append(DeleteFile(clean_path(value.get("path"))))
+            elif key == "deletedFolder":
+                operations.append(DeleteFolder(str(value.get("path", "")).strip("/")))
+            else:
+                raise ApiRefusal(400, f"Unknown commit operation: {key!r}")
+        if header is None:
+            raise ApiRefusal(400, "Malformed commit payload: the first line must be the header")
+        branch = revision.removeprefix("refs/heads/")
+        new = store.commit(
+            repo,
+            branch,
+            operations,
+            title=header.get("summary") or "Update",
+            message=header.get("description") or "",
+            author=user,
+            parent_commit=header.get("parentCommit"),
+        )
+        hub.stats["commits"] += 1
+        hub.stats["regular_files_committed"] += sum(isinstance(op, AddFile) and not op.entry.lfs for op in operations)
+        url = f"{hub.base_url(request)}/{repo.url_path}/commit/{new.oid}"
+        return {"success": True, "commitOid": new.oid, "commitUrl": url, "pullRequestUrl": None}
+
+
+def _lfs_routes(app: FastAPI, hub: HubState) -> None:
+    """The LFS batch API, the upload of LFS objects and their verification."""
+    store = hub.store
+
     @app.post("/{ns}/{name}.git/info/lfs/objects/batch")
     @app.post("/{tp}/{ns}/{name}.git/info/lfs/objects/batch")
     async def lfs_batch(request: Request) -> JSONResponse:
@@ -288,7 +369,7 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         hub.writable(request, repo)
         body = await json_body(request)
         if body.get("operation") != "upload":
-            raise HubError(400, "Only LFS uploads are served here; download files through /resolve")
+            raise ApiRefusal(400, "Only LFS uploads are served here; download files through /resolve")
         base, objects = hub.base_url(request), []
         for obj in body.get("objects", []):
             oid, size = obj.get("oid"), obj.get("size")
@@ -337,59 +418,13 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         hub.writable(request, repo)
         body = await json_body(request)
         if not store.has_blob(str(body.get("oid")), body.get("size")):
-            raise HubError(404, f"LFS object {body.get('oid')} of size {body.get('size')} was not uploaded")
+            raise ApiRefusal(404, f"LFS object {body.get('oid')} of size {body.get('size')} was not uploaded")
         return {"success": True}
 
-    @app.post("/api/{tp}/{ns}/{name}/commit/{revision:path}")
-    async def commit(request: Request, revision: str, create_pr: str | None = None) -> dict[str, Any]:
-        repo = hub.repo(request)
-        user = hub.writable(request, repo)
-        if truthy(create_pr):
-            raise HubError(400, "Pull requests are not supported by this local Hub server")
-        header: dict[str, Any] | None = None
-        operations: list[Operation] = []
-        for line in (await request.body()).splitlines():
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                key, value = item["key"], item["value"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise HubError(400, "Malformed commit payload: expected NDJSON lines {key, value}") from None
-            if key == "header":
-                header = value
-            elif key == "file":
-                raw = value.get("content", "")
-                data = base64.b64decode(raw) if value.get("encoding") == "base64" else raw.encode()
-                operations.append(AddFile(clean_path(value.get("path")), store.put_bytes(data)))
-            elif key == "lfsFile":
-                path, oid, size = clean_path(value.get("path")), str(value.get("oid")), value.get("size")
-                if not store.has_blob(oid, size):
-                    raise HubError(400, f"LFS object of {path} (sha256 {oid}) was never uploaded")
-                size = size if size is not None else store.blob_path(oid).stat().st_size
-                operations.append(AddFile(path, FileEntry.large(oid, size)))
-            elif key == "deletedFile":
-                operations.append(DeleteFile(clean_path(value.get("path"))))
-            elif key == "deletedFolder":
-                operations.append(DeleteFolder(str(value.get("path", "")).strip("/")))
-            else:
-                raise HubError(400, f"Unknown commit operation: {key!r}")
-        if header is None:
-            raise HubError(400, "Malformed commit payload: the first line must be the header")
-        branch = revision.removeprefix("refs/heads/")
-        new = store.commit(
-            repo,
-            branch,
-            operations,
-            title=header.get("summary") or "Update",
-            message=header.get("description") or "",
-            author=user,
-            parent_commit=header.get("parentCommit"),
-        )
-        hub.stats["commits"] += 1
-        hub.stats["regular_files_committed"] += sum(isinstance(op, AddFile) and not op.entry.lfs for op in operations)
-        url = f"{hub.base_url(request)}/{repo.url_path}/commit/{new.oid}"
-        return {"success": True, "commitOid": new.oid, "commitUrl": url, "pullRequestUrl": None}
+
+def _ref_routes(app: FastAPI, hub: HubState) -> None:
+    """Creating and deleting branches and tags."""
+    store = hub.store
 
     @app.post("/api/{tp}/{ns}/{name}/branch/{branch:path}")
     async def create_branch(request: Request, branch: str) -> dict[str, Any]:
@@ -397,7 +432,7 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         hub.writable(request, repo)
         body = await json_body(request)
         if not REF_RE.match(branch) or ".." in branch:
-            raise HubError(400, f"Invalid branch name: {branch!r}")
+            raise ApiRefusal(400, f"Invalid branch name: {branch!r}")
         store.set_ref(repo, "branches", branch, store.resolve(repo, body.get("startingPoint") or DEFAULT_BRANCH))
         return {}
 
@@ -406,7 +441,7 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         repo = hub.repo(request)
         hub.writable(request, repo)
         if branch == DEFAULT_BRANCH:
-            raise HubError(403, "Cannot delete the default branch")
+            raise ApiRefusal(403, "Cannot delete the default branch")
         store.set_ref(repo, "branches", branch, None)
         return {}
 
@@ -416,7 +451,7 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         hub.writable(request, repo)
         tag = (await json_body(request)).get("tag")
         if not isinstance(tag, str) or not REF_RE.match(tag) or ".." in tag:
-            raise HubError(400, f"Invalid tag name: {tag!r}")
+            raise ApiRefusal(400, f"Invalid tag name: {tag!r}")
         store.set_ref(repo, "tags", tag, store.resolve(repo, revision))
         return {}
 
@@ -426,5 +461,3 @@ def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> Fa
         hub.writable(request, repo)
         store.set_ref(repo, "tags", tag, None)
         return {}
-
-    return app

@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse
 
 from peft_hybrid.hub_server.store import (
     REPO_TYPES,
+    ApiRefusal,
     Commit,
     FileEntry,
-    HubError,
     HubStore,
     RepoRef,
     lfs_pointer,
@@ -45,9 +45,9 @@ def truthy(value: str | None) -> bool:
 def clean_path(path: Any) -> str:
     """A repo-relative file path, refusing anything that could escape or confuse the tree."""
     if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
-        raise HubError(400, f"Invalid path in repo: {path!r}")
+        raise ApiRefusal(400, f"Invalid path in repo: {path!r}")
     if any(part in ("", ".", "..") for part in path.split("/")) or path.split("/")[0] == ".git":
-        raise HubError(400, f"Invalid path in repo: {path!r}")
+        raise ApiRefusal(400, f"Invalid path in repo: {path!r}")
     return path
 
 
@@ -74,7 +74,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     else:
         start, end = int(first), min(int(last), size - 1) if last else size - 1
     if start >= size or start > end:
-        raise HubError(416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
+        raise ApiRefusal(416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
     return start, end
 
 
@@ -89,7 +89,7 @@ def read_file(path: os.PathLike[str], start: int, length: int) -> Iterator[bytes
             yield chunk
 
 
-def error_response(exc: HubError) -> JSONResponse:
+def error_response(exc: ApiRefusal) -> JSONResponse:
     # Header values must be latin-1; a path in a message may not be.
     message = exc.message.encode("ascii", "backslashreplace").decode()
     headers = {"X-Error-Message": message, **exc.headers}
@@ -117,18 +117,18 @@ class HubState:
             return None
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise HubError(401, _INVALID_TOKEN)
+            raise ApiRefusal(401, _INVALID_TOKEN)
         token = token.strip()
         for name, known in self._users.items():
             if secrets.compare_digest(known.encode(), token.encode()):
                 return name
-        raise HubError(401, _INVALID_TOKEN)
+        raise ApiRefusal(401, _INVALID_TOKEN)
 
     def repo(self, request: Request) -> RepoRef:
         params = request.path_params
         repo_type = TYPE_PLURALS.get(params.get("tp", "models"))
         if repo_type is None:
-            raise HubError(404, "Not Found")
+            raise ApiRefusal(404, "Not Found")
         return RepoRef(repo_type, params["ns"], params["name"])
 
     def readable(self, request: Request, repo: RepoRef) -> tuple[str | None, dict[str, Any]]:
@@ -136,15 +136,15 @@ class HubState:
         meta = self.store.meta(repo)
         if meta is None or (meta["private"] and user != repo.namespace):
             # One answer for missing and for hidden repos, so private names do not leak.
-            raise HubError(401 if user is None else 404, "Repository not found", "RepoNotFound")
+            raise ApiRefusal(401 if user is None else 404, "Repository not found", "RepoNotFound")
         return user, meta
 
     def writable(self, request: Request, repo: RepoRef) -> str:
         user, _ = self.readable(request, repo)
         if user is None:
-            raise HubError(401, "You must be authenticated to write to this repository")
+            raise ApiRefusal(401, "You must be authenticated to write to this repository")
         if user != repo.namespace:
-            raise HubError(403, f"You don't have the rights to write to {repo.repo_id}")
+            raise ApiRefusal(403, f"You don't have the rights to write to {repo.repo_id}")
         return user
 
     # -- LFS upload tickets --------------------------------------------------------------------
@@ -162,7 +162,7 @@ class HubState:
         with self._lock:
             entry = self._tickets.get(ticket)
         if entry is None or entry[0] != oid or entry[2] < time.monotonic():
-            raise HubError(403, "Invalid or expired upload credential")
+            raise ApiRefusal(403, "Invalid or expired upload credential")
         return entry[1]
 
     def spend_ticket(self, ticket: str) -> None:
@@ -227,9 +227,9 @@ async def json_body(request: Request) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
-        raise HubError(400, f"Invalid JSON body: {exc}") from None
+        raise ApiRefusal(400, f"Invalid JSON body: {exc}") from None
     if not isinstance(data, dict):
-        raise HubError(400, "JSON body must be an object")
+        raise ApiRefusal(400, "JSON body must be an object")
     return data
 
 

@@ -76,7 +76,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
-class HubError(Exception):
+class ApiRefusal(Exception):
     """A refusal with the HTTP status, message and optional ``X-Error-Code`` the Hub would send."""
 
     def __init__(
@@ -96,8 +96,8 @@ class HubError(Exception):
         self.extra = extra  # additional JSON fields, e.g. the url of a repo that already exists
 
 
-def revision_not_found(revision: str) -> HubError:
-    return HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+def revision_not_found(revision: str) -> ApiRefusal:
+    return ApiRefusal(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
 
 def now_iso() -> str:
@@ -285,7 +285,7 @@ class HubStore:
         actual_size = tmp.stat().st_size
         if actual_sha256 != sha256 or actual_size != size:
             tmp.unlink(missing_ok=True)
-            raise HubError(
+            raise ApiRefusal(
                 400,
                 f"Uploaded content does not match: expected sha256 {sha256} and size {size}, "
                 f"got {actual_sha256} and {actual_size}",
@@ -314,10 +314,10 @@ class HubStore:
 
     def create_repo(self, repo: RepoRef, *, private: bool, author: str) -> None:
         if not _NAME_RE.match(repo.name) or repo.name.endswith((".git", ".")) or ".." in repo.name:
-            raise HubError(400, f"Invalid repo name: {repo.name!r}")
+            raise ApiRefusal(400, f"Invalid repo name: {repo.name!r}")
         with self._lock:
             if self.meta(repo) is not None:
-                raise HubError(409, f"You already created this {repo.type} repo")
+                raise ApiRefusal(409, f"You already created this {repo.type} repo")
             repo_dir = self._dir(repo)
             # A repo killed half-created has no meta.json: start over cleanly.
             shutil.rmtree(repo_dir, ignore_errors=True)
@@ -388,19 +388,19 @@ class HubStore:
             head = refs["branches"][branch]
             if parent_commit is not None and parent_commit != head:
                 # Someone pushed since the client read the repo: the Hub refuses rather than merge.
-                raise HubError(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
+                raise ApiRefusal(412, f"A commit has happened since {parent_commit}. Please refresh and try again.")
             files = dict(self.get_commit(repo, head).files)
             for op in operations:
                 if isinstance(op, AddFile):
                     files[op.path] = op.entry
                 elif isinstance(op, DeleteFile):
                     if files.pop(op.path, None) is None:
-                        raise HubError(404, f"A file with this name doesn't exist: {op.path}", "EntryNotFound")
+                        raise ApiRefusal(404, f"A file with this name doesn't exist: {op.path}", "EntryNotFound")
                 else:
                     prefix = op.path.strip("/") + "/"
                     doomed = [p for p in files if p.startswith(prefix)] if prefix != "/" else list(files)
                     if not doomed:
-                        raise HubError(404, f"A folder with this name doesn't exist: {op.path}", "EntryNotFound")
+                        raise ApiRefusal(404, f"A folder with this name doesn't exist: {op.path}", "EntryNotFound")
                     for path in doomed:
                         del files[path]
             commit = self._new_commit([head], title, message, author, files)
@@ -418,7 +418,7 @@ class HubStore:
                     raise revision_not_found(name)
             elif name in refs[kind] and not exist_ok:
                 what = "Branch" if kind == "branches" else "Tag"
-                raise HubError(409, f"{what} {name} already exists")
+                raise ApiRefusal(409, f"{what} {name} already exists")
             else:
                 refs[kind][name] = oid
             _write_json(self._dir(repo) / "refs.json", refs)

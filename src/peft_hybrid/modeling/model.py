@@ -10,7 +10,7 @@ from torch import nn
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.download import resolve_folder
-from peft_hybrid.modeling.loading import load_base_model
+from peft_hybrid.modeling.loading import load_base_model, record_base
 from peft_hybrid.modeling.lora import LoraPart, read_peft_lora_config, save_peft_lora
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt, save_peft_prompt
@@ -58,8 +58,7 @@ class HybridModel(nn.Module):
                 f"{shape}. Load the adapter onto the base it was trained on ({config.base_model_name_or_path})."
             )
         config.base_model_shape = shape
-        if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) or None
+        record_base(config, base_model)
         self.hybrid_config = config
         self.base_model = base_model
         self.merged = False
@@ -215,7 +214,7 @@ class HybridModel(nn.Module):
         """Save the adapter and its card and upload them to the Hub repo ``repo_id``.
 
         The repo is created when missing (``private`` applies then); ``token`` defaults to
-        HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.upload.HubError` subclasses; see
+        HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.errors.HubError` subclasses; see
         `peft_hybrid.hub.upload.push_model` for the retry settings passed through ``kwargs``.
 
         Example:
@@ -293,9 +292,10 @@ class HybridModel(nn.Module):
     ) -> HybridModel:
         """Load an adapter from a folder or a Hub repo id onto ``base_model``.
 
-        With ``base_model=None`` the base named in the adapter config is loaded (safetensors
-        only, never remote code). The base passed in is left untouched if the adapter does not
-        fit it.
+        With ``base_model=None`` the base named in the adapter config is loaded by
+        `peft_hybrid.modeling.loading` (a folder, ``preset:NAME``, or a Hub id at the commit the
+        adapter recorded; safetensors only, never remote code). A base passed in of another Hub commit
+        loads with a ``BaseRevisionWarning``; one the adapter does not fit is left untouched.
         """
         folder = resolve_folder(
             path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only

@@ -152,7 +152,16 @@ def run_demo(
     seconds["pretrain"] = round(time.perf_counter() - started, 1)
 
     data = _write_data(root / "data", seed, train_examples, eval_examples)
-    results = _train_both_modes(root, base_dir, data, seed, train_steps, progress, seconds)
+    results = _train_both_modes(
+        # The base as the user named its folder (relative stays relative): what the adapter records.
+        root,
+        Path(output_dir) / "base",
+        data,
+        seed,
+        train_steps,
+        progress,
+        seconds,
+    )
 
     stage = time.perf_counter()
     adapter_dir = root / "adapter"

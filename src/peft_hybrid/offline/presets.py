@@ -22,6 +22,18 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=None),
 }
 TOKENIZER_PIECES = 1000
+# How a base model name says "this preset": ``preset:tiny`` (in adapter configs and --base).
+PRESET_PREFIX = "preset:"
+
+
+def preset_id(name: str) -> str:
+    """The base-model name of preset ``name``, e.g. ``preset:tiny``.
+
+    Example:
+        >>> preset_id("tiny")
+        'preset:tiny'
+    """
+    return PRESET_PREFIX + name
 
 
 def train_t5_sentencepiece(
@@ -114,7 +126,7 @@ def t5_from_preset(name: str, seed: int = 0, device: str | torch.device | None =
         # have their own lm_head, which matters for counts and for what full fine-tuning trains.
         model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * model.config.d_model**-0.5)
     model.config.tie_word_embeddings = False
-    model.config._name_or_path = f"preset:{name}"
+    model.config._name_or_path = preset_id(name)
     model.generation_config.decoder_start_token_id = 0
     model.eval()
     return model, tokenizer

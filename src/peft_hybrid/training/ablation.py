@@ -32,6 +32,7 @@ from typing import Any
 
 from peft_hybrid.config import MODES, HybridConfig
 from peft_hybrid.modeling.serialization import atomic_write_bytes
+from peft_hybrid.offline.presets import preset_id
 from peft_hybrid.training.callbacks import plain_json
 
 ABLATION_MODES = ("none", "prompt", "lora", "hybrid")
@@ -226,9 +227,9 @@ def _settings(
     script_args: Any, hybrid_config: HybridConfig, training_args: Any, command: str | None
 ) -> dict[str, Any]:
     settings: dict[str, Any] = {
-        "base_model": script_args.model_preset
-        and f"preset:{script_args.model_preset}"
-        or script_args.model_name_or_path,
+        "base_model": (
+            preset_id(script_args.model_preset) if script_args.model_preset else script_args.model_name_or_path
+        ),
         "train_file": script_args.train_file or script_args.dataset_id or "task's Hub dataset",
         "validation_file": script_args.validation_file,
         "test_file": script_args.test_file,

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from peft_hybrid.config import HybridConfig
-from peft_hybrid.hub.access import HubUnreachableError
+from peft_hybrid.hub.errors import OFFLINE_HINT, HubError, HubUnreachableError
 from peft_hybrid.training.trainer import HybridTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -208,16 +208,10 @@ def _read_yaml_config(path: str, parser) -> dict[str, Any]:
 def build_hybrid_config(
     adapter_args: Any, script_args: ScriptArguments, training_args: HybridTrainingArguments
 ) -> HybridConfig:
-    """The `HybridConfig` of a run: adapter fields + seed, task and base-model provenance."""
+    """The `HybridConfig` of a run: adapter fields, seed and task (the base is recorded when the model is built)."""
     fields = dataclasses.asdict(adapter_args)
-    base = f"preset:{script_args.model_preset}" if script_args.model_preset else script_args.model_name_or_path
-    return HybridConfig(
-        **fields,
-        seed=training_args.seed,
-        task=training_args.task,
-        base_model_name_or_path=base,
-        revision=None if script_args.model_preset else script_args.model_revision,
-    )
+    # The base is recorded by HybridModel from what the resolver loaded (a Hub base with its commit).
+    return HybridConfig(**fields, seed=training_args.seed, task=training_args.task)
 
 
 def main(
@@ -375,7 +369,7 @@ def _load_splits(
 
 
 def _load_split(task: Any, split: str, file: str | None, script_args: ScriptArguments) -> Any:
-    from peft_hybrid.hub.access import OFFLINE_HINT, hub_offline
+    from peft_hybrid.hub.access import hub_offline
 
     if file is not None:
         return task.load(split, data_file=file, tables_file=script_args.tables_file)
@@ -401,14 +395,14 @@ def _end_distributed() -> None:
 def run(argv: Sequence[str] | None = None, task: str | None = None, prog: str | None = None) -> int:
     """Parse ``argv``, run `main`, and turn failures into one-line messages and exit codes.
 
-    Exit codes: 0 done, 1 the Hub was needed but cannot be used, 2 bad arguments or input.
+    Exit codes: 0 done, 1 a Hub failure (any `peft_hybrid.hub.errors.HubError`), 2 bad arguments or input.
     This is what ``recipes/<task>.py`` and ``peft-hybrid train`` run.
     """
     prog = prog or (f"recipes/{task}.py" if task else "recipe")
     try:
         script_args, hybrid_config, training_args = parse_args(argv, task=task, prog=prog)
         summary = main(script_args, hybrid_config, training_args)
-    except HubUnreachableError as err:
+    except HubError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, KeyError) as err:
