@@ -10,9 +10,11 @@ Example:
     >>> base, tokenizer = t5_from_preset("tiny")
     >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
     >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
-    >>> from peft_hybrid.interpret.heatmap import save_heatmaps
-    >>> [p.name for p in save_heatmaps(result, "heatmap.png", aggregate_prompt=True)]
-    ['heatmap.png']
+    >>> from peft_hybrid.interpret.heatmap import plot_heatmap, save_heatmaps
+    >>> fig = plot_heatmap(result, aggregate_prompt=True)  # a matplotlib Figure
+    >>> fig.savefig("heatmap.png")
+    >>> [p.name for p in save_heatmaps(result, "heatmaps.png", aggregate_prompt=True)]
+    ['heatmaps.png']
 """
 
 from __future__ import annotations
@@ -79,15 +81,7 @@ def plot_heatmap(
         cmap: a diverging colormap; the scale is symmetric so that 0 is its centre.
         annotate: write the values in the cells; ``None`` does it for small grids only.
 
-    Example:
-        >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.interpret.attribution import attribute
-        >>> from peft_hybrid.offline import t5_from_preset
-        >>> base, tokenizer = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
-        >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
-        >>> fig = plot_heatmap(result, aggregate_prompt=True)
-        >>> fig.savefig("heatmap.png")
+    The module docstring shows it on a tiny model.
     """
     require_interpret("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
