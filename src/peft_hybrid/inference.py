@@ -7,13 +7,16 @@ checked with `peft_hybrid.hub.access.require_hub` first, so an offline machine f
 advice (an adapter already in the local Hub cache passes under ``HF_HUB_OFFLINE=1``).
 
 Example:
-    >>> from peft_hybrid.inference import generate_texts
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.inference import generate_texts, load_for_inference
     >>> from peft_hybrid.modeling.loading import load_base
     >>> base, tokenizer = load_base(preset="tiny")
-    >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer)  # doctest: +SKIP
-    >>> model.save_pretrained("adapter")  # doctest: +SKIP
-    >>> model, tokenizer = load_for_inference("adapter")  # doctest: +SKIP
-    >>> generate_texts(model, tokenizer, ["Amy: see you at 5?"], max_new_tokens=8)  # doctest: +SKIP
+    >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer)
+    >>> _ = model.save_pretrained("adapter")
+    >>> texts = generate_texts(model.eval(), tokenizer, ["Amy: see you at 5?"], max_new_tokens=8, progress=False)
+    >>> reloaded, tokenizer = load_for_inference("adapter")
+    >>> generate_texts(reloaded, tokenizer, ["Amy: see you at 5?"], max_new_tokens=8, progress=False) == texts
+    True
 """
 
 from __future__ import annotations

@@ -1,24 +1,25 @@
 """A writer killed in the middle of a save never leaves a folder that loads as if it were whole."""
 
-import random
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from peft_hybrid import AdapterLoadError, HybridConfig, HybridModel
 from peft_hybrid.offline import t5_from_preset
 
-# Big LoRA (r=512 on every projection) so that a save takes long enough to be interrupted.
-CONFIG = dict(mode="hybrid", r=512, target_modules=["q", "k", "v", "o", "wi_0", "wi_1", "wo"], lora_dropout=0.0)
+CONFIG = dict(mode="hybrid", lora_dropout=0.0)
 
+# Saves model 1, then model 2 into the same folder. Before each rename (os.replace, the step that
+# makes a written temp file visible) of the second save it names the file on stdout and waits, so
+# the test's SIGKILL lands at a known point in the middle of that save.
 WRITER = textwrap.dedent(
     f"""
-    import sys, torch
+    import os, sys, torch
     from peft_hybrid import HybridConfig, HybridModel
     from peft_hybrid.offline import t5_from_preset
     target = sys.argv[1]
@@ -30,11 +31,14 @@ WRITER = textwrap.dedent(
             for p in model.adapter_tensors().values():
                 p.fill_(float(seed))
         models.append(model)
-    print("ready", flush=True)
-    i = 0
-    while True:
-        models[i % 2].save_pretrained(target)
-        i += 1
+    models[0].save_pretrained(target)
+    real_replace = os.replace
+    def announced_replace(src, dst):
+        print("replacing", os.path.basename(dst), flush=True)
+        sys.stdin.readline()
+        real_replace(src, dst)
+    os.replace = announced_replace
+    models[1].save_pretrained(target)
     """
 )
 
@@ -44,28 +48,54 @@ def _load(folder):
     return HybridModel.from_pretrained(folder, base_model=base)
 
 
-@pytest.mark.slow
-def test_killed_writer_leaves_old_or_new_adapter_or_a_clear_error(tmp_path):
-    rng = random.Random(0)
-    outcomes = {"whole": 0, "refused": 0}
-    for attempt in range(3):
-        target = tmp_path / f"adapter-{attempt}"
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.05, 1.0))
+def _kill_second_save_before_renaming(target, file_name):
+    """Run WRITER and SIGKILL it while the second save is about to rename ``file_name`` into place."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for line in proc.stdout:
+            if line.strip() == f"replacing {file_name}":
+                break
+            proc.stdin.write("\n")  # let earlier renames of this save go through
+            proc.stdin.flush()
+        else:
+            raise AssertionError(f"the writer never reached the rename of {file_name}")
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        try:
-            model = _load(target)
-        except AdapterLoadError as err:
-            assert "save" in str(err)  # says to save again
-            outcomes["refused"] += 1
-            continue
-        values = {float(t.detach().flatten()[0]) for t in model.adapter_tensors().values()}
-        # Whole means every tensor comes from the same save.
-        assert values in ({1.0}, {2.0}), values
-        outcomes["whole"] += 1
-    assert outcomes["whole"] + outcomes["refused"] == 3
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _temp_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.slow
+def test_kill_while_the_new_weights_are_written_keeps_the_old_adapter_whole(tmp_path):
+    target = tmp_path / "adapter"
+    _kill_second_save_before_renaming(target, "adapter_model.safetensors")
+    # The kill landed mid-save: the new weights were fully written to a temp file, not yet renamed.
+    [temp] = _temp_files(target)
+    assert temp.startswith(".adapter_model.safetensors.")
+    assert {float(t.flatten()[0]) for t in load_file(target / temp).values()} == {2.0}
+    # What the folder shows is the first save, whole.
+    values = {float(t.detach().flatten()[0]) for t in _load(target).adapter_tensors().values()}
+    assert values == {1.0}
+
+
+@pytest.mark.slow
+def test_kill_after_the_weights_before_the_config_is_refused_as_interrupted(tmp_path):
+    target = tmp_path / "adapter"
+    _kill_second_save_before_renaming(target, "hybrid_config.json")
+    # The kill landed between the two renames: new weights in place, the config still the old one.
+    [temp] = _temp_files(target)
+    assert temp.startswith(".hybrid_config.json.")
+    assert {float(t.flatten()[0]) for t in load_file(target / "adapter_model.safetensors").values()} == {2.0}
+    # The old config's hash does not match the new weights, and the load says so.
+    with pytest.raises(AdapterLoadError, match="interrupted") as err:
+        _load(target)
+    assert "save" in str(err.value)  # says to save again
 
 
 def _crash_before_config(monkeypatch):

@@ -31,7 +31,7 @@ def test_start_a_hybrid_from_a_peft_lora_adapter(tmp_path):
     base, _ = t5_from_preset("tiny")
     hybrid = HybridModel.from_peft_lora(base, tmp_path / "lora", HybridConfig(mode="hybrid"), tokenizer=tok).eval()
     assert (hybrid.hybrid_config.r, hybrid.hybrid_config.lora_alpha) == (2, 8)
-    assert hybrid.prompt is not None
+    assert hybrid.prompt.weight.shape == (30, 64) and hybrid.prompt.weight.requires_grad
     for key, value in lora_model.lora.tensors().items():
         assert torch.equal(hybrid.lora.tensors()[key], value)
     # With the prompt removed the hybrid is the LoRA model again.

@@ -1,4 +1,5 @@
 import torch
+from torch.overrides import TorchFunctionMode
 
 from peft_hybrid.modeling.prompt import SoftPrompt
 from peft_hybrid.offline import t5_from_preset
@@ -35,11 +36,36 @@ def test_random_init_matches_embedding_scale():
     assert abs(p.weight.std().item() - emb.weight.std().item()) < 0.1
 
 
-def test_prepend_extends_mask_without_copying_the_prompt_per_example():
+class _PromptShapedInputs(TorchFunctionMode):
+    """Records every tensor argument shaped like the per-example prompt (batch x tokens x dim)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.seen = torch.Size(shape), []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        for arg in torch.utils._pytree.tree_leaves((args, kwargs or {})):
+            if isinstance(arg, torch.Tensor) and arg.shape == self.shape:
+                self.seen.append(arg)
+        return func(*args, **(kwargs or {}))
+
+
+def test_prepend_joins_one_shared_prompt_without_copying_it_per_example():
     p = SoftPrompt(3, 4)
     embeds = torch.randn(2, 5, 4)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    out, out_mask = p.prepend(embeds, mask)
+    with _PromptShapedInputs((2, 3, 4)) as spy:
+        out, out_mask = p.prepend(embeds, mask)
     assert out.shape == (2, 8, 4)
-    assert torch.equal(out[:, 3:], embeds) and torch.equal(out[0, :3], p.weight.data)
+    assert torch.equal(out[:, 3:], embeds)
+    assert all(torch.equal(out[i, :3], p.weight.data) for i in range(2))
     assert out_mask.tolist() == [[1, 1, 1, 1, 1, 1, 0, 0], [1] * 8]
+    # The per-example prompt reaches the join only as a view of the one parameter: same storage,
+    # stride 0 over the batch (an expand), never a batch-sized copy.
+    assert spy.seen, "prepend never handled the prompt as a batch x tokens x dim tensor"
+    for view in spy.seen:
+        assert view.stride(0) == 0 and view.data_ptr() == p.weight.data_ptr()
+    # One parameter: its gradient is the sum of both examples' gradients on the prompt rows.
+    weights = torch.randn(2, 8, 4)
+    (out * weights).sum().backward()
+    assert torch.allclose(p.weight.grad, weights[0, :3] + weights[1, :3])

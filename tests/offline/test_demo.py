@@ -1,39 +1,21 @@
-"""`peft-hybrid demo` end to end, as a user runs it: a subprocess, then its outputs checked."""
+"""`peft-hybrid demo` end to end through the command line's entry point, then its outputs checked."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from peft_hybrid import HybridModel
+from peft_hybrid.cli import main as cli_main
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 
 
-def _peft_hybrid_command() -> list[str]:
-    """The installed console script beside this interpreter, else the same entry point via -c."""
-    script = Path(sys.executable).with_name("peft-hybrid")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from peft_hybrid.cli import main; sys.exit(main())"]
-
-
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [*_peft_hybrid_command(), "demo", "--output-dir", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ROUGE on 64 held-out dialogues" in proc.stdout and "(identical)" in proc.stdout
+    assert cli_main(["demo", "--output-dir", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "ROUGE on 64 held-out dialogues" in printed and "(identical)" in printed
 
     adapter = out / "adapter"
     for name in ("hybrid_config.json", WEIGHTS_NAME, "README.md", "tokenizer_config.json"):

@@ -254,7 +254,14 @@ def write_card(directory: str | Path, card: CardData | str) -> Path:
     Returns the README path.
 
     Example:
-        >>> write_card("my-adapter", CardData.from_model(model))  # doctest: +SKIP
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.offline import t5_from_preset
+        >>> base, tokenizer = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig(task="sst2"), tokenizer=tokenizer)
+        >>> _ = model.save_pretrained("my-adapter")
+        >>> data = CardData.from_model(model, training_curve=[{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+        >>> write_card("my-adapter", data).name, (Path("my-adapter") / CURVE_IMAGE).is_file()
+        ('README.md', True)
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -274,7 +281,8 @@ def plot_training_curve(curve: Sequence[Mapping[str, Any]], path: str | Path) ->
     """Draw the training loss against the step as a PNG; ``None`` (logged) without matplotlib.
 
     Example:
-        >>> plot_training_curve([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}], "curve.png")  # doctest: +SKIP
+        >>> plot_training_curve([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}], "curve.png")
+        PosixPath('curve.png')
     """
     points = [(p["step"], p["loss"]) for p in curve if p.get("loss") is not None]
     if not points:

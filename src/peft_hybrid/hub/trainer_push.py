@@ -9,10 +9,22 @@ upload through `peft_hybrid.hub.upload.push_folder`: only the adapter, the card,
 metrics, with retries, clear errors and no token in any message. A card is written with every
 save (checkpoints included), and the run is pushed when ``train`` ends.
 
-Example:
+Example (the last line pushes to the Hub, so it is not run here):
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.offline import t5_from_preset
+    >>> base, tok = t5_from_preset("tiny")
+    >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
+    >>> import datasets
+    >>> from peft_hybrid.tasks import get_task
+    >>> from peft_hybrid.training.data import tokenize_dataset
+    >>> from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
+    >>> rows = datasets.Dataset.from_list([{"source": "A: hi\\nB: hello", "target": "They greet."}] * 4)
+    >>> formatted = get_task("samsum").format_dataset(rows, use_task_tags=False)
+    >>> train = val = datasets.concatenate_datasets([formatted, tokenize_dataset(formatted, tok, 32, 8)[0]], axis=1)
     >>> args = HybridTrainingArguments(output_dir="runs/samsum", task="samsum", push_to_hub=True,
-    ...                                hub_model_id="me/flan-t5-samsum-hybrid",
-    ...                                hub_private_repo=True)  # doctest: +SKIP
+    ...                                hub_model_id="me/flan-t5-samsum-hybrid", hub_private_repo=True, use_cpu=True)
+    >>> args.hub_model_id, args.hub_private_repo
+    ('me/flan-t5-samsum-hybrid', True)
     >>> HybridTrainer(model, args, train_dataset=train, eval_dataset=val,
     ...               processing_class=tok).train()  # doctest: +SKIP
 """

@@ -10,6 +10,11 @@ token may not write to `HubAccessError`. Tokens are scrubbed from every message 
 
 Example:
     >>> from peft_hybrid.hub.upload import push_folder
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.offline import t5_from_preset
+    >>> base, tok = t5_from_preset("tiny")
+    >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
+    >>> _ = model.save_pretrained("runs/samsum")
     >>> push_folder("runs/samsum", "me/flan-t5-samsum-hybrid", private=True)  # doctest: +SKIP
     >>> model.push_to_hub("me/flan-t5-samsum-hybrid")  # the same, from a HybridModel  # doctest: +SKIP
 """
@@ -183,6 +188,10 @@ def push_model(
     ``card`` defaults to the model's own card data with ``repo_id`` in the usage snippet.
 
     Example:
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.offline import t5_from_preset
+        >>> base, tok = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
         >>> push_model(model, "me/tiny-hybrid", private=True)  # doctest: +SKIP
     """
     if card is None:

@@ -87,9 +87,16 @@ class AttributionResult:
         baseline, n_steps, method: how the attribution was computed.
 
     Example:
-        >>> result.scores.shape                                # doctest: +SKIP
-        (33, 4)
-        >>> result.to_json("attribution.json")                 # doctest: +SKIP
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.interpret.attribution import attribute
+        >>> from peft_hybrid.offline import t5_from_preset
+        >>> base, tokenizer = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
+        >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
+        >>> result.scores.shape == (len(result.input_tokens), len(result.output_tokens))
+        True
+        >>> result.to_json("attribution.json").name
+        'attribution.json'
     """
 
     input_tokens: list[str]

@@ -4,8 +4,17 @@ Figures are built with matplotlib's object-oriented API on the Agg canvas, so pl
 switches the global pyplot backend of the caller (a notebook keeps its own).
 
 Example:
-    >>> from peft_hybrid.interpret.heatmap import save_heatmaps
-    >>> paths = save_heatmaps(result, "out/heatmap.png", aggregate_prompt=True)   # doctest: +SKIP
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.interpret.attribution import attribute
+    >>> from peft_hybrid.offline import t5_from_preset
+    >>> base, tokenizer = t5_from_preset("tiny")
+    >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
+    >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
+    >>> from peft_hybrid.interpret.heatmap import plot_heatmap, save_heatmaps
+    >>> fig = plot_heatmap(result, aggregate_prompt=True)  # a matplotlib Figure
+    >>> fig.savefig("heatmap.png")
+    >>> [p.name for p in save_heatmaps(result, "heatmaps.png", aggregate_prompt=True)]
+    ['heatmaps.png']
 """
 
 from __future__ import annotations
@@ -72,9 +81,7 @@ def plot_heatmap(
         cmap: a diverging colormap; the scale is symmetric so that 0 is its centre.
         annotate: write the values in the cells; ``None`` does it for small grids only.
 
-    Example:
-        >>> fig = plot_heatmap(result, aggregate_prompt=True)          # doctest: +SKIP
-        >>> fig.savefig("heatmap.png")                                 # doctest: +SKIP
+    The module docstring shows it on a tiny model.
     """
     require_interpret("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -170,7 +177,17 @@ def add_heatmap_to_card(adapter_dir: str | Path, png_path: str | Path, *, captio
     Running it again replaces the section rather than adding a second one. Returns the README path.
 
     Example:
-        >>> add_heatmap_to_card("my-adapter", "out/heatmap.png")        # doctest: +SKIP
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.interpret.attribution import attribute
+        >>> from peft_hybrid.offline import t5_from_preset
+        >>> base, tokenizer = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
+        >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
+        >>> _ = model.save_pretrained("my-adapter")
+        >>> _ = save_heatmaps(result, "heatmap.png")
+        >>> card = add_heatmap_to_card("my-adapter", "heatmap.png")
+        >>> "Integrated Gradients attribution" in card.read_text(encoding="utf-8")
+        True
     """
     adapter_dir, png_path = Path(adapter_dir), Path(png_path)
     if not adapter_dir.is_dir():

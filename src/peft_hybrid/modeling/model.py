@@ -218,6 +218,10 @@ class HybridModel(nn.Module):
         `peft_hybrid.hub.upload.push_model` for the retry settings passed through ``kwargs``.
 
         Example:
+            >>> from peft_hybrid import HybridConfig, HybridModel
+            >>> from peft_hybrid.offline import t5_from_preset
+            >>> base, tok = t5_from_preset("tiny")
+            >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
             >>> model.push_to_hub("me/flan-t5-samsum-hybrid", private=True)  # doctest: +SKIP
         """
         from peft_hybrid.hub.upload import push_model

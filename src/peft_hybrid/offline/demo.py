@@ -16,9 +16,14 @@ Everything runs on CPU in about two minutes, without network:
 
 Example:
     >>> from peft_hybrid.offline.demo import run_demo
-    >>> summary = run_demo("demo-out")  # doctest: +SKIP
-    >>> summary["rouge"]["adapter"]["rougeL"] > summary["rouge"]["base"]["rougeL"]  # doctest: +SKIP
-    True
+    >>> summary = run_demo("demo-out", pretrain_steps=2, train_steps=2, train_examples=8, eval_examples=2,
+    ...                    progress=False)  # a miniature run (the Trainer prints its logs)
+    {'eval_loss': ...}
+    >>> sorted(summary["rouge"])
+    ['adapter', 'base', 'gain']
+
+With the defaults, ``summary["rouge"]["adapter"]["rougeL"]`` beats ``summary["rouge"]["base"]["rougeL"]``
+(tests/offline/test_demo.py checks it).
 """
 
 from __future__ import annotations

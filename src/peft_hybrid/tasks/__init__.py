@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from peft_hybrid.tasks.base import CardMetric, DataError, HubDataset, Task
+from peft_hybrid.tasks.metrics import load_metric, metric_path
 from peft_hybrid.tasks.samsum import SamsumTask
 from peft_hybrid.tasks.sst2 import Sst2Task
 from peft_hybrid.tasks.wikisql import WikisqlTask
@@ -28,6 +29,8 @@ __all__ = [
     "Task",
     "get_task",
     "list_tasks",
+    "load_metric",
+    "metric_path",
     "register_task",
     "unregister_task",
 ]

@@ -13,11 +13,24 @@ instruction that the other rows keep.
 Example:
     >>> from peft_hybrid.training.recipe import parse_args
     >>> from peft_hybrid.training.ablation import run_ablation
+    >>> from peft_hybrid.offline.synthetic import sentiment_sentences
+    >>> rows = sentiment_sentences(8, seed=0)
+    >>> for name, part in (("train.tsv", rows[:4]), ("dev.tsv", rows[4:])):
+    ...     lines = ["sentence\\tlabel"] + [f"{r['sentence']}\\t{r['label']}" for r in part]
+    ...     _ = open(name, "w").write("\\n".join(lines) + "\\n")
     >>> script_args, hybrid_config, training_args = parse_args([
     ...     "--model_preset", "tiny", "--train_file", "train.tsv", "--validation_file", "dev.tsv",
-    ...     "--output_dir", "runs/ablation", "--max_steps", "20", "--use_cpu", "true"], task="sst2")
-    >>> result = run_ablation(script_args, hybrid_config, training_args)  # doctest: +SKIP
-    >>> print(result.markdown())  # doctest: +SKIP
+    ...     "--output_dir", "runs/ablation", "--max_steps", "1", "--use_cpu", "true", "--disable_tqdm", "true"],
+    ...     task="sst2")
+    >>> result = run_ablation(script_args, hybrid_config, training_args)  # the Trainer prints its logs
+    {'eval_loss': ...}
+    >>> print(result.markdown())  # doctest: +ELLIPSIS
+    | mode | Accuracy | invalid_outputs | trainable params |
+    |---|---:|---:|---:|
+    | none | ... | 0 |
+    | prompt | ... | 1,920 |
+    | lora | ... | 6,144 |
+    | hybrid | ... | 8,064 |
 """
 
 from __future__ import annotations

@@ -13,10 +13,18 @@ parses with a step count (and the optimizer, scheduler and RNG archives are whol
 notice; they are left on disk, and the resumed run overwrites them when it reaches their step.
 
 Example:
+    >>> from pathlib import Path
+    >>> from peft_hybrid import HybridConfig, HybridModel
+    >>> from peft_hybrid.offline import t5_from_preset
     >>> from peft_hybrid.training.checkpoints import latest_complete_checkpoint
-    >>> latest_complete_checkpoint("runs/samsum")  # doctest: +SKIP
+    >>> base, tokenizer = t5_from_preset("tiny")
+    >>> _ = HybridModel(base, HybridConfig()).save_pretrained("runs/samsum/checkpoint-40")
+    >>> _ = Path("runs/samsum/checkpoint-40/trainer_state.json").write_text('{"global_step": 40}')
+    >>> Path("runs/samsum/checkpoint-50").mkdir()  # a save killed before its first file
+    >>> latest_complete_checkpoint("runs/samsum")
     PosixPath('runs/samsum/checkpoint-40')
-    >>> trainer.train(resume_from_checkpoint=True)  # doctest: +SKIP
+
+``HybridTrainer.train(resume_from_checkpoint=True)`` resumes from that folder.
 """
 
 from __future__ import annotations
@@ -42,8 +50,10 @@ def checkpoint_problem(folder: str | Path) -> str | None:
     """Why ``folder`` cannot be resumed from, or ``None`` when it is a complete checkpoint.
 
     Example:
-        >>> checkpoint_problem("runs/samsum/checkpoint-40") is None  # doctest: +SKIP
-        True
+        >>> import os
+        >>> os.makedirs("runs/samsum/checkpoint-40")
+        >>> checkpoint_problem("runs/samsum/checkpoint-40")
+        'runs/samsum/checkpoint-40 holds no hybrid_config.json (the save stopped before the adapter was complete)'
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -16,9 +16,24 @@ Example:
     >>> args = HybridTrainingArguments(output_dir="runs/sst2", task="sst2", use_cpu=True)
     >>> args.metric_for_best_model, args.learning_rate
     ('accuracy', 0.001)
+
+    Datasets hold the task's rows and their token columns side by side (the metric reads the rows):
+
+    >>> import datasets
+    >>> from peft_hybrid.tasks import get_task
+    >>> from peft_hybrid.training.data import Seq2SeqCollator, tokenize_dataset
+    >>> rows = datasets.Dataset.from_list([{"source": "a fine film", "target": "positive"},
+    ...                                    {"source": "a dull film", "target": "negative"}] * 4)
+    >>> formatted = get_task("sst2").format_dataset(rows, use_task_tags=False)
+    >>> tokens, _ = tokenize_dataset(formatted, tokenizer, 32, 8)
+    >>> train = validation = datasets.concatenate_datasets([formatted, tokens], axis=1)
+    >>> args = HybridTrainingArguments(output_dir="runs/sst2", task="sst2", use_cpu=True, max_steps=2,
+    ...                                report_to="none", disable_tqdm=True)
     >>> trainer = HybridTrainer(model, args, train_dataset=train, eval_dataset=validation,
-    ...                         processing_class=tokenizer)  # doctest: +SKIP
-    >>> trainer.train()  # doctest: +SKIP
+    ...                         processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer))
+    >>> trainer.train().global_step  # the Trainer prints its logs
+    {'eval_loss': ...}
+    2
 """
 
 from __future__ import annotations
