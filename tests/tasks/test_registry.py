@@ -47,7 +47,7 @@ def test_register_instance_and_decorator():
     "name, max_new_tokens, metric, task_type",
     [
         ("samsum", 128, "rougeL", "summarization"),
-        ("wikisql", 96, "logical_form_accuracy", "text2text-generation"),
+        ("wikisql", 96, "logical_form_accuracy", "text-generation"),
         ("sst2", 3, "accuracy", "text-classification"),
     ],
 )

@@ -20,15 +20,17 @@ import yaml
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from peft_hybrid.hub_server.store import (
+from peft_hybrid.hub_server.records import (
     REPO_TYPES,
     ApiRefusal,
     Commit,
     FileEntry,
-    HubStore,
     RepoRef,
     lfs_pointer,
     matches_any,
+)
+from peft_hybrid.hub_server.store import (
+    HubStore,
 )
 
 TYPE_PLURALS = {f"{t}s": t for t in REPO_TYPES}

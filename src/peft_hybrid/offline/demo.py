@@ -137,12 +137,8 @@ def run_demo(
     """
     from peft_hybrid.modeling.model import HybridModel
 
-    counts = dict(
-        pretrain_steps=pretrain_steps,
-        train_steps=train_steps,
-        train_examples=train_examples,
-        eval_examples=eval_examples,
-    )
+    counts = {"pretrain_steps": pretrain_steps, "train_steps": train_steps}
+    counts.update(train_examples=train_examples, eval_examples=eval_examples)
     for name, value in counts.items():
         if value <= 0:
             raise ValueError(f"{name}={value}: pass a positive number.")
@@ -157,16 +153,9 @@ def run_demo(
     seconds["pretrain"] = round(time.perf_counter() - started, 1)
 
     data = _write_data(root / "data", seed, train_examples, eval_examples)
-    results = _train_both_modes(
-        # The base as the user named its folder (relative stays relative): what the adapter records.
-        root,
-        Path(output_dir) / "base",
-        data,
-        seed,
-        train_steps,
-        progress,
-        seconds,
-    )
+    # The base as the user named its folder (relative stays relative) is what the adapter records.
+    named_base = Path(output_dir) / "base"
+    results = _train_both_modes(root, named_base, data, seed, train_steps, progress, seconds)
 
     stage = time.perf_counter()
     adapter_dir = root / "adapter"

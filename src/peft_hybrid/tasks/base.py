@@ -105,7 +105,7 @@ class Task:
     Attributes:
         name: registry name, e.g. ``"samsum"``.
         hub_dataset: Hub location used when `load` gets no ``data_file``.
-        task_type: model-card task type ("summarization", "text2text-generation", ...).
+        task_type: model-card task type ("summarization", "text-generation", ...).
         task_tag: hand-written tag prepended by `format_input` when task tags are used.
         generation_kwargs: keyword arguments for ``model.generate`` on this task.
         metric_for_best_model: key of `compute_metrics` used to select checkpoints.
@@ -116,7 +116,7 @@ class Task:
 
     name: str = ""
     hub_dataset: HubDataset = field(default_factory=lambda: HubDataset(id=""))
-    task_type: str = "text2text-generation"
+    task_type: str = "text-generation"
     task_tag: str = ""
     generation_kwargs: dict[str, Any] = field(default_factory=dict)
     metric_for_best_model: str = ""

@@ -211,7 +211,7 @@ class WikisqlTask(Task):
             # Parquet conversion of the former script dataset (same schema as the original
             # Hugging Face `wikisql`: question, table{header,types,rows,id,...}, sql{...}).
             hub_dataset=HubDataset(id="Salesforce/wikisql", revision="refs/convert/parquet", name="WikiSQL"),
-            task_type="text2text-generation",
+            task_type="text-generation",
             task_tag="translate to SQL: ",
             generation_kwargs={"max_new_tokens": 96, "num_beams": 1},
             metric_for_best_model="logical_form_accuracy",
