@@ -149,19 +149,10 @@ class Task:
             DataError: the file is missing, empty or malformed (names file, row and field).
         """
         if data_file is not None:
-            path = Path(data_file)
-            if not path.is_file():
-                raise DataError(
-                    "file not found; pass the path of an existing file, or omit data_file to "
-                    f"load {self.name!r} from the Hub",
-                    file=path,
-                )
-            tables = Path(tables_file) if tables_file is not None else None
-            if tables is not None and not tables.is_file():
-                raise DataError(
-                    "tables file not found; pass an existing *.tables.jsonl or omit tables_file",
-                    file=tables,
-                )
+            from peft_hybrid.tasks._readers import require_regular_file
+
+            path = require_regular_file(data_file)
+            tables = require_regular_file(tables_file, "tables file") if tables_file is not None else None
             rows = self._read_file(path, tables)
             source: str | Path = path
         else:
