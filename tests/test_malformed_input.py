@@ -448,6 +448,15 @@ STRICT_CASES: dict[str, Case] = {
         where=("train.json", 1, "id"),
         error=DataError,
     ),
+    "samsum JSON summary a number": Case(
+        _with(
+            lambda t: (t / "train.json").write_text('[{"id": "1", "summary": 5, "dialogue": "A: hi"}]'),
+            _load("samsum", "train.json"),
+        ),
+        ["the summary must be text, got 5 (int)"],
+        where=("train.json", 1, "summary"),
+        error=DataError,
+    ),
     "samsum JSON summary NaN": Case(
         _with(
             lambda t: (t / "train.json").write_text('[{"id": "1", "summary": NaN, "dialogue": "A: hi"}]'),

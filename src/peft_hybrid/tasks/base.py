@@ -250,7 +250,14 @@ def check_lengths(predictions: Sequence[str], examples: Iterable[Any]) -> list[M
 
 def require_text(value: Any, *, file: Any, row: int, field_name: str, what: str) -> str:
     """Return ``value`` as a non-blank string, or raise `DataError` saying what to fix."""
-    if value is None or not isinstance(value, str):
+    if value is not None and not isinstance(value, str):
+        raise DataError(
+            f"{what} must be text, got {value!r} ({type(value).__name__}); quote it in the file",
+            file=file,
+            row=row,
+            field=field_name,
+        )
+    if value is None:
         raise DataError(
             f"{what} is missing (got {value!r}); every row needs a non-empty {field_name}",
             file=file,
