@@ -9,8 +9,15 @@ and the count is reported.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
 import json
+import lzma
+import os
+import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +118,7 @@ class Case:
     expect: list[str]
     where: tuple | None = None  # (file name, row, field) a DataError must carry
     error: type = ValueError
+    stdin: bytes | None = None  # what the command reads from standard input
 
 
 def _train(*args: str, task: str = "samsum") -> Callable[[Path], tuple[str, Any]]:
@@ -250,15 +258,15 @@ CASES: dict[str, Case] = {
     ),
     "zero batch size": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--per_device_train_batch_size", "0")),
-        ["per_device_train_batch_size=0: pass a positive value"],
+        ["--per_device_train_batch_size 0: out of range, must be >= 1"],
     ),
     "negative learning rate": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--learning_rate", "-0.001")),
-        ["learning_rate=-0.001: pass a positive value"],
+        ["--learning_rate -0.001: out of range, must be > 0"],
     ),
     "zero learning rate": Case(
         _with(lambda t: samsum_csv(t / "train.csv"), _train(*TRAIN_CSV, "--learning_rate", "0")),
-        ["learning_rate=0.0: pass a positive value"],
+        ["--learning_rate 0.0: out of range, must be > 0"],
     ),
     "dataset id and a local file together": Case(
         _train(*TRAIN_CSV, "--dataset_id", "knkarthick/samsum"), ["dataset_id and local files", "exclude each other"]
@@ -359,10 +367,260 @@ CASES["adapter for another base"] = Case(
 CASES["predict with a bad JSONL line"] = Case(_predict_bad_jsonl, ["in.jsonl line 2 is not valid JSON"])
 
 
+# --- strict inputs: what a file really is, the type a value must have -----------------------
+def _yaml(text: str, *args: str) -> Callable[[Path], tuple[str, Any]]:
+    """A ``peft-hybrid train --config c.yaml`` case (with a valid training file) for this YAML text."""
+    return _with(
+        lambda t: (samsum_csv(t / "train.csv"), (t / "c.yaml").write_text(text, encoding="utf-8")),
+        _train(*TRAIN_CSV, "--config", "{tmp}/c.yaml", *args),
+    )
+
+
+def _zip_bytes(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("train.csv", data)
+    return buffer.getvalue()
+
+
+def _compressed(name: str, compress: Callable[[bytes], bytes]) -> Case:
+    def write(tmp: Path) -> None:
+        samsum_csv(tmp / "plain.csv")
+        (tmp / "train.csv").write_bytes(compress((tmp / "plain.csv").read_bytes()))
+
+    return Case(_with(write, _train(*TRAIN_CSV)), ["train.csv", f"{name}-compressed file", "decompress it first"])
+
+
+def _wikisql_line(sql: str) -> Callable[[Path], tuple[str, Any]]:
+    line = '{"question": "q", "table_id": "1-1", "sql": ' + sql + "}"
+    return _with(lambda t: wikisql_files(t, bad_line=line), _load("wikisql", "dev.jsonl", "dev.tables.jsonl"))
+
+
+def _wikisql_table(table: str) -> Callable[[Path], tuple[str, Any]]:
+    return _with(
+        lambda t: (wikisql_files(t), (t / "dev.tables.jsonl").write_text(table + "\n")),
+        _load("wikisql", "dev.jsonl", "dev.tables.jsonl"),
+    )
+
+
+def _predict(input_arg: str, write: Callable[[Path], Any] = lambda t: None) -> Callable[[Path], tuple[str, Any]]:
+    def make(tmp: Path) -> tuple[str, Any]:
+        _, argv = _predict_bad_jsonl(tmp)
+        write(tmp)
+        return "cli", [*argv[:-1], input_arg.format(tmp=tmp)]
+
+    return make
+
+
+STRICT_CASES: dict[str, Case] = {
+    "duplicate column name": Case(
+        _with(
+            lambda t: (t / "train.tsv").write_text("sentence\tlabel\tlabel\ngood\t1\t0\n", encoding="utf-8"),
+            _train("--train_file", "{tmp}/train.tsv", task="sst2"),
+        ),
+        ["train.tsv", "row 0", "field 'label'", "column(s) ['label'] more than once"],
+    ),
+    "data file is a folder": Case(
+        _with(lambda t: (t / "train.csv").mkdir(), _train(*TRAIN_CSV)), ["train.csv", "a folder, not a regular file"]
+    ),
+    "data file is a FIFO (never opened)": Case(
+        _with(lambda t: os.mkfifo(t / "train.csv"), _train(*TRAIN_CSV)),
+        ["train.csv", "a FIFO (named pipe), not a regular file"],
+    ),
+    "data file is a device": Case(_train("--train_file", "/dev/null"), ["/dev/null", "a device, not a regular file"]),
+    "gzip data file": _compressed("gzip", gzip.compress),
+    "bzip2 data file": _compressed("bzip2", bz2.compress),
+    "xz data file": _compressed("xz", lzma.compress),
+    "zip data file": _compressed("zip", _zip_bytes),
+    "zstd data file": _compressed("zstd", lambda data: b"\x28\xb5\x2f\xfd" + data),
+    "tables file is a folder": Case(
+        _with(lambda t: (wikisql_files(t), (t / "t").mkdir()), _load("wikisql", "dev.jsonl", "t")),
+        ["tables file is a folder"],
+        where=("t", None, None),
+        error=DataError,
+    ),
+    "samsum JSON id true": Case(
+        _with(
+            lambda t: (t / "train.json").write_text('[{"id": true, "summary": "s", "dialogue": "A: hi"}]'),
+            _load("samsum", "train.json"),
+        ),
+        ["the id must be a string or an integer, got True"],
+        where=("train.json", 1, "id"),
+        error=DataError,
+    ),
+    "samsum JSON summary a number": Case(
+        _with(
+            lambda t: (t / "train.json").write_text('[{"id": "1", "summary": 5, "dialogue": "A: hi"}]'),
+            _load("samsum", "train.json"),
+        ),
+        ["the summary must be text, got 5 (int)"],
+        where=("train.json", 1, "summary"),
+        error=DataError,
+    ),
+    "samsum JSON summary NaN": Case(
+        _with(
+            lambda t: (t / "train.json").write_text('[{"id": "1", "summary": NaN, "dialogue": "A: hi"}]'),
+            _load("samsum", "train.json"),
+        ),
+        ["NaN is not a value", "JSON has no NaN or Infinity"],
+        where=("train.json", None, None),
+        error=DataError,
+    ),
+    "wikisql agg true": Case(
+        _wikisql_line('{"sel": 0, "agg": true, "conds": []}'),
+        ["agg must be 0..5", "got True"],
+        where=("dev.jsonl", 2, "sql.agg"),
+        error=DataError,
+    ),
+    "wikisql condition column false": Case(
+        _wikisql_line('{"sel": 0, "agg": 0, "conds": [[false, 0, "Reds"]]}'),
+        ["condition [False, 0, 'Reds'] must be"],
+        where=("dev.jsonl", 2, "sql.conds"),
+        error=DataError,
+    ),
+    "wikisql condition value Infinity": Case(
+        _wikisql_line('{"sel": 0, "agg": 0, "conds": [[1, 0, Infinity]]}'),
+        ["line 2 is not valid JSON", "Infinity is not a value"],
+        where=("dev.jsonl", 2, None),
+        error=DataError,
+    ),
+    "wikisql condition value a list": Case(
+        _wikisql_line('{"sel": 0, "agg": 0, "conds": [[1, 0, ["Reds"]]]}'),
+        ["a string or a number"],
+        where=("dev.jsonl", 2, "sql.conds"),
+        error=DataError,
+    ),
+    "wikisql table_id a number": Case(
+        _with(
+            lambda t: wikisql_files(
+                t, bad_line='{"question": "q", "table_id": 11, "sql": {"sel": 0, "agg": 0, "conds": []}}'
+            ),
+            _load("wikisql", "dev.jsonl", "dev.tables.jsonl"),
+        ),
+        ["table_id must be a non-empty string, got 11"],
+        where=("dev.jsonl", 2, "table_id"),
+        error=DataError,
+    ),
+    "wikisql table cell a boolean": Case(
+        _wikisql_table('{"id": "1-1", "header": ["Player", "Team"], "rows": [["Ann", true]]}'),
+        ["table row 0 must be a list of 2 cells, each a string or a finite number"],
+        where=("dev.tables.jsonl", 1, "rows"),
+        error=DataError,
+    ),
+    "wikisql header with a number": Case(
+        _wikisql_table('{"id": "1-1", "header": ["Player", 2], "rows": []}'),
+        ["header must be a non-empty list of column names (strings)"],
+        where=("dev.tables.jsonl", 1, "header"),
+        error=DataError,
+    ),
+    # ---- YAML configs and argument ranges
+    "YAML duplicate key": Case(
+        _yaml("learning_rate: 0.01\nmode: lora\nlearning_rate: 0.02\n"),
+        ["c.yaml", "key 'learning_rate' is given twice, at lines 1 and 3"],
+    ),
+    "YAML list for a number": Case(
+        _yaml("mode: lora\nlearning_rate: [0.001]\n"),
+        ["--config", "c.yaml line 2: learning_rate", "a list is not a value here"],
+    ),
+    "YAML null for a number": Case(
+        _yaml("warmup_steps: null\n"), ["c.yaml line 1: warmup_steps", "null is not a value here; give a number"]
+    ),
+    "YAML mapping for a batch size": Case(
+        _yaml("per_device_train_batch_size: {a: 1}\n"),
+        ["c.yaml line 1: per_device_train_batch_size", "a mapping is not a value here; give an integer"],
+    ),
+    "YAML boolean for an integer": Case(
+        _yaml("seed: true\n"), ["c.yaml line 1: seed", "True is a boolean, not an integer"]
+    ),
+    "YAML .nan for a number": Case(
+        _yaml("learning_rate: .nan\n"), ["c.yaml line 1: learning_rate", "give a finite number"]
+    ),
+    "YAML 'inf' text for a number": Case(
+        _yaml("num_train_epochs: inf\n"), ["c.yaml line 1: num_train_epochs", "'inf' is not a value"]
+    ),
+    "YAML text for a number": Case(
+        _yaml("learning_rate: fast\n"), ["c.yaml line 1: learning_rate", "'fast' is not a number"]
+    ),
+    "YAML float for an integer": Case(
+        _yaml("max_steps: 2.5\n"), ["c.yaml line 1: max_steps", "2.5 is not a whole number"]
+    ),
+    "YAML number for a text (octal revision)": Case(
+        _yaml("model_revision: 0123\n"), ["c.yaml line 1: model_revision", "83 is a number, not a string; quote it"]
+    ),
+    "YAML negative seed": Case(
+        _yaml("seed: -1\n"), ["--seed -1 (from --config", "c.yaml line 1): out of range, must be >= 0"]
+    ),
+    "YAML value refused by the config names the file": Case(
+        _yaml("mode: lora\nr: 0\n"), ["r=0", "r from --config", "c.yaml line 2"]
+    ),
+    "negative seed": Case(_train(*TRAIN_CSV, "--seed", "-3"), ["--seed -3: out of range, must be >= 0"]),
+    "lora_dropout 1": Case(
+        _train(*TRAIN_CSV, "--lora_dropout", "1"), ["--lora_dropout 1.0: out of range, must be in [0, 1)"]
+    ),
+    "zero epochs": Case(
+        _train(*TRAIN_CSV, "--num_train_epochs", "0"), ["--num_train_epochs 0.0: out of range, must be > 0"]
+    ),
+    "max_steps 0": Case(_train(*TRAIN_CSV, "--max_steps", "0"), ["--max_steps 0: out of range, must be >= 1 (or -1)"]),
+    "adam_beta2 1": Case(
+        _train(*TRAIN_CSV, "--adam_beta2", "1"), ["--adam_beta2 1.0: out of range, must be in [0, 1)"]
+    ),
+    "config file is a folder": Case(
+        _with(lambda t: (t / "c.yaml").mkdir(), _train("--config", "{tmp}/c.yaml")), ["c.yaml", "not a regular file"]
+    ),
+    # ---- peft-hybrid predict input
+    "predict input with undecodable bytes": Case(
+        _predict("{tmp}/in.txt", lambda t: (t / "in.txt").write_bytes(b"fine\ncaf\xe9\n")),
+        ["--input", "in.txt", "byte 0xe9", "(line 2) is not valid UTF-8"],
+    ),
+    "predict input is a folder": Case(
+        _predict("{tmp}/in.txt", lambda t: (t / "in.txt").mkdir()), ["in.txt", "a folder, not a regular file"]
+    ),
+    "predict input is gzip-compressed": Case(
+        _predict("{tmp}/in.txt", lambda t: (t / "in.txt").write_bytes(gzip.compress(b"fine\n"))),
+        ["in.txt", "gzip-compressed file"],
+    ),
+    "predict binary on standard input": Case(
+        _predict("-"), ["--input <stdin>", "byte 0x", "is not valid UTF-8"], stdin=b"ok\n\x89PNG\r\n\x1a\n\xff\x00"
+    ),
+    "predict NUL bytes on standard input": Case(
+        _predict("-"), ["--input <stdin> line 2 holds a NUL byte"], stdin=b"ok\n\x00\x01\x02\n"
+    ),
+    "predict JSONL with NaN": Case(
+        _predict("{tmp}/in.jsonl", lambda t: (t / "in.jsonl").write_text('{"text": NaN}\n')),
+        ["in.jsonl line 1 is not valid JSON (NaN is not a value)"],
+    ),
+    # ---- evaluate --out
+    "evaluate --out not writable": Case(
+        lambda t: ("cli", [*_evaluate_args(t), "--out", "/sys/peft-hybrid-eval"]),
+        ["--out", "/sys/peft-hybrid-eval", "Pick a folder you can write to"],
+    ),
+}
+CASES.update(STRICT_CASES)
+
+
+def _evaluate_args(tmp: Path) -> list[str]:
+    _, argv = _predict_bad_jsonl(tmp)
+    sst2_tsv(tmp / "dev.tsv")
+    adapter = argv[argv.index("--adapter") + 1]
+    return [
+        "evaluate",
+        "--adapter",
+        adapter,
+        "--model_preset",
+        "tiny",
+        "--task",
+        "sst2",
+        "--data_file",
+        str(tmp / "dev.tsv"),
+    ]
+
+
 @pytest.mark.parametrize("name", CASES)
-def test_malformed_input_is_a_clear_error(name, tmp_path, capsys):
+def test_malformed_input_is_a_clear_error(name, tmp_path, capsys, monkeypatch):
     case = CASES[name]
     kind, target = case.make(tmp_path)
+    if case.stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(case.stdin), encoding="utf-8"))
     if kind == "cli":
         code = cli(target)
         err = capsys.readouterr().err.strip()
@@ -405,3 +663,16 @@ def test_over_long_inputs_are_truncated_and_counted(tmp_path, capsys, caplog):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["data"]["train"]["examples"] == 4 and results["data"]["train"]["truncated_sources"] == 4
     assert "samsum train: truncated 4 of 4 inputs to 32 tokens" in caplog.text
+
+
+def test_evaluate_checks_out_before_loading_or_generating(tmp_path, capsys, monkeypatch):
+    import peft_hybrid.inference
+
+    def never(*args, **kwargs):
+        raise AssertionError("generation ran before --out was checked")
+
+    monkeypatch.setattr(peft_hybrid.inference, "evaluate_rows", never)
+    monkeypatch.setattr(peft_hybrid.inference, "load_for_inference", never)
+    (tmp_path / "taken").write_text("x")
+    assert cli([*_evaluate_args(tmp_path), "--out", str(tmp_path / "taken")]) == 2
+    assert "error: --out: Cannot save to" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """SAMSum: corpus ROUGE equal to rouge_score itself, sentence splitting, CSV/JSON readers."""
 
+import csv
 import json
 import random
 
@@ -57,6 +58,30 @@ def test_reads_corpus_json(tmp_path):
     path = tmp_path / "val.json"
     path.write_text(json.dumps([{"id": "a", "summary": "S.", "dialogue": "A: x\r\nB: y"}]))
     assert get_task("samsum").load(data_file=path)[0]["source"] == "A: x\nB: y"
+
+
+@pytest.fixture
+def default_csv_field_limit():
+    """csv's limit is process-wide: start from Python's default (131,072), put the previous one back."""
+    previous = csv.field_size_limit(131_072)
+    yield
+    csv.field_size_limit(previous)
+
+
+@pytest.mark.parametrize("delimited", ["csv", "tsv"])
+def test_a_field_over_131072_characters_is_read(tmp_path, default_csv_field_limit, delimited):
+    # The model truncates long inputs; the reader must not call a long dialogue "broken quoting".
+    dialogue = "Ann: " + "la " * 60_000
+    if delimited == "csv":
+        path = _write_csv(tmp_path / "long.csv", f'id,summary,dialogue\r\n1,s,"{dialogue}"\r\n2,t,B: y\r\n')
+        rows = get_task("samsum").load(data_file=path)
+        assert [len(r["source"]) for r in rows] == [len(dialogue.strip()), 4]
+    else:
+        path = tmp_path / "long.tsv"
+        path.write_text(f"sentence\tlabel\n{dialogue}\t1\nshort\t0\n", encoding="utf-8")
+        rows = get_task("sst2").load(data_file=path)
+        assert [len(r["source"]) for r in rows] == [len(dialogue.strip()), 5]
+    assert len(dialogue) > 131_072
 
 
 @pytest.mark.parametrize(

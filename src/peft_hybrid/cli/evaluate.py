@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
 
@@ -71,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import evaluate_rows, load_for_inference
     from peft_hybrid.modeling.serialization import atomic_write_bytes
+    from peft_hybrid.training.run_folder import require_writable_dir
 
     for name in ("batch_size", "max_new_tokens", "max_source_length", "max_eval_samples"):
         check_positive(name, getattr(args, name))
+    # Before any generation: a place that cannot be written would otherwise fail after all of it.
+    out = require_writable_dir(args.out, "--out")
     try:
         model, tokenizer = load_for_inference(
             args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
@@ -106,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         max_new_tokens=args.max_new_tokens,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = {
         "adapter": str(args.adapter),
         "task": task.name,

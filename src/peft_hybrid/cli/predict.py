@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
 
@@ -50,13 +49,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def read_inputs(source: str, field: str | None = None) -> list[str]:
     """Input texts from a file or ``-`` (stdin): JSON Lines when every line is an object, else lines."""
+    from peft_hybrid.tasks._readers import decode_text, parse_json, require_regular_file
+
+    # Bytes, decoded here, so that binary input is refused naming the line instead of reaching the tokenizer.
     if source == "-":
-        text, name = sys.stdin.read(), "<stdin>"
+        name = "<stdin>"
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"--input {source}: file not found; pass a text/JSONL file or - for stdin.")
-        text, name = path.read_text(encoding="utf-8"), source
+        name = source
+        data = require_regular_file(source, "--input file").read_bytes()
+    text = decode_text(data, f"--input {name}")
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ValueError(f"--input {name} line {line} holds a NUL byte: this is binary data, not text.")
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
         raise ValueError(f"--input {name} holds no inputs; give one input per line.")
@@ -67,10 +72,11 @@ def read_inputs(source: str, field: str | None = None) -> list[str]:
     texts = []
     for number, line in lines:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
+            record = parse_json(line)
+        except ValueError as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else err
             raise ValueError(
-                f"--input {name} line {number} is not valid JSON ({err.msg}); give one JSON object per line."
+                f"--input {name} line {number} is not valid JSON ({reason}); give one JSON object per line."
             ) from None
         key = field or next((k for k in ("text", "source") if isinstance(record, dict) and k in record), "text")
         value = record.get(key) if isinstance(record, dict) else None

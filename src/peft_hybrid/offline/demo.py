@@ -69,6 +69,9 @@ def _training_argv(
         str(data["validation"]),
         "--output_dir",
         str(output_dir),
+        # The demo owns its --output-dir (it rewrites base/ and data/ too): a rerun with another seed replaces it.
+        "--overwrite_output_dir",
+        "true",
         "--seed",
         str(seed),
         "--use_cpu",

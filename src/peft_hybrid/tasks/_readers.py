@@ -1,7 +1,9 @@
 """Readers for benchmark files in their original formats, with exact row numbers in errors.
 
 Python's csv/json modules are used instead of ``datasets.load_dataset("csv"|"json")`` because
-they let every error name the record or line at fault.
+they let every error name the record or line at fault. Everything read is checked first for
+what it really is (a regular file, not compressed, UTF-8), and JSON's ``NaN``/``Infinity``
+extensions are refused: a value that is not a number cannot stand in for one.
 """
 
 from __future__ import annotations
@@ -9,26 +11,101 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
+import stat
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from peft_hybrid.tasks.base import DataError
 
+# Leading bytes of the compressed formats a downloaded benchmark file often comes in.
+_COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"BZh", "bzip2", "bunzip2"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+    (b"PK\x03\x04", "zip", "unzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+)
+# csv's C parser stores the limit in a C long: sys.maxsize overflows it where a long is 32 bits.
+_CSV_FIELD_LIMIT_CAP = min(sys.maxsize, 2**31 - 1)
 
-def read_text(path: Path) -> str:
-    """The file decoded as UTF-8 (a leading BOM is dropped); non-UTF-8 bytes raise `DataError`."""
-    data = path.read_bytes()
+
+def require_regular_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` as a `Path` when it names a regular file (or a link to one); else `DataError`.
+
+    A folder, FIFO, socket or device is "not a regular file", never "not found", and the check
+    only stats the path, so a FIFO is not opened (opening one blocks until a writer appears).
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{what} not found; pass the path of an existing file", file=path) from None
+    except OSError as err:  # a symlink loop, a permission problem on a parent folder, ...
+        raise DataError(f"{what} cannot be read ({err.strerror})", file=path) from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+        )
+        raise DataError(f"{what} is {kind}, not a regular file; pass the path of a data file", file=path)
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{what} is not readable (permission denied)", file=path)
+    return path
+
+
+def decode_text(data: bytes, name: str | Path, *, path_for_rows: Path | None = None) -> str:
+    """``data`` decoded as UTF-8 (a leading BOM dropped); compressed or non-UTF-8 bytes raise `DataError`.
+
+    ``name`` is what the error names (a file, or ``<stdin>``); ``path_for_rows`` lets the error
+    also carry the data record (CSV/TSV records span lines) instead of the line alone.
+    """
+    for magic, kind, tool in _COMPRESSED_MAGIC:
+        if data.startswith(magic):
+            raise DataError(
+                f"this is a {kind}-compressed file, not text; decompress it first (e.g. {tool}) and pass the result",
+                file=name,
+            )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
+        row = _record_number(path_for_rows, data[: err.start]) if path_for_rows is not None else None
         raise DataError(
             f"byte 0x{data[err.start]:02x} at byte offset {err.start} (line {line}) is not valid "
             "UTF-8; re-encode the file as UTF-8",
-            file=path,
-            row=_record_number(path, data[: err.start]),
+            file=name,
+            row=row,
         ) from None
+
+
+def read_text(path: Path) -> str:
+    """The regular file at ``path`` decoded as UTF-8 (see `decode_text`); problems raise `DataError`."""
+    path = require_regular_file(path)
+    return decode_text(path.read_bytes(), path, path_for_rows=path)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a value")
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` without Python's ``NaN``/``Infinity`` extensions (they raise ValueError)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _json_error(err: ValueError) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} at line {err.lineno}, column {err.colno}"
+    return f"{err}: JSON has no NaN or Infinity, write a finite number or null"
 
 
 def _record_number(path: Path, prefix: bytes) -> int:
@@ -56,6 +133,9 @@ def read_delimited(
             sentences contain bare quote characters).
     """
     text = read_text(path)
+    # No field can be longer than the file; csv's default cap (131,072 characters) would call a
+    # long dialogue "broken quoting" although the model just truncates it.
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, _CSV_FIELD_LIMIT_CAP)))
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=quoted)
     try:
@@ -65,6 +145,15 @@ def read_delimited(
     except csv.Error as err:
         raise DataError(f"the header line cannot be parsed ({err})", file=path, row=0) from None
     header = [h.strip() for h in header]
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise DataError(
+            f"the header names column(s) {duplicated} more than once; which one holds the data is ambiguous: "
+            "rename or remove the extra column",
+            file=path,
+            row=0,
+            field=duplicated[0],
+        )
     missing = [c for c in required if c not in header]
     if missing:
         sep = "<TAB>" if delimiter == "\t" else delimiter
@@ -108,10 +197,10 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line)
-        except json.JSONDecodeError as err:
+            yield line_no, parse_json(line)
+        except ValueError as err:
             raise DataError(
-                f"line {line_no} is not valid JSON ({err.msg} at column {err.colno}); each line "
+                f"line {line_no} is not valid JSON ({_json_error(err).replace(' at line 1,', ' at')}); each line "
                 "must hold exactly one JSON object",
                 file=path,
                 row=line_no,
@@ -125,13 +214,13 @@ def read_json_records(path: Path) -> Iterator[tuple[int, Any]]:
         return
     text = read_text(path)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
+        data = parse_json(text)
+    except ValueError as err:
         raise DataError(
-            f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); the file must "
+            f"not valid JSON ({_json_error(err)}); the file must "
             "be a JSON array of objects (or use .jsonl for one object per line)",
             file=path,
-            row=err.lineno,
+            row=getattr(err, "lineno", None),
         ) from None
     if not isinstance(data, list):
         raise DataError(f"expected a JSON array of objects, found {type(data).__name__}", file=path)
@@ -151,3 +240,22 @@ def require_object(obj: Any, keys: Sequence[str], *, file: Path, row: int) -> di
                 field=key,
             )
     return obj
+
+
+def is_int(value: Any) -> bool:
+    """True for an integer that is not a boolean (``True`` is an ``int`` to Python, not to a data file)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_scalar_value(value: Any) -> bool:
+    """A string, or a finite number that is not a boolean: what a table cell or condition value can be."""
+    if isinstance(value, str) or is_int(value):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def require_str(value: Any, *, file: Any, row: int | None, field: str, what: str) -> str:
+    """``value`` when it is a non-empty string; a number, boolean, list or null raises `DataError`."""
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{what} must be a non-empty string, got {value!r}", file=file, row=row, field=field)
+    return value

@@ -149,19 +149,10 @@ class Task:
             DataError: the file is missing, empty or malformed (names file, row and field).
         """
         if data_file is not None:
-            path = Path(data_file)
-            if not path.is_file():
-                raise DataError(
-                    "file not found; pass the path of an existing file, or omit data_file to "
-                    f"load {self.name!r} from the Hub",
-                    file=path,
-                )
-            tables = Path(tables_file) if tables_file is not None else None
-            if tables is not None and not tables.is_file():
-                raise DataError(
-                    "tables file not found; pass an existing *.tables.jsonl or omit tables_file",
-                    file=tables,
-                )
+            from peft_hybrid.tasks._readers import require_regular_file
+
+            path = require_regular_file(data_file)
+            tables = require_regular_file(tables_file, "tables file") if tables_file is not None else None
             rows = self._read_file(path, tables)
             source: str | Path = path
         else:
@@ -259,7 +250,14 @@ def check_lengths(predictions: Sequence[str], examples: Iterable[Any]) -> list[M
 
 def require_text(value: Any, *, file: Any, row: int, field_name: str, what: str) -> str:
     """Return ``value`` as a non-blank string, or raise `DataError` saying what to fix."""
-    if value is None or not isinstance(value, str):
+    if value is not None and not isinstance(value, str):
+        raise DataError(
+            f"{what} must be text, got {value!r} ({type(value).__name__}); quote it in the file",
+            file=file,
+            row=row,
+            field=field_name,
+        )
+    if value is None:
         raise DataError(
             f"{what} is missing (got {value!r}); every row needs a non-empty {field_name}",
             file=file,

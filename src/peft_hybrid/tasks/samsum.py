@@ -21,7 +21,7 @@ from typing import Any
 
 from rouge_score import rouge_scorer
 
-from peft_hybrid.tasks._readers import read_delimited, read_json_records, require_object
+from peft_hybrid.tasks._readers import is_int, read_delimited, read_json_records, require_object
 from peft_hybrid.tasks.base import (
     CardMetric,
     DataError,
@@ -110,9 +110,12 @@ class SamsumTask(Task):
         dialogue = require_text(record.get("dialogue"), file=file, row=row, field_name="dialogue", what="the dialogue")
         summary = require_text(record.get("summary"), file=file, row=row, field_name="summary", what="the summary")
         # The corpus separates turns with \r\n; the model sees plain \n.
+        ident = record.get("id", row)
+        if not (isinstance(ident, str) or is_int(ident)):
+            raise DataError(f"the id must be a string or an integer, got {ident!r}", file=file, row=row, field="id")
         turns = [t.strip() for t in dialogue.replace("\r\n", "\n").split("\n")]
         return {
-            "id": str(record.get("id", row)),
+            "id": str(ident),
             "source": "\n".join(t for t in turns if t),
             "target": summary.strip(),
         }

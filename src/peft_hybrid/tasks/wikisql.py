@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from peft_hybrid.tasks._readers import read_jsonl, require_object
+from peft_hybrid.tasks._readers import is_int, is_scalar_value, read_jsonl, require_object, require_str
 from peft_hybrid.tasks._wikisql_exec import AGG_OPS, COND_OPS, TableDatabase
 from peft_hybrid.tasks.base import (
     CardMetric,
@@ -234,6 +234,8 @@ class WikisqlTask(Task):
             (row, require_object(obj, ("question", "sql", "table_id"), file=path, row=row))
             for row, obj in read_jsonl(path)
         ]
+        for row, rec in records:
+            require_str(rec["table_id"], file=path, row=row, field="table_id", what="table_id")
         queries = [(row, rec, _checked_query(rec["sql"], path, row)) for row, rec in records]
         if tables is None:
             logger.warning(
@@ -358,17 +360,21 @@ def _checked_query(sql: Any, file: Path, row: int) -> Query:
     def bad(what: str, fld: str) -> DataError:
         return DataError(what, file=file, row=row, field=fld)
 
-    if not isinstance(sql["sel"], int) or isinstance(sql["sel"], bool) or sql["sel"] < 0:
+    # A boolean is not an index: JSON true would otherwise read as column/operator 1.
+    if not is_int(sql["sel"]) or sql["sel"] < 0:
         raise bad(f"sel must be a column index >= 0, got {sql['sel']!r}", "sql.sel")
-    if not isinstance(sql["agg"], int) or not 0 <= sql["agg"] < len(AGG_OPS):
+    if not is_int(sql["agg"]) or not 0 <= sql["agg"] < len(AGG_OPS):
         raise bad(f"agg must be 0..{len(AGG_OPS) - 1} (index into {list(AGG_OPS)}), got {sql['agg']!r}", "sql.agg")
     if not isinstance(sql["conds"], list):
         raise bad(f"conds must be a list of [column, operator, value], got {sql['conds']!r}", "sql.conds")
     for cond in sql["conds"]:
-        ok = isinstance(cond, list) and len(cond) == 3 and isinstance(cond[0], int)
-        ok = ok and cond[0] >= 0 and isinstance(cond[1], int) and 0 <= cond[1] < len(COND_OPS)
-        if not ok or cond[2] is None:
-            raise bad(f"condition {cond!r} must be [column index, operator 0..3, value]", "sql.conds")
+        ok = isinstance(cond, list) and len(cond) == 3 and is_int(cond[0]) and is_int(cond[1])
+        ok = ok and cond[0] >= 0 and 0 <= cond[1] < len(COND_OPS) and is_scalar_value(cond[2])
+        if not ok:
+            raise bad(
+                f"condition {cond!r} must be [column index, operator 0..3, value (a string or a number)]",
+                "sql.conds",
+            )
     return as_query(sql)
 
 
@@ -376,18 +382,35 @@ def _read_tables(path: Path) -> dict[str, dict[str, Any]]:
     tables: dict[str, dict[str, Any]] = {}
     for row, obj in read_jsonl(path):
         table = require_object(obj, ("id", "header", "rows"), file=path, row=row)
+        require_str(table["id"], file=path, row=row, field="id", what="the table id")
         header = table["header"]
-        if not isinstance(header, list) or not header:
-            raise DataError("header must be a non-empty list of column names", file=path, row=row, field="header")
-        types = table.get("types") or ["text"] * len(header)
-        if len(types) != len(header):
+        if not isinstance(header, list) or not header or not all(isinstance(h, str) for h in header):
             raise DataError(
-                f"{len(types)} types for {len(header)} columns; give one per column", file=path, row=row, field="types"
+                f"header must be a non-empty list of column names (strings), got {header!r}",
+                file=path,
+                row=row,
+                field="header",
+            )
+        types = table.get("types") or ["text"] * len(header)
+        if not isinstance(types, list) or len(types) != len(header) or not all(t in ("text", "real") for t in types):
+            raise DataError(
+                f"types {types!r} must list 'text' or 'real' once per column ({len(header)} columns)",
+                file=path,
+                row=row,
+                field="types",
+            )
+        if not isinstance(table["rows"], list):
+            raise DataError(
+                f"rows must be a list of table rows, got {table['rows']!r}", file=path, row=row, field="rows"
             )
         for i, cells in enumerate(table["rows"]):
-            if not isinstance(cells, list) or len(cells) != len(header):
+            if not isinstance(cells, list) or len(cells) != len(header) or not all(map(is_scalar_value, cells)):
                 raise DataError(
-                    f"table row {i} must be a list of {len(header)} cells", file=path, row=row, field="rows"
+                    f"table row {i} must be a list of {len(header)} cells, each a string or a finite number "
+                    f"(got {cells!r})",
+                    file=path,
+                    row=row,
+                    field="rows",
                 )
         tables[str(table["id"])] = {**table, "types": types}
     return tables

@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.errors import OFFLINE_HINT, HubError, HubUnreachableError
+from peft_hybrid.training import config_file
 from peft_hybrid.training.trainer import HybridTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -97,6 +96,11 @@ class ScriptArguments:
         metadata={
             "help": "Random-weight offline base instead of model_name_or_path: tiny, flan-t5-small, flan-t5-base."
         },
+    )
+    # The run folder (transformers 5 dropped this TrainingArguments field; the recipe keeps its meaning)
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output_dir that holds another run (its same-named files are replaced)."},
     )
 
     def __post_init__(self) -> None:
@@ -175,43 +179,30 @@ def parse_args(
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
+    origins: dict[str, str] = {}
     if known.config is not None:
-        parser.set_defaults(**_read_yaml_config(known.config, parser))
-    script_args, adapter_args, training_args, _ = parser.parse_args_into_dataclasses(
-        argv, return_remaining_strings=False, look_for_args_file=False
-    )
+        defaults, origins = config_file.read_yaml_config(known.config, parser, parser.dataclass_types)
+        parser.set_defaults(**defaults)
+        # The command line wins: a value given there did not come from the file.
+        origins = {
+            dest: origin
+            for dest, origin in origins.items()
+            if not any(a.dest == dest and config_file.given_on_command_line(a, argv) for a in parser._actions)
+        }
+    config_file.check_ranges(parser.parse_args(argv), parser.dataclass_types, origins)
+    try:
+        script_args, adapter_args, training_args, _ = parser.parse_args_into_dataclasses(
+            argv, return_remaining_strings=False, look_for_args_file=False
+        )
+        hybrid_config = build_hybrid_config(adapter_args, script_args, training_args)
+    except ValueError as err:
+        raise ValueError(config_file.with_origin(str(err), origins)) from None
     if task is not None and training_args.task != task:
         raise ValueError(
             f"this recipe trains task {task!r}; --task {training_args.task!r} belongs to "
             f"recipes/{training_args.task}.py."
         )
-    return script_args, build_hybrid_config(adapter_args, script_args, training_args), training_args
-
-
-def _read_yaml_config(path: str, parser) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"--config {path}: file not found; pass a YAML file such as recipes/configs/samsum.yaml."
-        )
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"--config {path} is not valid YAML: {err}".replace("\n", " ")) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"--config {path} must hold a mapping of argument names to values, not a {type(data).__name__}."
-        )
-    known = {action.dest for action in parser._actions} - {"help", "config"}
-    unknown = sorted(str(key) for key in data if key not in known)
-    if unknown:
-        raise ValueError(
-            f"--config {path}: unknown key(s) {unknown}; keys are the command-line argument names without "
-            "'--' (see --help)."
-        )
-    return data
+    return script_args, hybrid_config, training_args
 
 
 def build_hybrid_config(
@@ -234,7 +225,24 @@ def main(
         ``{"task", "mode", "output_dir", "adapter_dir", "world_size", "trainable_params", "total_params",
         "data": {split: token statistics}, "train": metrics, "eval": metrics, "test": metrics,
         "best_checkpoint"}`` (``test`` only with test data); also written as ``results.json``.
+
+    The run holds ``output_dir`` throughout (`peft_hybrid.training.run_folder.claim_run_folder`).
     """
+    from peft_hybrid.training.run_folder import claim_run_folder, recipe_manifest
+
+    with claim_run_folder(
+        training_args.output_dir,
+        recipe_manifest(script_args, hybrid_config),
+        overwrite=script_args.overwrite_output_dir,
+        resume_from_checkpoint=training_args.resume_from_checkpoint if hybrid_config.mode != "none" else None,
+        enabled=training_args.should_save,
+    ):
+        return _train_in_folder(script_args, hybrid_config, training_args)
+
+
+def _train_in_folder(
+    script_args: ScriptArguments, hybrid_config: HybridConfig, training_args: HybridTrainingArguments
+) -> dict[str, Any]:
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.modeling.model import HybridModel
     from peft_hybrid.training.data import Seq2SeqCollator

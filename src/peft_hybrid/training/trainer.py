@@ -56,7 +56,6 @@ from peft_hybrid.modeling.serialization import (
     AdapterLoadError,
     load_adapter,
     load_full_base_weights,
-    prepare_output_dir,
 )
 from peft_hybrid.speed import cast_frozen_base_, compile_model, merged_lora
 from peft_hybrid.tasks import Task, get_task
@@ -64,6 +63,7 @@ from peft_hybrid.training.arguments import HybridTrainingArguments, as_hybrid_ar
 from peft_hybrid.training.callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, decoded_rows
 from peft_hybrid.training.checkpoints import resolve_resume_checkpoint
 from peft_hybrid.training.data import EpochSeededLengthGroupedSampler
+from peft_hybrid.training.run_folder import first_difference, require_writable_dir, run_identity
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         self._metric_prefix = "eval"
         _check_prompt_fits(model, args)
         if args.should_save:
-            _check_output_dir(args.output_dir)
+            require_writable_dir(args.output_dir, "output_dir")
         if args.bf16_frozen_base:
             if not args.bf16:
                 raise ValueError("bf16_frozen_base=True needs bf16=True (bf16 autocast over the bf16 base).")
@@ -324,10 +324,11 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
                 "folder written by HybridTrainer (or resume_from_checkpoint=True for the latest one)."
             )
         config, tensors = load_adapter(folder_path)
-        if config.mode != model.hybrid_config.mode:
+        difference = first_difference(run_identity(model.hybrid_config), run_identity(config))
+        if difference is not None:
             raise AdapterLoadError(
-                f"{folder} was saved by a mode {config.mode!r} model but this trainer's model is mode "
-                f"{model.hybrid_config.mode!r}; resume with a model built from the same HybridConfig."
+                f"{folder} was saved by another run ({difference}); resume with a model built from the same "
+                "HybridConfig (task, base, adapter arguments)."
             )
         if model.hybrid_config.trains_base:
             load_full_base_weights(model.base_model, folder_path)
@@ -342,15 +343,3 @@ def _check_prompt_fits(model: HybridModel, args: HybridTrainingArguments) -> Non
             f"num_virtual_tokens={tokens} is larger than max_source_length={max_source}: the soft prompt would "
             "outweigh every input. Lower num_virtual_tokens (paper: 30) or raise max_source_length."
         )
-
-
-def _check_output_dir(output_dir: str) -> None:
-    """Refuse an output_dir that is a file or cannot be created, before training starts."""
-    try:
-        prepare_output_dir(output_dir)
-    except (NotADirectoryError, PermissionError) as err:
-        raise ValueError(f"output_dir: {err}") from None
-    except OSError as err:  # e.g. a read-only file system
-        raise ValueError(
-            f"output_dir: cannot create {output_dir} ({err.strerror}). Pick a folder you can write to."
-        ) from None
