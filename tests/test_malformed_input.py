@@ -658,7 +658,7 @@ def test_over_long_inputs_are_truncated_and_counted(tmp_path, capsys, caplog):
         "--output_dir",
         str(tmp_path / "out"),
     ]
-    with caplog.at_level("WARNING", logger="peft_hybrid.training.recipe"):
+    with caplog.at_level("WARNING", logger="peft_hybrid.training.splits"):
         assert cli(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["data"]["train"]["examples"] == 4 and results["data"]["train"]["truncated_sources"] == 4

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from peft_hybrid.tasks import DataError, get_task
-from peft_hybrid.tasks.wikisql import (
+from peft_hybrid.tasks.wikisql_sql import (
     exact_match,
     execution_accuracy,
     logical_form_accuracy,
