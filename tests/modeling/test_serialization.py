@@ -138,7 +138,7 @@ def test_resave_over_an_old_adapter_leaves_no_temporary_files(saved):
 
 def test_config_records_versions_and_base(saved):
     config = json.loads((saved / "hybrid_config.json").read_text())
-    assert config["library"] == "peft_hybrid" and config["format_version"] == 1
+    assert config["library"] == "peft_hybrid" and config["format_version"] == 2
     assert config["base_model_name_or_path"] == "preset:tiny"
     assert config["base_model_shape"]["d_model"] == 64
     assert HybridConfig.load(saved).mode == "hybrid"
