@@ -127,7 +127,10 @@ def staged_save(directory: str | Path) -> Iterator[Path]:
         ...     model.save_pretrained(staging)
         ...     tokenizer.save_pretrained(staging)
     """
-    directory = prepare_output_dir(directory)
+    try:
+        directory = prepare_output_dir(directory)
+    except PermissionError:
+        raise save_failure(directory, PermissionError(errno.EACCES, os.strerror(errno.EACCES))) from None
     staging = directory / f".saving-{secrets.token_hex(4)}"
     try:
         staging.mkdir()
