@@ -16,41 +16,15 @@ import pytest
 from peft_hybrid import HybridConfig
 from peft_hybrid.cli import main as cli
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences, write_samsum_csv
+from test_malformed_input import QUICK
 
 N_VALIDATION = 40
+# The quick tiny-model run of the malformed-input tests, evaluating and saving every 2 steps.
 RUN = [
-    "--model_preset",
-    "tiny",
-    "--use_cpu",
-    "true",
-    "--bf16",
-    "false",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--max_steps",
-    "4",
-    "--eval_strategy",
-    "steps",
-    "--eval_steps",
-    "2",
-    "--save_strategy",
-    "steps",
-    "--save_steps",
-    "2",
-    "--per_device_train_batch_size",
-    "8",
-    "--max_source_length",
-    "64",
-    "--max_target_length",
-    "32",
-    "--warmup_steps",
-    "0",
-    "--learning_rate",
-    "0.01",
-    "--num_virtual_tokens",
-    "4",
+    *QUICK,
+    *("--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps"),
+    *("--save_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "0.01"),
+    *("--num_virtual_tokens", "4", "--max_source_length", "64"),
 ]
 
 

@@ -98,7 +98,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as err:
-        raise save_failure(path, err) from None
+        if err.errno in DISK_ERRORS:
+            raise save_failure(path, err) from None
+        raise
     try:
         try:
             _write_all(fd, data)
