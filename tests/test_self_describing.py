@@ -12,9 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from helpers import tiny_model
 from peft_hybrid import HybridConfig
 from peft_hybrid.cli import main as cli
+from peft_hybrid.config import InferenceSettings
+from peft_hybrid.inference import generation_settings, model_inputs, source_length
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences, write_samsum_csv
 from test_malformed_input import QUICK
 
@@ -92,3 +96,66 @@ def test_evaluate_reproduces_the_runs_final_predictions(task, tmp_path, capsys):
     differing = [i for i, (a, b) in enumerate(zip(got, expected)) if a["prediction"] != b["prediction"]]
     assert not differing, f"{len(differing)} of {len(expected)} predictions differ, first at line {differing[0] + 1}"
     assert got == expected
+
+
+# --- the saved settings apply by default; a flag given overrides, a flag not given does not ------
+SAVED = InferenceSettings(
+    task_prefix="review: ", max_source_length=6, generation={"max_new_tokens": 2, "num_beams": 1}
+)
+SENTENCES = [r["sentence"] for r in sentiment_sentences(5, 7)]
+
+
+@pytest.fixture(scope="module")
+def described(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("described")
+    model, tokenizer = tiny_model("hybrid", task="sst2", inference=SAVED)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "in.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return folder, model, tokenizer
+
+
+def _direct(model, tokenizer, texts, max_length, **generation):
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    with torch.no_grad():
+        ids = model.generate(**encoded, **generation)
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+PREDICT_CASES = {
+    "no flags: the saved settings": ([], ["review: "], 6, {"max_new_tokens": 2, "num_beams": 1}),
+    "--task_prefix ''": (["--task_prefix", ""], [""], 6, {"max_new_tokens": 2, "num_beams": 1}),
+    "--use_task_tags": (["--use_task_tags"], ["sst2 sentence: "], 6, {"max_new_tokens": 2, "num_beams": 1}),
+    "--max_source_length 64": (["--max_source_length", "64"], ["review: "], 64, {"max_new_tokens": 2, "num_beams": 1}),
+    "--max_new_tokens 5 --num_beams 2": (
+        ["--max_new_tokens", "5", "--num_beams", "2"],
+        ["review: "],
+        6,
+        {"max_new_tokens": 5, "num_beams": 2},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PREDICT_CASES)
+def test_predict_uses_the_saved_settings_unless_a_flag_says_otherwise(described, capsys, case):
+    folder, model, tokenizer = described
+    flags, (prefix,), max_length, generation = PREDICT_CASES[case]
+    argv = ["predict", "--adapter", str(folder), "--input", str(folder / "in.txt"), "--no_progress", *flags]
+    assert cli(argv) == 0
+    expected = _direct(model, tokenizer, [prefix + s for s in SENTENCES], max_length, **generation)
+    assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_an_adapter_without_saved_settings_keeps_the_old_defaults():
+    config = HybridConfig(task="sst2")
+    assert model_inputs(config, ["a film"]) == ["a film"]  # PEFT modes: no tag
+    assert model_inputs(HybridConfig(mode="full", task="sst2"), ["a film"]) == ["sst2 sentence: a film"]
+    assert source_length(config) == 512 and generation_settings(config) == {"max_new_tokens": 3, "num_beams": 1}
+    assert generation_settings(HybridConfig()) == {"max_new_tokens": 64}
+
+
+def test_another_task_than_the_adapters_takes_that_tasks_generation_settings():
+    config = HybridConfig(task="sst2", inference=SAVED)
+    assert generation_settings(config, "samsum") == {"max_new_tokens": 128, "num_beams": 1}
+    assert generation_settings(config, "sst2") == SAVED.generation
+    assert generation_settings(config, max_length=9) == {"max_length": 9, "num_beams": 1}  # one cap
