@@ -8,6 +8,7 @@ scores differently (the issue measured 9 of 40 differing lines).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -144,6 +145,14 @@ def test_predict_uses_the_saved_settings_unless_a_flag_says_otherwise(described,
     assert cli(argv) == 0
     expected = _direct(model, tokenizer, [prefix + s for s in SENTENCES], max_length, **generation)
     assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_the_settings_are_recorded_by_the_run_not_set_on_the_command_line():
+    from peft_hybrid.training.recipe import AdapterArguments, parse_args
+
+    assert "inference" not in {f.name for f in dataclasses.fields(AdapterArguments)}
+    _, config, _ = parse_args(["--model_preset", "tiny", "--output_dir", "o", "--task_prefix", "q: "], task="sst2")
+    assert config.inference == InferenceSettings(task_prefix="q: ")  # the trainer adds lengths and generation
 
 
 def test_an_adapter_without_saved_settings_keeps_the_old_defaults():
