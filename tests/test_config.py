@@ -4,7 +4,7 @@ import json
 import pytest
 
 from peft_hybrid import HybridConfig
-from peft_hybrid.config import ADAPTER_FIELDS, FORMAT_VERSION
+from peft_hybrid.config import ADAPTER_FIELDS, FORMAT_VERSION, InferenceSettings
 
 
 def test_paper_defaults():
@@ -65,6 +65,7 @@ def test_adapter_settings_are_every_field_but_initialisation_and_provenance():
         "revision",
         "base_model_shape",
         "task",
+        "inference",
     }
     assert ADAPTER_FIELDS == (
         "mode",
@@ -95,3 +96,48 @@ def test_adapter_settings_are_every_field_but_initialisation_and_provenance():
 def test_the_modes_derived_facts(mode, trainable, tags, base):
     config = HybridConfig(mode=mode)
     assert (config.has_trainable_parameters, config.uses_task_tags, config.trains_base) == (trainable, tags, base)
+
+
+def test_inference_settings_round_trip_as_a_nested_object():
+    settings = InferenceSettings(
+        task_prefix="review: ",
+        use_task_tags=False,
+        max_source_length=64,
+        generation={"max_new_tokens": 3, "num_beams": 1},
+    )
+    config = HybridConfig(task="sst2", inference=settings)
+    data = json.loads(config.to_json_string())
+    assert data["inference"] == {
+        "task_prefix": "review: ",
+        "use_task_tags": False,
+        "max_source_length": 64,
+        "generation": {"max_new_tokens": 3, "num_beams": 1},
+    }
+    loaded = HybridConfig.from_dict(data)
+    assert isinstance(loaded.inference, InferenceSettings) and loaded == config
+    assert "inference" not in config.adapter_settings()
+
+
+def test_format_1_configs_load_without_inference_settings():
+    data = HybridConfig().to_dict()
+    del data["inference"]
+    data["format_version"] = 1
+    assert HybridConfig.from_dict(data).inference is None
+
+
+@pytest.mark.parametrize(
+    "inference, words",
+    [
+        ({"task_prefix": "x", "max_len": 3}, "unknown field(s) ['max_len'] in 'inference'"),
+        ({"max_source_length": 0}, "inference.max_source_length=0"),
+        ({"max_source_length": True}, "inference.max_source_length=True"),
+        ({"use_task_tags": "yes"}, "inference.use_task_tags='yes'"),
+        ({"generation": {"stopping": [1, 2]}}, "plain JSON values"),
+        ("review: ", "'inference' must be an object"),
+    ],
+)
+def test_bad_inference_settings_are_refused_naming_the_key(inference, words):
+    data = {**HybridConfig().to_dict(), "inference": inference}
+    with pytest.raises(ValueError) as err:
+        HybridConfig.from_dict(data, source="adapter/hybrid_config.json")
+    assert words in str(err.value) and "adapter/hybrid_config.json" in str(err.value)

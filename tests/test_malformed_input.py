@@ -412,6 +412,24 @@ def _predict(input_arg: str, write: Callable[[Path], Any] = lambda t: None) -> C
     return make
 
 
+def _saved_with_tokenizer(tmp: Path, damage: Callable[[Path], Any]) -> Path:
+    model, tokenizer = tiny_model("hybrid", task="sst2")
+    folder = model.save_pretrained(tmp / "adapter")
+    tokenizer.save_pretrained(folder)
+    damage(folder)
+    (tmp / "in.txt").write_text("a gorgeous film\n", encoding="utf-8")
+    return folder
+
+
+def _predict_damaged(damage: Callable[[Path], Any], adapter: Callable[[Path], Path] | None = None):
+    def make(tmp: Path) -> tuple[str, Any]:
+        folder = _saved_with_tokenizer(tmp, damage)
+        target = adapter(tmp) if adapter is not None else folder
+        return "cli", ["predict", "--adapter", str(target), "--input", str(tmp / "in.txt"), "--no_progress"]
+
+    return make
+
+
 STRICT_CASES: dict[str, Case] = {
     "duplicate column name": Case(
         _with(
@@ -613,6 +631,45 @@ def _evaluate_args(tmp: Path) -> list[str]:
         "--data_file",
         str(tmp / "dev.tsv"),
     ]
+
+
+def _nan_weights(folder: Path) -> None:
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    tensors["prompt_embeddings"][0, 0] = float("nan")
+    save_file(tensors, weights)
+    config = json.loads((folder / "hybrid_config.json").read_text())
+    config["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()  # a valid hash: only NaN is wrong
+    (folder / "hybrid_config.json").write_text(json.dumps(config))
+
+
+def _truncate_tokenizer(folder: Path) -> None:
+    path = folder / "tokenizer.json"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # what a full disk left behind
+
+
+def _symlink_loop(tmp: Path) -> Path:
+    (tmp / "loop-a").symlink_to(tmp / "loop-b")
+    (tmp / "loop-b").symlink_to(tmp / "loop-a")
+    return tmp / "loop-a"
+
+
+CASES["predict with an adapter holding NaN"] = Case(
+    _predict_damaged(_nan_weights), ["adapter_model.safetensors", "prompt_embeddings (1 NaN", "allow_nonfinite=True"]
+)
+CASES["predict with a truncated tokenizer.json"] = Case(
+    _predict_damaged(_truncate_tokenizer), ["adapter/tokenizer.json is damaged", "Save the adapter folder again"]
+)
+CASES["predict with an adapter path that is a file"] = Case(
+    _predict_damaged(lambda f: None, adapter=lambda t: t / "in.txt"), ["in.txt is a file, not an adapter folder"]
+)
+CASES["predict with an adapter path that is a symlink loop"] = Case(
+    _predict_damaged(lambda f: None, adapter=_symlink_loop), ["loop-a is a symbolic link loop"]
+)
 
 
 @pytest.mark.parametrize("name", CASES)

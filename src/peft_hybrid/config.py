@@ -1,4 +1,9 @@
-"""`HybridConfig`: what an adapter is, validated once and saved as versioned JSON."""
+"""`HybridConfig`: what an adapter is, validated once and saved as versioned JSON.
+
+`InferenceSettings` (the config's ``inference``) records how the run that saved an adapter turned
+raw inputs into encoder inputs and generated its answers, so that every reader of the folder
+(`peft_hybrid.inference`) scores and predicts exactly as the run's own evaluation did.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from peft_hybrid import __version__
 MODES = ("none", "prompt", "lora", "hybrid", "full")
 PROMPT_INITS = ("sample_vocab", "text", "random")
 # Version of the on-disk adapter format. Bump when a saved folder changes meaning.
-FORMAT_VERSION = 1
+# 2: `inference` (how the run formatted inputs and generated); format-1 folders load without it.
+FORMAT_VERSION = 2
 # Not PEFT's adapter_config.json: transformers and PEFT would take the folder for a PEFT adapter
 # of an unknown type and fail, where a fully fine-tuned folder should load with transformers alone.
 CONFIG_NAME = "hybrid_config.json"
@@ -21,7 +27,74 @@ _METADATA_KEYS = ("format_version", "library", "library_version", "peft_type", "
 # Fields that are not adapter settings: how the prompt was initialised and where the adapter came
 # from. Every other field is a setting (`ADAPTER_FIELDS`), so a new field shows up in cards,
 # training summaries and ablation tables unless it is listed here on purpose.
-_NOT_SETTINGS = ("prompt_init_text", "seed", "base_model_name_or_path", "revision", "base_model_shape", "task")
+_NOT_SETTINGS = (
+    "prompt_init_text",
+    "seed",
+    "base_model_name_or_path",
+    "revision",
+    "base_model_shape",
+    "task",
+    "inference",
+)
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+@dataclass
+class InferenceSettings:
+    """How a run turned raw inputs into encoder inputs and generated: saved with its adapter.
+
+    Attributes:
+        task_prefix: the explicit input prefix the run used (``None``: none given, so the task tag
+            rule below decides).
+        use_task_tags: whether the task's tag was prepended (``None``: the mode's default,
+            `HybridConfig.uses_task_tags`).
+        max_source_length: input tokens kept (longer inputs were truncated).
+        generation: the ``generate`` keyword arguments the run's evaluation used (``max_new_tokens``,
+            ``num_beams``, ...), plain JSON values.
+
+    Example:
+        >>> settings = InferenceSettings(task_prefix="review: ", max_source_length=64)
+        >>> HybridConfig(inference=settings).to_dict()["inference"]["task_prefix"]
+        'review: '
+    """
+
+    task_prefix: str | None = None
+    use_task_tags: bool | None = None
+    max_source_length: int | None = None
+    generation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task_prefix is not None and not isinstance(self.task_prefix, str):
+            raise ValueError(f"inference.task_prefix={self.task_prefix!r} must be a string or null.")
+        if self.use_task_tags is not None and not isinstance(self.use_task_tags, bool):
+            raise ValueError(f"inference.use_task_tags={self.use_task_tags!r} must be true, false or null.")
+        length = self.max_source_length
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length <= 0):
+            raise ValueError(f"inference.max_source_length={length!r} must be a positive integer or null.")
+        if not isinstance(self.generation, dict):
+            raise ValueError(f"inference.generation={self.generation!r} must be an object of generate() arguments.")
+        for key, value in self.generation.items():
+            if not isinstance(key, str) or not isinstance(value, _JSON_SCALARS):
+                raise ValueError(
+                    f"inference.generation[{key!r}]={value!r}: generate() arguments are saved as plain JSON values "
+                    "(numbers, strings, booleans, null)."
+                )
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config") -> InferenceSettings:
+        """Rebuild from the saved object; refuses unknown keys, naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: 'inference' must be an object, not {type(data).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{source} has unknown field(s) {unknown} in 'inference'; valid fields are {sorted(known)}."
+            )
+        try:
+            return cls(**data)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
 
 
 @dataclass
@@ -61,8 +134,13 @@ class HybridConfig:
         default=None, metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base."}
     )
     task: str | None = field(default=None, metadata={"help": "Task the adapter was trained for, if any."})
+    inference: InferenceSettings | None = field(
+        default=None, metadata={"help": "How the saving run formatted inputs and generated (filled by the trainer)."}
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.inference, dict):
+            self.inference = InferenceSettings.from_dict(self.inference)
         if self.mode not in MODES:
             raise ValueError(f"HybridConfig.mode={self.mode!r} is not valid; choose one of {', '.join(MODES)}.")
         if self.prompt_init not in PROMPT_INITS:
@@ -169,6 +247,8 @@ class HybridConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source} has unknown field(s) {unknown}; valid fields are {sorted(known)}.")
+        if data.get("inference") is not None:
+            data["inference"] = InferenceSettings.from_dict(data["inference"], source)
         return cls(**data)
 
     @classmethod
@@ -193,7 +273,8 @@ def read_config_dict(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is this a folder saved by HybridModel.save_pretrained?")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (some Windows editors add one) is not damage.
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); the adapter folder is damaged, save it again.") from None
     if not isinstance(data, dict):

@@ -1,4 +1,9 @@
-"""Loading a base model or a saved adapter for use, and batched generation with a progress bar.
+"""Loading a saved adapter for use, applying its saved inference settings, and batched generation.
+
+An adapter folder records how its run formatted inputs and generated (`HybridConfig.inference`);
+`model_inputs`, `source_length` and `generation_settings` are the one place that applies them, for
+``peft-hybrid evaluate``/``predict``/``attribute`` and serving alike. An argument given explicitly
+overrides the saved value; ``None`` means "not given".
 
 One home for "which adapter, which tokenizer" shared by the recipes, ``peft-hybrid evaluate`` /
 ``predict`` and the attribution command; the base comes from the one resolver,
@@ -21,20 +26,27 @@ Example:
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from peft_hybrid.config import HybridConfig
+from peft_hybrid.config import HybridConfig, InferenceSettings
 from peft_hybrid.hub.access import require_hub
 from peft_hybrid.hub.download import resolve_folder
 from peft_hybrid.modeling.loading import load_base
 from peft_hybrid.modeling.model import HybridModel
+from peft_hybrid.modeling.serialization import AdapterLoadError, adapter_path_problem
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "spiece.model", "tokenizer.json")
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# For folders that record no settings (format 1, or saved outside a training run): the
+# trainer's default input length, and a generation cap when no task names one.
+DEFAULT_MAX_SOURCE_LENGTH = 512
+DEFAULT_MAX_NEW_TOKENS = 64
 
 
 def load_for_inference(
@@ -58,6 +70,9 @@ def load_for_inference(
     The tokenizer saved beside the adapter (training runs save it) wins over the base's.
     """
     if not Path(adapter).is_dir():
+        problem = adapter_path_problem(adapter)
+        if problem is not None:
+            raise AdapterLoadError(problem)
         if _looks_like_path(str(adapter)):
             raise FileNotFoundError(
                 f"adapter {str(adapter)!r}: no such folder. Pass the output_dir of a training run (or a folder "
@@ -78,15 +93,30 @@ def load_for_inference(
         )
         model = HybridModel.from_pretrained(folder, base_model=base_model, tokenizer=tokenizer)
     if any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = _saved_tokenizer(folder)
     if tokenizer is None:
         raise ValueError(
             f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model."
         )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
+
+
+def _saved_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved beside an adapter; a damaged file is named (the library would not)."""
+    from transformers import AutoTokenizer
+
+    for name in _TOKENIZER_JSON:
+        file = folder / name
+        if file.is_file():
+            try:
+                json.loads(file.read_text(encoding="utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise AdapterLoadError(
+                    f"{file} is damaged ({err}): the tokenizer saved beside the adapter cannot be read. Save the "
+                    "adapter folder again, or copy the tokenizer files of its base model into it."
+                ) from None
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def _looks_like_path(name: str) -> bool:
@@ -138,15 +168,87 @@ def generate_texts(
     return outputs
 
 
-def input_texts(
-    task: Any, rows: Any, mode: str, *, use_task_tags: bool | None = None, task_prefix: str | None = None
-) -> list[str]:
-    """The model inputs of task ``rows``: the task tag where the mode uses it (`HybridConfig.uses_task_tags`).
+def _task(task: Any) -> Any:
+    from peft_hybrid.tasks import get_task
 
-    The same rule as training (`peft_hybrid.training.recipe`), so an adapter is evaluated on what it saw.
+    return get_task(task) if isinstance(task, str) else task
+
+
+def model_inputs(
+    config: HybridConfig,
+    rows: Iterable[Mapping[str, Any] | str],
+    *,
+    task: Any = None,
+    task_prefix: str | None = None,
+    use_task_tags: bool | None = None,
+) -> list[str]:
+    """The encoder input texts of ``rows`` (task rows with ``source``, or plain strings), as the run saw them.
+
+    The saved prefix and task-tag choice apply unless ``task_prefix`` or ``use_task_tags`` is given
+    (either replaces both); without a saved choice the mode's default holds
+    (`HybridConfig.uses_task_tags`). ``task`` (a `Task` or its name) defaults to ``config.task``.
+
+    Example:
+        >>> config = HybridConfig(task="sst2", inference=InferenceSettings(task_prefix="review: "))
+        >>> model_inputs(config, ["a gorgeous film"])
+        ['review: a gorgeous film']
+        >>> model_inputs(config, ["a gorgeous film"], use_task_tags=True)
+        ['sst2 sentence: a gorgeous film']
     """
-    tags = HybridConfig(mode=mode).uses_task_tags if use_task_tags is None else use_task_tags
-    return [task.format_input(row, tags, task_prefix) for row in rows]
+    saved = config.inference or InferenceSettings()
+    if task_prefix is None and use_task_tags is None:
+        task_prefix, use_task_tags = saved.task_prefix, saved.use_task_tags
+    tags = config.uses_task_tags if use_task_tags is None else use_task_tags
+    task = _task(task if task is not None else config.task)
+    texts = []
+    for row in rows:
+        example = {"source": row} if isinstance(row, str) else row
+        if task is not None:
+            texts.append(task.format_input(example, tags, task_prefix))
+        else:  # no task, so no tag to add
+            texts.append((task_prefix or "") + example["source"])
+    return texts
+
+
+def source_length(config: HybridConfig, given: int | None = None) -> int:
+    """Input tokens to keep: ``given``, else the saved ``max_source_length``, else 512.
+
+    Example:
+        >>> source_length(HybridConfig(inference=InferenceSettings(max_source_length=64)))
+        64
+    """
+    if given is not None:
+        return given
+    saved = config.inference.max_source_length if config.inference is not None else None
+    return saved if saved is not None else DEFAULT_MAX_SOURCE_LENGTH
+
+
+def generation_settings(config: HybridConfig, task: Any = None, **overrides: Any) -> dict[str, Any]:
+    """``generate`` arguments: the run's saved ones, then explicit ``overrides`` (``None`` = not given).
+
+    Without saved settings, or for a ``task`` other than the adapter's, the task's own settings
+    apply; a given ``max_new_tokens`` or ``max_length`` replaces both caps.
+
+    Example:
+        >>> saved = InferenceSettings(generation={"max_new_tokens": 3, "num_beams": 1})
+        >>> generation_settings(HybridConfig(task="sst2", inference=saved), num_beams=4, max_new_tokens=None)
+        {'max_new_tokens': 3, 'num_beams': 4}
+    """
+    named = _task(task)
+    saved = config.inference.generation if config.inference is not None else {}
+    if saved and (named is None or named.name == config.task):
+        settings = dict(saved)
+    else:
+        fallback = named if named is not None else _task(config.task)
+        settings = dict(fallback.generation_kwargs) if fallback is not None else {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if "max_new_tokens" in given or "max_length" in given:  # one cap, the caller's
+        settings.pop("max_new_tokens", None)
+        settings.pop("max_length", None)
+    settings.update(given)
+    if "max_new_tokens" not in settings and "max_length" not in settings:
+        settings["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+    return settings
 
 
 def evaluate_rows(
@@ -156,13 +258,16 @@ def evaluate_rows(
     rows: Any,
     *,
     batch_size: int = 16,
-    max_source_length: int = 512,
+    max_source_length: int | None = None,
     use_task_tags: bool | None = None,
     task_prefix: str | None = None,
     progress: bool = True,
     **generation_overrides: Any,
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """Generate for task ``rows`` with the task's generation settings and score them.
+    """Generate for task ``rows`` as the adapter's run evaluated (its saved settings) and score them.
+
+    ``max_source_length``, ``use_task_tags``, ``task_prefix`` and ``generation_overrides`` given
+    (not ``None``) override the saved settings (see `model_inputs`, `generation_settings`).
 
     Returns ``(metrics, predictions)``: the task's metrics and one ``{"source", "reference",
     "prediction"}`` row per example, in order.
@@ -170,17 +275,17 @@ def evaluate_rows(
     from peft_hybrid.training.callbacks import decoded_rows
 
     rows = list(rows)
-    texts = input_texts(task, rows, model.hybrid_config.mode, use_task_tags=use_task_tags, task_prefix=task_prefix)
-    generation = {**task.generation_kwargs, **{k: v for k, v in generation_overrides.items() if v is not None}}
+    config = model.hybrid_config
+    texts = model_inputs(config, rows, task=task, task_prefix=task_prefix, use_task_tags=use_task_tags)
     predictions = generate_texts(
         model,
         tokenizer,
         texts,
         batch_size=batch_size,
-        max_source_length=max_source_length,
+        max_source_length=source_length(config, max_source_length),
         progress=progress,
         desc=f"{task.name}: generating",
-        **generation,
+        **generation_settings(config, task, **generation_overrides),
     )
     metrics = task.compute_metrics(predictions, rows)
     return metrics, decoded_rows([r["source"] for r in rows], [r["target"] for r in rows], predictions)

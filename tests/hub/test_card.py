@@ -14,11 +14,13 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.config import InferenceSettings
 from peft_hybrid.hub.card import CURVE_IMAGE, CardData, framework_versions, render_card, write_card
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.tasks import get_task
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "adapter_card_samsum.md"
+INFERENCE = InferenceSettings(task_prefix="dialogue: ", max_source_length=64, generation={"max_new_tokens": 128})
 # The enums are what TrainingArguments hold; the card must print their plain values.
 SUMMARY = {
     "task": "samsum",
@@ -82,7 +84,9 @@ def _normalised(text: str) -> str:
 
 
 def test_whole_card_matches_the_snapshot():
-    data = CardData.from_model(_model(), SUMMARY, ablation=ABLATION, repo_id="alice/flan-t5-samsum-hybrid")
+    model = _model()
+    model.hybrid_config.inference = INFERENCE
+    data = CardData.from_model(model, SUMMARY, ablation=ABLATION, repo_id="alice/flan-t5-samsum-hybrid")
     data.curve_image = CURVE_IMAGE
     text = _normalised(render_card(data))
     if os.environ.get("PEFT_HYBRID_UPDATE_SNAPSHOTS"):
@@ -91,6 +95,24 @@ def test_whole_card_matches_the_snapshot():
     assert "| lr_scheduler_type | cosine |" in text and "| optim | adamw_torch |" in text
     assert "SchedulerType" not in text and "OptimizerNames" not in text
     assert ModelCard(text).data.pipeline_tag == "text-generation"
+    assert '| input prefix | "dialogue: " |' in text and "| max source length | 64 |" in text
+
+
+@pytest.mark.parametrize(
+    "mode, settings, shown",
+    [
+        ("hybrid", InferenceSettings(), "| input prefix | none |"),
+        ("full", InferenceSettings(), "| input prefix | the task tag |"),
+        ("hybrid", InferenceSettings(use_task_tags=True), "| input prefix | the task tag |"),
+        ("hybrid", None, None),
+    ],
+)
+def test_the_card_shows_the_saved_inference_settings_not_as_adapter_settings(mode, settings, shown):
+    model = _model()
+    model.hybrid_config.mode, model.hybrid_config.inference = mode, settings
+    text = render_card(CardData.from_model(model, SUMMARY))
+    assert ("## Inference settings" in text) == (shown is not None) and (shown is None or shown in text)
+    assert "| inference |" not in text  # not a row of the adapter's settings
 
 
 @pytest.mark.parametrize("task", ["samsum", "wikisql", "sst2"])

@@ -1,5 +1,8 @@
 import json
+import os
 import re
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +53,15 @@ CORRUPTIONS = {
     "wrong dtype": (
         lambda t: t.__setitem__("prompt_embeddings", torch.zeros(30, 64, dtype=torch.int32)),
         "must be floating point",
+    ),
+    # Non-finite values (with a valid hash) would load and generate blank lines.
+    "NaN values": (
+        lambda t: t["prompt_embeddings"].view(-1)[:3].fill_(float("nan")),
+        "non-finite values in 1 tensor(s): prompt_embeddings (3 NaN, 0 infinite)",
+    ),
+    "infinite values": (
+        lambda t: next(v for k, v in sorted(t.items()) if "lora_B" in k).view(-1)[:1].fill_(float("-inf")),
+        "(0 NaN, 1 infinite)",
     ),
 }
 
@@ -138,7 +150,7 @@ def test_resave_over_an_old_adapter_leaves_no_temporary_files(saved):
 
 def test_config_records_versions_and_base(saved):
     config = json.loads((saved / "hybrid_config.json").read_text())
-    assert config["library"] == "peft_hybrid" and config["format_version"] == 1
+    assert config["library"] == "peft_hybrid" and config["format_version"] == 2
     assert config["base_model_name_or_path"] == "preset:tiny"
     assert config["base_model_shape"]["d_model"] == 64
     assert HybridConfig.load(saved).mode == "hybrid"
@@ -178,3 +190,64 @@ def test_a_refused_load_into_a_live_model_changes_no_adapter_tensor(saved):
     with pytest.raises(AdapterLoadError, match=r"\(29, 64\) in the adapter"):
         model.load_adapter_tensors(tensors, source="bad")
     assert all(torch.equal(v, before[k]) for k, v in model.adapter_tensors().items())
+
+
+def test_non_finite_tensors_load_when_asked_to_for_debugging(saved):
+    _rewrite(saved, lambda t: t["prompt_embeddings"].view(-1)[:3].fill_(float("nan")))
+    model = HybridModel.from_pretrained(saved, base_model=_fresh_base()[0], allow_nonfinite=True)
+    assert int(model.adapter_tensors()["prompt_embeddings"].isnan().sum()) == 3
+
+
+def test_a_config_with_a_byte_order_mark_loads(saved):
+    path = saved / "hybrid_config.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as some Windows editors save it
+    model = HybridModel.from_pretrained(saved, base_model=_fresh_base()[0])
+    assert model.hybrid_config.mode == "hybrid" and HybridConfig.load(saved).mode == "hybrid"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_saved_files_get_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    model, _ = tiny_model("hybrid")
+    old = os.umask(umask)
+    try:
+        folder = model.save_pretrained(tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+    assert modes == dict.fromkeys(["README.md", "adapter_model.safetensors", "hybrid_config.json"], mode)
+
+
+def _loop(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    return tmp_path / "a"
+
+
+def _file(tmp_path):
+    (tmp_path / "adapter.safetensors").write_bytes(b"not a folder")
+    return tmp_path / "adapter.safetensors"
+
+
+def _dangling(tmp_path):
+    (tmp_path / "adapter").symlink_to(tmp_path / "gone")
+    return tmp_path / "adapter"
+
+
+PATH_PROBLEMS = {
+    "symlink loop": (_loop, "is a symbolic link loop"),
+    "a file": (_file, "is a file, not an adapter folder"),
+    "a link to nothing": (_dangling, "is a symbolic link to"),
+}
+
+
+@pytest.mark.parametrize("case", PATH_PROBLEMS)
+@pytest.mark.parametrize("relative", [False, True])
+def test_an_adapter_path_that_is_no_folder_says_what_it_is(tmp_path, monkeypatch, case, relative):
+    make, words = PATH_PROBLEMS[case]
+    path = make(tmp_path)
+    if relative:  # a bare name would otherwise be taken for a Hub repo id
+        monkeypatch.chdir(tmp_path)
+        path = Path(path.name)
+    with pytest.raises(AdapterLoadError) as err:
+        HybridModel.from_pretrained(path, base_model=_fresh_base()[0])
+    assert words in str(err.value) and str(path) in str(err.value)

@@ -21,11 +21,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)"
     )
+    # Every default below is "what the adapter's run used" (saved in its hybrid_config.json).
     parser.add_argument(
-        "--max_new_tokens", "--max-new-tokens", type=int, default=None, help="generation cap (default: the task's)"
+        "--max_new_tokens", "--max-new-tokens", type=int, default=None, help="generation cap (default: the run's)"
     )
     parser.add_argument(
-        "--max_source_length", "--max-source-length", type=int, default=512, help="input tokens kept (default 512)"
+        "--num_beams", "--num-beams", type=int, default=None, help="beam search width (default: the run's)"
+    )
+    parser.add_argument(
+        "--max_source_length",
+        "--max-source-length",
+        type=int,
+        default=None,
+        help="input tokens kept (default: the run's, else 512)",
     )
     tags = parser.add_mutually_exclusive_group()
     tags.add_argument(
@@ -33,10 +41,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--use-task-tags",
         action="store_true",
         default=None,
-        help="prepend the task tag (default: only for mode full)",
+        help="prepend the task tag (default: as the run did; without a record, only for mode full)",
     )
     tags.add_argument(
-        "--task_prefix", "--task-prefix", default=None, help="explicit input prefix instead of the task tag"
+        "--task_prefix", "--task-prefix", default=None, help="input prefix (default: the run's prefix or tag rule)"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar on stderr")

@@ -54,11 +54,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument(
         "--task",
         default=None,
-        help="Task whose input formatting and generation settings to use (default: the adapter's, if any).",
+        help="Task whose input formatting and generation settings to use (default: the adapter's run's).",
     )
     inputs.add_argument("--target", default=None, help="Explain this output text instead of the greedy generation.")
     inputs.add_argument(
-        "--max-new-tokens", type=int, default=None, help="Generation length limit (default: the task's, else 32)."
+        "--max-new-tokens", type=int, default=None, help="Generation length limit (default: the run's, else 64)."
     )
     ig = parser.add_argument_group("integrated gradients")
     ig.add_argument("--n-steps", type=int, default=50, help="Integration steps (Gauss-Legendre).")
@@ -85,7 +85,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
     from peft_hybrid.hub.errors import HubError
-    from peft_hybrid.inference import input_texts, load_for_inference
+    from peft_hybrid.inference import generation_settings, load_for_inference, model_inputs
 
     adapter_dir = Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
@@ -103,15 +103,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
-    text, generation_kwargs = args.text, {}
-    task_name = args.task or model.hybrid_config.task
-    if task_name:
-        from peft_hybrid.tasks import get_task
-
-        task = get_task(task_name)
-        text = input_texts(task, [{"source": text}], model.hybrid_config.mode)[0]
-        generation_kwargs = dict(task.generation_kwargs)
-    default_max_new_tokens = generation_kwargs.pop("max_new_tokens", 32)
+    # As the adapter's run formatted its inputs and generated (saved with it); flags override.
+    text = model_inputs(model.hybrid_config, [args.text], task=args.task)[0]
+    generation_kwargs = generation_settings(model.hybrid_config, args.task, max_new_tokens=args.max_new_tokens)
 
     result = attribute(
         model,
@@ -121,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         n_steps=args.n_steps,
         baseline=args.baseline,
         internal_batch_size=args.internal_batch_size,
-        max_new_tokens=args.max_new_tokens or default_max_new_tokens,
+        max_new_tokens=generation_kwargs.pop("max_new_tokens", None),
         generation_kwargs=generation_kwargs,
         progress=False if args.no_progress else None,
     )

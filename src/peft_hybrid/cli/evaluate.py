@@ -1,7 +1,8 @@
 """``peft-hybrid evaluate``: score a saved adapter on a task split; metrics JSON + predictions JSONL.
 
-Generation uses the task's settings (greedy, its ``max_new_tokens``), in batches, with a
-progress bar. The input text is built as in training: the task tag only for mode ``full``.
+Inputs are formatted and generation runs as in the adapter's training run (its prefix, task tags,
+input length and generation settings, saved in ``hybrid_config.json``), in batches, with a progress
+bar; a flag given overrides the saved value.
 
 Example::
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_hybrid.modeling.serialization import atomic_write_bytes
     from peft_hybrid.training.run_folder import require_writable_dir
 
-    for name in ("batch_size", "max_new_tokens", "max_source_length", "max_eval_samples"):
+    for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_length", "max_eval_samples"):
         check_positive(name, getattr(args, name))
     # Before any generation: a place that cannot be written would otherwise fail after all of it.
     out = require_writable_dir(args.out, "--out")
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         task_prefix=args.task_prefix,
         progress=not args.no_progress,
         max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
     )
     report = {
         "adapter": str(args.adapter),

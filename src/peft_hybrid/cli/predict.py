@@ -19,8 +19,6 @@ import sys
 
 from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
 
-DEFAULT_MAX_NEW_TOKENS = 64
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -90,10 +88,15 @@ def read_inputs(source: str, field: str | None = None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from peft_hybrid.hub.errors import HubError
-    from peft_hybrid.inference import generate_texts, input_texts, load_for_inference
-    from peft_hybrid.tasks import get_task
+    from peft_hybrid.inference import (
+        generate_texts,
+        generation_settings,
+        load_for_inference,
+        model_inputs,
+        source_length,
+    )
 
-    for name in ("batch_size", "max_new_tokens", "max_source_length"):
+    for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_length"):
         check_positive(name, getattr(args, name))
     texts = read_inputs(args.input, args.field)
     try:
@@ -103,25 +106,17 @@ def run(args: argparse.Namespace) -> int:
     except HubError as err:
         print(f"peft-hybrid predict: error: {err}", file=sys.stderr)
         return 1
-    name = args.task or model.hybrid_config.task
-    task = get_task(name) if name else None
-    generation = dict(task.generation_kwargs) if task is not None else {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
-    if args.max_new_tokens is not None:
-        generation["max_new_tokens"] = args.max_new_tokens
-    inputs = texts
-    if task is not None:
-        rows = [{"source": t} for t in texts]
-        inputs = input_texts(
-            task, rows, model.hybrid_config.mode, use_task_tags=args.use_task_tags, task_prefix=args.task_prefix
-        )
-    elif args.task_prefix is not None:
-        inputs = [args.task_prefix + t for t in texts]
+    config = model.hybrid_config
+    generation = generation_settings(config, args.task, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    inputs = model_inputs(
+        config, texts, task=args.task, task_prefix=args.task_prefix, use_task_tags=args.use_task_tags
+    )
     predictions = generate_texts(
         model,
         tokenizer,
         inputs,
         batch_size=args.batch_size,
-        max_source_length=args.max_source_length,
+        max_source_length=source_length(config, args.max_source_length),
         progress=not args.no_progress,
         **generation,
     )

@@ -52,15 +52,8 @@ PAPER = {
     "authors": ["Gonge Lehan", "Ravi Shwetha", "Kozhimadam Shahin Shah", "Jin Mingwei", "Ang Wee Onn"],
     "year": 2024,
 }
-# Distribution name -> how the card names it.
-_FRAMEWORKS = {
-    "peft-hybrid": "peft_hybrid",
-    "transformers": "transformers",
-    "peft": "peft",
-    "torch": "torch",
-    "datasets": "datasets",
-    "huggingface-hub": "huggingface_hub",
-}
+# Distribution names; the card names each by its import name (dashes become underscores).
+_FRAMEWORKS = ("peft-hybrid", "transformers", "peft", "torch", "datasets", "huggingface-hub")
 METHOD_SUMMARIES = {
     "none": "the untouched base model (no trainable parameters), the baseline row of the ablation.",
     "prompt": "soft prompt tuning: trainable vectors prepended to the encoder input of a frozen base.",
@@ -92,6 +85,7 @@ class CardData:
         curve_image, attribution_image: image files beside the card, when they exist.
         dataset: where the reported metrics were measured when that is not the task's Hub
             dataset (``{"id", "name", "config", "split", "revision"}``, e.g. local files).
+        inference: the saved inference settings (`HybridConfig.inference`) as label -> value.
 
     Example:
         >>> CardData(mode="hybrid", base_model="google/flan-t5-base").model_index_name
@@ -115,6 +109,7 @@ class CardData:
     curve_image: str | None = None
     attribution_image: str | None = None
     dataset: dict[str, Any] | None = None
+    inference: dict[str, Any] | None = None
 
     @classmethod
     def from_model(
@@ -156,6 +151,7 @@ class CardData:
             training_curve=list(summary.get("training_curve", [])),
             ablation=[dict(row) for row in ablation] if ablation else None,
             repo_id=repo_id,
+            inference=_inference_settings(config),
         )
         for key, value in overrides.items():
             if key not in cls.__dataclass_fields__:
@@ -311,7 +307,8 @@ def plot_training_curve(curve: Sequence[Mapping[str, Any]], path: str | Path) ->
 def framework_versions() -> dict[str, str]:
     """Installed versions of the libraries an adapter depends on (card name -> version)."""
     versions = {}
-    for distribution, name in _FRAMEWORKS.items():
+    for distribution in _FRAMEWORKS:
+        name = distribution.replace("-", "_")
         try:
             versions[name] = metadata.version(distribution)
         except metadata.PackageNotFoundError:
@@ -382,10 +379,18 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def _inference_settings(config: Any) -> dict[str, Any] | None:
+    """How inputs are formatted and outputs generated, in the card's words (``None``: not recorded)."""
+    saved = config.inference
+    if saved is None:
+        return None
+    tags = config.uses_task_tags if saved.use_task_tags is None else saved.use_task_tags
+    prefix = f'"{saved.task_prefix}"' if saved.task_prefix is not None else "the task tag" if tags else "none"
+    return {"input prefix": prefix, "max source length": saved.max_source_length, **saved.generation}
+
+
 def _hyperparameter_rows(data: CardData) -> list[tuple[str, Any]]:
-    rows = [(key, value) for key, value in data.adapter.items()]
-    rows.extend((key, value) for key, value in sorted(data.hyperparameters.items()) if value is not None)
-    return rows
+    return list(data.adapter.items()) + [(k, v) for k, v in sorted(data.hyperparameters.items()) if v is not None]
 
 
 def _ablation_table(data: CardData) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ from peft_hybrid.hub.errors import (
     scrub,
     token_secrets,
 )
-from peft_hybrid.modeling.serialization import AdapterLoadError
+from peft_hybrid.modeling.serialization import AdapterLoadError, adapter_path_problem
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
 
@@ -60,6 +60,9 @@ def resolve_folder(
     path = Path(path_or_repo_id)
     if path.is_dir():
         return path
+    problem = adapter_path_problem(path)  # a file or a link loop is no repo id either
+    if problem is not None:
+        raise AdapterLoadError(problem)
     repo_id = str(path_or_repo_id)
     try:
         return Path(

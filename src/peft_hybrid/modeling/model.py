@@ -293,18 +293,20 @@ class HybridModel(nn.Module):
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
         tokenizer=None,
+        allow_nonfinite: bool = False,
     ) -> HybridModel:
         """Load an adapter from a folder or a Hub repo id onto ``base_model``.
 
         With ``base_model=None`` the base named in the adapter config is loaded by
         `peft_hybrid.modeling.loading` (a folder, ``preset:NAME``, or a Hub id at the commit the
         adapter recorded; safetensors only, never remote code). A base passed in of another Hub commit
-        loads with a ``BaseRevisionWarning``; one the adapter does not fit is left untouched.
+        loads with a ``BaseRevisionWarning``; one the adapter does not fit is left untouched. Tensors
+        holding NaN or infinity are refused unless ``allow_nonfinite=True`` (for debugging).
         """
         folder = resolve_folder(
             path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
         )
-        config, tensors = load_adapter(folder)
+        config, tensors = load_adapter(folder, allow_nonfinite=allow_nonfinite)
         if config.trains_base:
             if base_model is not None:
                 raise ValueError(

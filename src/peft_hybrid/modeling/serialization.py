@@ -8,15 +8,25 @@ A saved adapter is two files beside a model card:
 
 Each file is written to a temporary name and renamed into place, and the config goes last, so a
 crash mid-save never leaves a folder that loads as if it were whole: either the config is absent,
-or its recorded hash no longer matches the weights and loading says so.
+or its recorded hash no longer matches the weights and loading says so. Files get the permissions
+the umask gives, like any other file the user writes. `staged_save` extends the promise to a
+whole save of several files (adapter, tokenizer, summaries): they are written into a hidden
+folder first and moved in only once all of them are whole, the config last.
+
+Loading refuses what would load but could not be used: non-finite tensors (``allow_nonfinite``
+opts out, for debugging), a path that is a file or a symbolic link loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -33,19 +43,133 @@ class AdapterLoadError(ValueError):
     """A saved adapter is missing, damaged, or does not fit the model it is loaded into."""
 
 
+class SaveError(OSError):
+    """A save failed (disk full, read-only, no permission); the message names the path and the cause."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+# errno -> what to tell the user; anything else is described by its strerror.
+_SAVE_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no write permission",
+    errno.EPERM: "no write permission",
+}
+
+
+# The errors a save meets at the edge of the disk (and reports in one line).
+DISK_ERRORS = frozenset(_SAVE_CAUSES)
+
+
+def save_failure(path: str | Path, err: OSError) -> SaveError:
+    """A one-line `SaveError` for ``err`` raised while saving ``path``.
+
+    Example:
+        >>> str(save_failure("runs/x", OSError(errno.ENOSPC, "No space left on device")))  # doctest: +ELLIPSIS
+        'cannot save runs/x: the disk is full (No space left on device). Free space or pick another folder; ...'
+    """
+    code = err.errno
+    cause = _SAVE_CAUSES.get(code) or err.strerror or str(err)
+    detail = f" ({os.strerror(code)})" if code in _SAVE_CAUSES else ""
+    return SaveError(
+        f"cannot save {path}: {cause}{detail}. Free space or pick another folder; what was saved there before is "
+        "unchanged or refused whole when loaded.",
+        code,
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    The file gets the permissions the umask gives (0644 under the usual 022), not a private 0600.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        if err.errno in DISK_ERRORS:
+            raise save_failure(path, err) from None
         raise
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, SaveError) and err.errno in DISK_ERRORS:
+            raise save_failure(path, err) from None
+        raise
+
+
+@contextlib.contextmanager
+def staged_save(directory: str | Path) -> Iterator[Path]:
+    """Write a save of several files into a hidden folder, then move them into ``directory`` together.
+
+    Every file is complete before any reaches ``directory``; moving needs no space, and the
+    configs (``hybrid_config.json``, at any depth) move last, so a failure leaves the folder as it
+    was, or (a move interrupted) with weights its config's hash refuses. A failure raises a
+    one-line `SaveError` naming ``directory`` and the cause.
+
+    Example:
+        >>> with staged_save("runs/x") as staging:  # doctest: +SKIP
+        ...     model.save_pretrained(staging)
+        ...     tokenizer.save_pretrained(staging)
+    """
+    try:
+        directory = prepare_output_dir(directory)
+    except PermissionError:
+        raise save_failure(directory, PermissionError(errno.EACCES, os.strerror(errno.EACCES))) from None
+    staging = directory / f".saving-{secrets.token_hex(4)}"
+    try:
+        staging.mkdir()
+        yield staging
+        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == CONFIG_NAME)
+        for file in files:
+            target = directory / file.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+    except OSError as err:
+        raise save_failure(directory, err) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def adapter_path_problem(path: str | Path) -> str | None:
+    """Why an existing local ``path`` cannot be an adapter folder, or ``None`` (a folder, or nothing there).
+
+    Example:
+        >>> adapter_path_problem("/") is None
+        True
+    """
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"{path} is a symbolic link loop (a link that leads back to itself); point it at the adapter."
+        if path.is_symlink():
+            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist."
+        return None
+    if not path.is_dir():
+        return (
+            f"{path} is a file, not an adapter folder: pass the folder that holds {CONFIG_NAME} "
+            "(the output_dir of a training run, or a folder written by save_pretrained)."
+        )
+    return None
 
 
 def prepare_output_dir(directory: str | Path) -> Path:
@@ -74,12 +198,19 @@ def save_adapter(directory: str | Path, config: HybridConfig, tensors: dict[str,
     return directory
 
 
-def load_adapter(directory: str | Path) -> tuple[HybridConfig, dict[str, torch.Tensor]]:
-    """Read and check an adapter folder: config, hash, and the safetensors file."""
+def load_adapter(
+    directory: str | Path, *, allow_nonfinite: bool = False
+) -> tuple[HybridConfig, dict[str, torch.Tensor]]:
+    """Read and check an adapter folder: config, hash, the safetensors file, finite values.
+
+    ``allow_nonfinite=True`` loads tensors holding NaN or infinity (to inspect a diverged run);
+    by default they are refused, since such an adapter generates nothing useful.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise AdapterLoadError(
-            f"{directory} is not a folder. Pass a folder saved by HybridModel.save_pretrained or a Hub repo id."
+            adapter_path_problem(directory)
+            or f"{directory} is not a folder. Pass a folder saved by HybridModel.save_pretrained or a Hub repo id."
         )
     try:
         raw = read_config_dict(directory)
@@ -98,14 +229,36 @@ def load_adapter(directory: str | Path) -> tuple[HybridConfig, dict[str, torch.T
             f"{weights} does not match the hash recorded in {CONFIG_NAME}: the save was interrupted or the file "
             "was changed. Save or download the adapter again."
         )
-    return config, _parse_safetensors(blob, weights)
+    tensors = _parse_safetensors(blob, weights)
+    if not allow_nonfinite:
+        check_finite(tensors, weights)
+    return config, tensors
 
 
-def load_adapter_tensors_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file with an error that names it."""
+def load_adapter_tensors_file(path: Path, *, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """Read a safetensors file with an error that names it (non-finite values refused, see `load_adapter`)."""
     if not path.is_file():
         raise AdapterLoadError(f"{path} is missing. Save or download the adapter again.")
-    return _parse_safetensors(path.read_bytes(), path)
+    tensors = _parse_safetensors(path.read_bytes(), path)
+    if not allow_nonfinite:
+        check_finite(tensors, path)
+    return tensors
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse tensors holding NaN or infinity, naming the first few and how many values."""
+    bad = []
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            values = tensor.float()
+            bad.append(f"{key} ({int(values.isnan().sum())} NaN, {int(values.isinf().sum())} infinite)")
+    if bad:
+        raise AdapterLoadError(
+            f"{source} holds non-finite values in {len(bad)} tensor(s): {'; '.join(bad[:5])}. The run that saved "
+            "it diverged or the file was altered; retrain (e.g. with a lower learning rate) or load an earlier "
+            "checkpoint. To inspect it anyway, pass allow_nonfinite=True."
+        )
 
 
 def _parse_safetensors(blob: bytes, path: Path) -> dict[str, torch.Tensor]:

@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_hybrid.config import HybridConfig
+from peft_hybrid.config import HybridConfig, InferenceSettings
 from peft_hybrid.hub.errors import HubError
+from peft_hybrid.modeling.serialization import DISK_ERRORS, SaveError, save_failure
 from peft_hybrid.training import config_file
 from peft_hybrid.training.trainer import HybridTrainingArguments
 
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "google/flan-t5-base"
 RESULTS_NAME = "results.json"
 # Filled from the script/training arguments, not set by hand on the command line.
-_DERIVED_CONFIG_FIELDS = ("seed", "task", "base_model_name_or_path", "revision", "base_model_shape")
+_DERIVED_CONFIG_FIELDS = ("seed", "task", "base_model_name_or_path", "revision", "base_model_shape", "inference")
 
 
 @dataclass
@@ -208,10 +209,12 @@ def parse_args(
 def build_hybrid_config(
     adapter_args: Any, script_args: ScriptArguments, training_args: HybridTrainingArguments
 ) -> HybridConfig:
-    """The `HybridConfig` of a run: adapter fields, seed and task (the base is recorded when the model is built)."""
+    """The `HybridConfig` of a run: adapter fields, seed, task and input formatting (the base is recorded
+    when the model is built; the trainer adds the lengths and generation settings it evaluates with)."""
     fields = dataclasses.asdict(adapter_args)
+    inference = InferenceSettings(task_prefix=script_args.task_prefix, use_task_tags=script_args.use_task_tags)
     # The base is recorded by HybridModel from what the resolver loaded (a Hub base with its commit).
-    return HybridConfig(**fields, seed=training_args.seed, task=training_args.task)
+    return HybridConfig(**fields, seed=training_args.seed, task=training_args.task, inference=inference)
 
 
 def main(
@@ -245,6 +248,7 @@ def _train_in_folder(
 ) -> dict[str, Any]:
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.modeling.model import HybridModel
+    from peft_hybrid.modeling.serialization import atomic_write_bytes
     from peft_hybrid.training.data import Seq2SeqCollator
     from peft_hybrid.training.splits import load_splits, wanted_splits
     from peft_hybrid.training.trainer import HybridTrainer
@@ -296,7 +300,7 @@ def _train_in_folder(
     summary["adapter_dir"] = str(training_args.output_dir)
     if trainer.is_world_process_zero():
         path = Path(training_args.output_dir) / RESULTS_NAME
-        path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        atomic_write_bytes(path, (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode())
     _end_distributed()
     return summary
 
@@ -313,7 +317,8 @@ def _end_distributed() -> None:
 def run(argv: Sequence[str] | None = None, task: str | None = None, prog: str | None = None) -> int:
     """Parse ``argv``, run `main`, and turn failures into one-line messages and exit codes.
 
-    Exit codes: 0 done, 1 a Hub failure (any `peft_hybrid.hub.errors.HubError`), 2 bad arguments or input.
+    Exit codes: 0 done, 1 a Hub failure (any `peft_hybrid.hub.errors.HubError`) or a full/read-only disk,
+    2 bad arguments or input.
     This is what ``recipes/<task>.py`` and ``peft-hybrid train`` run.
     """
     prog = prog or (f"recipes/{task}.py" if task else "recipe")
@@ -327,6 +332,12 @@ def run(argv: Sequence[str] | None = None, task: str | None = None, prog: str | 
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full or read-only disk; the Trainer's own files (optimizer state) too
+        if not isinstance(err, SaveError) and err.errno not in DISK_ERRORS:
+            raise
+        message = err if isinstance(err, SaveError) else save_failure(err.filename or "the run folder", err)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
     metrics = {k: v for k, v in (summary.get("eval") or {}).items() if not k.endswith(("_runtime", "_per_second"))}
     logger.info("%s: adapter saved to %s; validation %s", prog, summary["adapter_dir"], metrics)
     return 0

@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,15 @@ from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peft_hybrid.config import CONFIG_NAME
+from peft_hybrid.config import CONFIG_NAME, InferenceSettings
 from peft_hybrid.hub.trainer_push import HubPushMixin
 from peft_hybrid.modeling.model import HybridModel
 from peft_hybrid.modeling.serialization import (
     AdapterLoadError,
+    atomic_write_bytes,
     load_adapter,
     load_full_base_weights,
+    staged_save,
 )
 from peft_hybrid.speed import cast_frozen_base_, compile_model, merged_lora
 from peft_hybrid.tasks import Task, get_task
@@ -120,6 +123,11 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         self.eval_examples = eval_examples
         if task is not None and model.hybrid_config.task is None:
             model.hybrid_config.task = task.name
+        # What evaluation does with an input and an output, saved with every adapter this trainer writes.
+        saved = model.hybrid_config.inference or InferenceSettings()
+        model.hybrid_config.inference = dataclasses.replace(
+            saved, max_source_length=args.max_source_length, generation=evaluation_generation(task, args, {})
+        )
         callbacks = list(callbacks or [])
         if args.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
@@ -220,13 +228,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
 
     # --- metrics ----------------------------------------------------------------------------
     def _generation_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
-        defaults = dict(self.task.generation_kwargs) if self.task is not None else {}
-        if not defaults and self.args.generation_max_length is None:
-            defaults["max_new_tokens"] = self.args.max_target_length
-        if "max_length" in given or "max_new_tokens" in given:  # one cap, the caller's
-            defaults.pop("max_length", None)
-            defaults.pop("max_new_tokens", None)
-        return {**defaults, **given}
+        return evaluation_generation(self.task, self.args, given)
 
     def _examples_for(self, dataset: Any, given: bool) -> Any:
         if dataset is None or self.task is None:
@@ -299,12 +301,15 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         if not self.args.should_save:
             return
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        model.save_pretrained(output_dir, card=self.card_for_save(output_dir))
-        self.training_summary.save(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        # JSON instead of Trainer's pickled training_args.bin: readable, and nothing to unpickle.
-        (Path(output_dir) / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")
+        card = self.card_for_save(output_dir)
+        # All files at once: a full disk mid-save must not leave a new adapter beside half a tokenizer.
+        with staged_save(output_dir) as staging:
+            model.save_pretrained(staging, card=card)
+            self.training_summary.save(staging)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(staging)
+            # JSON instead of Trainer's pickled training_args.bin: readable, and nothing to unpickle.
+            atomic_write_bytes(staging / "training_args.json", self.args.to_json_string().encode("utf-8"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self._restore_adapter(resume_from_checkpoint)
@@ -333,6 +338,25 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         if model.hybrid_config.trains_base:
             load_full_base_weights(model.base_model, folder_path)
         model.load_adapter_tensors(tensors, source=str(folder_path))
+
+
+def evaluation_generation(task: Task | None, args: HybridTrainingArguments, given: dict[str, Any]) -> dict[str, Any]:
+    """The ``generate`` arguments of an evaluation: the task's, the caller's ``given``, then the
+    arguments' ``generation_max_length``/``generation_num_beams`` where neither sets them (as
+    ``Seq2SeqTrainer.evaluate`` would), so the settings saved with the adapter are the ones used."""
+    defaults = dict(task.generation_kwargs) if task is not None else {}
+    if not defaults and args.generation_max_length is None:
+        defaults["max_new_tokens"] = args.max_target_length
+    if "max_length" in given or "max_new_tokens" in given:  # one cap, the caller's
+        defaults.pop("max_length", None)
+        defaults.pop("max_new_tokens", None)
+    kwargs = {**defaults, **given}
+    no_cap = kwargs.get("max_length") is None and kwargs.get("max_new_tokens") is None
+    if no_cap and args.generation_max_length is not None:
+        kwargs["max_length"] = args.generation_max_length
+    if kwargs.get("num_beams") is None and args.generation_num_beams is not None:
+        kwargs["num_beams"] = args.generation_num_beams
+    return kwargs
 
 
 def _check_prompt_fits(model: HybridModel, args: HybridTrainingArguments) -> None:
