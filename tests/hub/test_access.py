@@ -60,7 +60,7 @@ def test_recipe_with_local_data_still_checks_the_model_id(closed_endpoint, tmp_p
         "--validation_file",
         str(data),
         "--output_dir",
-        str(tmp_path),
+        str(tmp_path / "out"),
         "--use_cpu",
         "true",
     ]

@@ -50,7 +50,8 @@ MANIFEST_NAME = "run_manifest.json"
 LOCK_NAME = ".peft_hybrid.lock"
 MANIFEST_FORMAT = 1
 # Where the run came from rather than what the adapter is: compared under "task" and "base".
-_PROVENANCE_FIELDS = ("task", "base_model_name_or_path", "revision", "base_model_shape")
+# Not the adapter's identity: provenance (compared as task and base), and how it is run for inference.
+_PROVENANCE_FIELDS = ("task", "base_model_name_or_path", "revision", "base_model_shape", "inference")
 # Files that say nothing about a run's results: a folder holding only these counts as empty.
 _BOOKKEEPING = {MANIFEST_NAME, LOCK_NAME}
 
@@ -133,7 +134,14 @@ def recipe_manifest(script_args: Any, config: HybridConfig) -> dict[str, Any]:
         data = {"dataset": script_args.dataset_id, "revision": script_args.dataset_revision}
     for name in ("max_train_samples", "max_eval_samples", "use_task_tags", "task_prefix"):
         data[name] = getattr(script_args, name)
-    return run_manifest(config, data)
+    manifest = run_manifest(config, data)
+    # The base as the user named it: a Hub base's commit is only known once it is loaded, and the
+    # same arguments must name the same run before and after that.
+    from peft_hybrid.offline.presets import preset_id
+
+    base = preset_id(script_args.model_preset) if script_args.model_preset else script_args.model_name_or_path
+    manifest["base"] = {"model": base, "revision": script_args.model_revision}
+    return manifest
 
 
 def first_difference(ours: Any, theirs: Any, where: str = "") -> str | None:
@@ -229,15 +237,17 @@ def _check_is_own(directory: Path, manifest: Mapping[str, Any]) -> None:
 def check_resume_checkpoint(checkpoint: str | Path, manifest: Mapping[str, Any]) -> None:
     """Refuse a checkpoint whose task, base, adapter config or data differ from ``manifest``'s.
 
-    Task, base and adapter come from the checkpoint's own ``hybrid_config.json``; the data from
-    the manifest of the run folder it lies in (when that folder has one).
+    They come from the manifest of the run folder the checkpoint lies in; a checkpoint outside any
+    run folder is compared by its own ``hybrid_config.json`` (task and adapter).
     """
     checkpoint = Path(checkpoint)
-    config = HybridConfig.from_dict(read_config_dict(checkpoint), source=str(checkpoint / CONFIG_NAME))
-    theirs: dict[str, Any] = dict(run_identity(config))
     folder_manifest = read_manifest(checkpoint) or read_manifest(checkpoint.parent)
-    if folder_manifest is not None and "data" in folder_manifest:
-        theirs["data"] = folder_manifest["data"]
+    if folder_manifest is not None:  # written by the same rules as ``manifest``: compare like with like
+        theirs: dict[str, Any] = {k: v for k, v in folder_manifest.items() if k != "format"}
+    else:
+        config = HybridConfig.from_dict(read_config_dict(checkpoint), source=str(checkpoint / CONFIG_NAME))
+        theirs = dict(run_identity(config))
+        theirs.pop("base")  # a loaded base is recorded with its commit, the arguments name it without
     ours = {key: value for key, value in manifest.items() if key in theirs}
     difference = first_difference(ours, theirs)
     if difference is not None:
