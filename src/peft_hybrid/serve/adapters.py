@@ -61,7 +61,7 @@ class AdapterCache:
             return
         lazy = f"; lazily loaded ids must match {self.allow}" if self.allow else ""
         raise RequestError(
-            f"Unknown adapter_id {adapter_id!r}: loaded adapters are {self.loaded()} "
+            f"Unknown adapter_id {adapter_id!r}: loaded adapters are {sorted(self.loaded())} "
             f"(leave adapter_id unset for the base){lazy}."
         )
 
