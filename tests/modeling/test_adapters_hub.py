@@ -32,7 +32,8 @@ def test_multi_adapter_repo_round_trip(hub_online, tmp_path, monkeypatch):
 
     server = hub_online
     monkeypatch.setattr(constants, "ENDPOINT", server.url)  # downloads go to the local server too
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     model, tok = _three_tasks()
     repo_id = "alice/three-tasks"
     model.push_to_hub(repo_id, token=server.token("alice"), adapter_names="all", endpoint=server.url)
