@@ -99,6 +99,7 @@ class AdapterRegistry:
             self.prompts[adapter_name] = prompt
         self._adapters[adapter_name] = _Adapter(config, lora, prompt, owns_base=config.trains_base)
         self._freeze(adapter_name)
+        self.train(self.training)  # new dropout modules follow the model's train/eval mode
 
     def load_adapter(
         self,

@@ -121,7 +121,9 @@ class LoraPart:
         """Drop this adapter's matrices; a layer left with no adapter becomes its plain Linear again."""
         for name, layer in self.layers().items():
             for attribute in layer.adapter_layer_names + layer.other_param_names:
-                getattr(layer, attribute).pop(self.name, None)
+                held = getattr(layer, attribute)
+                if self.name in held:
+                    del held[self.name]
             if not layer.lora_A:
                 _replace(self.model, name, layer.get_base_layer())
         peft_configs = getattr(self.model, "peft_config", None)

@@ -119,9 +119,9 @@ def batch_rows(*tensors: Any) -> int | None:
     return None
 
 
-
 def single_plan(model, name: str, rows: int):
     """Every row names one adapter: run it alone (its prompt, its LoRA layers) for the call."""
+
     @contextlib.contextmanager
     def plan():
         with model._using(name) as prompt:
@@ -132,6 +132,7 @@ def single_plan(model, name: str, rows: int):
 
 def mixed_plan(model, names: list[str]):
     """Rows name different adapters: per-row prompts, per-row LoRA through the batched path."""
+
     @contextlib.contextmanager
     def plan():
         lora = RowLora(model.base_model, names)
