@@ -111,15 +111,15 @@ class ServeProcess:
 
 
 def http(url: str, path: str, body=None, headers: dict | None = None, method: str | None = None):
-    """``(status, headers, decoded JSON or text)`` of one request, without any proxy."""
+    """``(status, headers with lower-case names, decoded JSON or text)`` of one request, without any proxy."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     request = urllib.request.Request(url + path, data=data, headers=headers or {}, method=method)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=120) as response:
-            status, head, raw = response.status, dict(response.headers), response.read()
+            status, head, raw = response.status, _lower(response.headers), response.read()
     except urllib.error.HTTPError as err:
-        status, head, raw = err.code, dict(err.headers), err.read()
+        status, head, raw = err.code, _lower(err.headers), err.read()
     text = raw.decode()
     try:
         return status, head, json.loads(text)
@@ -150,3 +150,7 @@ def client_online():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(constants, "HF_HUB_OFFLINE", False)
         yield
+
+
+def _lower(headers) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
