@@ -6,6 +6,7 @@ answered (queued ones included), the batch worker stops, and the process exits 0
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import socket
@@ -73,7 +74,10 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
         "router": "peft-hybrid",
         "version": __version__,
     }
-    return ServeState(options.base, tokenizer, cache, batcher, limits, metrics, info, api_key)
+    # The event loop tokenizes requests while the worker decodes: a fast tokenizer must not be
+    # shared between threads (changing its truncation borrows it mutably), so each gets its own.
+    request_tokenizer = copy.deepcopy(tokenizer)
+    return ServeState(options.base, request_tokenizer, cache, batcher, limits, metrics, info, api_key)
 
 
 def serve(state: ServeState, host: str, port: int, log_level: str = "info") -> int:
