@@ -167,33 +167,30 @@ def _parameters(params: dict, limits: Limits) -> dict[str, Any]:
     return out
 
 
+# Sampling parameters: (type, what the type is called, the valid range, how the range reads).
+_SAMPLING = {
+    "temperature": (float, "a number", lambda v: v > 0, "strictly positive"),
+    "top_p": (float, "a number", lambda v: 0 < v < 1, "> 0.0 and < 1.0"),
+    "top_k": (int, "an integer", lambda v: v > 0, "strictly positive"),
+    "typical_p": (float, "a number", lambda v: 0 < v < 1, "> 0.0 and < 1.0"),
+    "repetition_penalty": (float, "a number", lambda v: v > 0, "strictly positive"),
+}
+
+
 def _sampling(params: dict) -> dict[str, Any]:
     """The sampling settings; any warper set means sampling, as in TGI."""
-    temperature = _typed(params, "temperature", float, "a number")
-    if temperature is not None and temperature <= 0:
-        raise RequestError("`temperature` must be strictly positive.")
-    top_p = _typed(params, "top_p", float, "a number")
-    if top_p is not None and not 0 < top_p < 1:
-        raise RequestError("`top_p` must be > 0.0 and < 1.0.")
-    top_k = _typed(params, "top_k", int, "an integer")
-    if top_k is not None and top_k <= 0:
-        raise RequestError("`top_k` must be strictly positive.")
-    typical_p = _typed(params, "typical_p", float, "a number")
-    if typical_p is not None and not 0 < typical_p < 1:
-        raise RequestError("`typical_p` must be > 0.0 and < 1.0.")
-    penalty = _typed(params, "repetition_penalty", float, "a number")
-    if penalty is not None and penalty <= 0:
-        raise RequestError("`repetition_penalty` must be strictly positive.")
+    out = {}
+    for name, (kind, what, valid, rule) in _SAMPLING.items():
+        value = _typed(params, name, kind, what)
+        if value is not None and not valid(value):
+            raise RequestError(f"`{name}` must be {rule}.")
+        out[name] = value
+    if out["repetition_penalty"] == 1.0:
+        out["repetition_penalty"] = None  # no penalty: batches with unpenalised requests
     do_sample = bool(_typed(params, "do_sample", bool, "a boolean"))
-    warped = temperature not in (None, 1.0) or top_k is not None or top_p is not None or typical_p is not None
-    return {
-        "do_sample": do_sample or warped,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "typical_p": typical_p,
-        "repetition_penalty": None if penalty == 1.0 else penalty,
-    }
+    warpers = [out[name] for name in ("top_p", "top_k", "typical_p")]
+    warped = out["temperature"] not in (None, 1.0) or any(v is not None for v in warpers)
+    return {"do_sample": do_sample or warped, **out}
 
 
 def _stop(params: dict, limits: Limits) -> tuple[str, ...]:
