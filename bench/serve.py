@@ -42,7 +42,7 @@ GEOMETRY = {
 }
 ADAPTERS = 4
 CONCURRENCY = (1, 8, 32)
-MODES = {"batched": ["--max-batch-size", "32", "--max-wait-ms", "5"], "unbatched": ["--max-batch-size", "1"]}
+MODES = {"batched": ["--max-batch-size", "32"], "unbatched": ["--max-batch-size", "1"]}  # else the defaults
 COLUMNS = ["mode", "concurrency", "requests", "requests_per_s", "p50_s", "p99_s", "errors"]
 READY = re.compile(r"peft-hybrid serve ready at http://([\d.]+):(\d+)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from serve_helpers import TEXTS, offline, save_adapters
@@ -127,3 +128,83 @@ def test_one_failing_row_never_fails_the_others(tmp_path):
     assert isinstance(poison, RequestError) and poison.status == 500 and "row exploded" in poison.message
     assert summ.final.generated_text == offline(paths["summ"], [TEXTS[0]], 6)[0]
     assert lora.final.generated_text == offline(paths["lora"], [TEXTS[1]], 6)[0]
+
+
+def test_a_group_of_one_adapter_runs_merged_and_a_mixed_one_per_row(tmp_path, monkeypatch):
+    import peft_hybrid.speed
+    from peft_hybrid import HybridConfig, HybridModel
+    from peft_hybrid.modeling.loading import load_base
+    from peft_hybrid.serve.adapters import IDLE_ADAPTER, AdapterCache
+    from peft_hybrid.serve.engine import Runner
+
+    paths = save_adapters(tmp_path, names=("summ", "lora"))
+    base, tokenizer = load_base("preset:tiny")
+    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER).eval()
+    cache = AdapterCache(model, {name: str(path) for name, path in paths.items()})
+    cache.load_configured()
+    runner = Runner(model, tokenizer, cache, LIMITS)
+    merged = []
+    real = peft_hybrid.speed.merged_layers
+
+    def counting(model):
+        merged.append(True)
+        return real(model)
+
+    monkeypatch.setattr(peft_hybrid.speed, "merged_layers", counting)
+
+    def run(adapters):
+        async def scenario():
+            loop = asyncio.get_running_loop()
+            jobs = [Job(GenerateRequest(inputs=TEXTS[0], adapter_id=a, max_new_tokens=4), loop) for a in adapters]
+            await loop.run_in_executor(None, runner, jobs)
+            return [await job.events.get() for job in jobs]
+
+        return asyncio.run(scenario())
+
+    run(["lora", "lora", "lora"])
+    assert merged == [True]
+    run(["lora", "summ", "__base__"])
+    assert merged == [True]  # the mixed batch ran per-row LoRA, nothing merged
+
+
+@pytest.mark.parametrize("module", ["formatting", "requests", "batcher"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    results = doctest.testmod(importlib.import_module(f"peft_hybrid.serve.{module}"))
+    assert results.attempted > 0 and results.failed == 0
+
+
+def test_more_adapters_in_a_group_than_slots_run_in_rounds_never_evicting_one_in_use(tmp_path):
+    from peft_hybrid import HybridConfig, HybridModel
+    from peft_hybrid.modeling.loading import load_base
+    from peft_hybrid.serve.adapters import IDLE_ADAPTER, AdapterCache
+    from peft_hybrid.serve.engine import Runner
+
+    paths = save_adapters(tmp_path, names=("summ", "lora"))
+    base, tokenizer = load_base("preset:tiny")
+    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER).eval()
+    cache = AdapterCache(model, {}, allow=[f"{tmp_path}/*"], max_adapters=1)
+    runner = Runner(model, tokenizer, cache, LIMITS)
+    batches = []
+    generate = runner._generate
+    runner._generate = lambda held: batches.append([name for _, name in held]) or generate(held)
+    adapters = [str(paths["summ"]), str(paths["lora"]), str(paths["summ"])]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        jobs = [Job(GenerateRequest(inputs=TEXTS[1], adapter_id=a, max_new_tokens=5), loop) for a in adapters]
+        await loop.run_in_executor(None, runner, jobs)
+        finals = []
+        for job in jobs:
+            event = await job.events.get()
+            while event.final is None:
+                event = await job.events.get()
+            finals.append(event.final.generated_text)
+        return finals
+
+    finals = asyncio.run(scenario())
+    assert [len(b) for b in batches] == [2, 1]  # both summ rows first; lora once summ was released
+    assert finals == [offline(Path(a), [TEXTS[1]], 5)[0] for a in adapters]
+    assert cache.loaded() == [str(paths["lora"])]
