@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = markdown_table(result["rows"], COLUMNS)
     log(f"serve, shape={args.shape} {shape}, {ADAPTERS} adapters\n{table}")
     log(f"speed-up at 32: {result['speedup_at_32']:.2f}x; same text: {result['same_text_batched_vs_unbatched']}")
-    write(args.out, {"shape": args.shape, "geometry": dataclasses.asdict(shape), "adapters": ADAPTERS, **result})
+    settings = {"shape": args.shape, "geometry": dataclasses.asdict(shape), "adapters": ADAPTERS, "modes": MODES}
+    write(args.out, {**settings, "server_threads": args.threads, **result})
     return result
 
 

@@ -153,7 +153,11 @@ async def _collect(job: Job) -> tuple[list[dict], Final]:
 
 async def _stream(state: ServeState, job: Job, adapter: str, started: float) -> Response:
     """Server-sent events; an error before the first token is a plain error response with its status."""
-    first = await job.events.get()
+    try:
+        first = await job.events.get()
+    except asyncio.CancelledError:  # the handler was cancelled before the first token
+        job.cancelled = True
+        raise
     if isinstance(first, RequestError):
         return _finish(state, _error(first), adapter, started)
 
