@@ -203,3 +203,9 @@ def test_a_client_leaving_mid_stream_frees_its_row(served):
         time.sleep(0.1)
     generated = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") - tokens_before
     assert generated < natural / 2
+
+
+def test_return_full_text_puts_the_input_first(served, client):
+    _, _, refs = served
+    out = client.text_generation(TEXTS[1], adapter_id="lora", max_new_tokens=NEW, return_full_text=True)
+    assert out == TEXTS[1] + refs["lora"][1]
