@@ -161,11 +161,13 @@ def _settings(request) -> tuple[dict[str, Any], int | None]:
 class _Scores(LogitsProcessor):
     """Keeps each step's log-probabilities (after repetition penalty, before sampling warpers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted  # only streams and details report them
         self.logprobs: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.logprobs = torch.log_softmax(scores.float(), dim=-1)
+        if self.wanted:
+            self.logprobs = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
 
@@ -174,6 +176,10 @@ class _Row:
         self.job = job
         self.special = special
         self.eos = eos
+        # A plain request needs its text once, at the end; streams and details need every token's
+        # event, and stop sequences the text at every step.
+        self.streams = job.request.stream or job.request.details
+        self.reads_text = self.streams or bool(job.request.stop)
         self.ids: list[int] = []
         self.text = ""
         self.done = False
@@ -184,26 +190,35 @@ class _Row:
             self.done = True
             return True
         self.ids.append(token)
-        text = decode_output(tokenizer, self.ids)
-        # Pieces are differences of whole decodes, so they join to the final text (TGI does the same).
-        piece = text[len(self.text) :] if text.startswith(self.text) else ""
-        self.text = text
-        request = self.job.request
+        piece = self._read(tokenizer) if self.reads_text else ""
         reason = None
         if token == self.eos:
             reason = "eos_token"
         elif len(self.ids) >= self.job.max_new_tokens:
             reason = "length"
-        elif any(stop in text for stop in request.stop):
+        elif any(stop in self.text for stop in self.job.request.stop):
             reason = "stop_sequence"
-        logprob = logprob if math.isfinite(logprob) else -1e30  # JSON has no -Infinity
-        token_json = {"id": token, "text": piece, "logprob": logprob, "special": token in self.special}
-        final = self._final(reason, seed) if reason else None
-        self.job.send(TokenEvent(index=len(self.ids), token=token_json, final=final))
         self.done = reason is not None
+        if self.streams:
+            logprob = logprob if math.isfinite(logprob) else -1e30  # JSON has no -Infinity
+            token_json = {"id": token, "text": piece, "logprob": logprob, "special": token in self.special}
+            final = self.final(reason, seed, tokenizer) if reason else None
+            self.job.send(TokenEvent(index=len(self.ids), token=token_json, final=final))
+        elif self.done:
+            self.job.send(TokenEvent(index=len(self.ids), token=None, final=self.final(reason, seed, tokenizer)))
         return self.done
 
-    def _final(self, reason: str, seed: int | None) -> Final:
+    def _read(self, tokenizer) -> str:
+        """The text so far; returns what this token added to it."""
+        text = decode_output(tokenizer, self.ids)
+        # Pieces are differences of whole decodes, so they join to the final text (TGI does the same).
+        piece = text[len(self.text) :] if text.startswith(self.text) else ""
+        self.text = text
+        return piece
+
+    def final(self, reason: str, seed: int | None, tokenizer) -> Final:
+        if not self.reads_text:
+            self._read(tokenizer)
         text = self.text
         if self.job.request.return_full_text:
             text = self.job.request.inputs + text
@@ -218,12 +233,15 @@ class _Watch(StoppingCriteria):
         self.seed = seed
         special = set(tokenizer.all_special_ids)
         self.rows = [_Row(job, special, tokenizer.eos_token_id) for job in jobs]
-        self.scores = _Scores()
+        self.scores = _Scores(wanted=any(row.streams for row in self.rows))
 
     def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
         last = input_ids[:, -1:]
         tokens = last[:, 0].tolist()
-        logprobs = self.scores.logprobs.gather(1, last.to(self.scores.logprobs.device))[:, 0].tolist()
+        if self.scores.wanted:
+            logprobs = self.scores.logprobs.gather(1, last.to(self.scores.logprobs.device))[:, 0].tolist()
+        else:
+            logprobs = [0.0] * len(tokens)
         done = [row.step(t, lp, self.tokenizer, self.seed) for row, t, lp in zip(self.rows, tokens, logprobs)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -232,4 +250,5 @@ class _Watch(StoppingCriteria):
         for row in self.rows:
             if not row.done and not row.job.cancelled and not row.job.finished:
                 row.done = True
-                row.job.send(TokenEvent(index=len(row.ids), token=None, final=row._final("length", self.seed)))
+                final = row.final("length", self.seed, self.tokenizer)
+                row.job.send(TokenEvent(index=len(row.ids), token=None, final=final))
