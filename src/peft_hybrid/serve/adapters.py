@@ -72,6 +72,10 @@ class AdapterCache:
         with self._lock:
             return self._configs[adapter_id]
 
+    def is_loaded(self, adapter_id: str) -> bool:
+        with self._lock:
+            return adapter_id == BASE_ADAPTER or adapter_id in self._configs
+
     def loaded(self) -> list[str]:
         with self._lock:
             return list(self._loaded)

@@ -111,7 +111,7 @@ async def _generate(state: ServeState, http: Request, *, stream: bool | None, li
         state.cache.check(request.adapter_id)
         adapter = request.adapter_id
         job = Job(request, asyncio.get_running_loop())
-        with contextlib.suppress(KeyError):  # not loaded yet: the worker prepares it after loading
+        if state.cache.is_loaded(request.adapter_id):  # else the worker prepares it after loading it
             prepare(job, state.cache.config(request.adapter_id), state.tokenizer, state.limits)
         state.batcher.submit(job)
     except RequestError as err:

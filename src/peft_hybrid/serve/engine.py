@@ -89,9 +89,9 @@ class Runner:
             try:
                 if job.input_ids is None:
                     prepare(job, self.cache.config(job.request.adapter_id), self.tokenizer, self.limits)
-            except RequestError as err:
+            except Exception as err:
                 self.cache.release(name)
-                job.send(err)
+                job.send(err if isinstance(err, RequestError) else _generation_error(err))
                 continue
             held.append((job, name))
         return held, waiting
@@ -113,7 +113,7 @@ class Runner:
     def _fail(self, job: Job, err: Exception) -> None:
         if not job.finished:
             logger.error("generation failed for one request: %s", err)
-            job.send(RequestError(f"generation failed: {err}", status=500, error_type="generation"))
+            job.send(_generation_error(err))
 
     @torch.inference_mode()
     def _generate(self, held: list[tuple[Job, str]]) -> None:
@@ -142,6 +142,10 @@ class Runner:
         if self.on_tokens is not None:
             for job, row in zip(jobs, watch.rows):
                 self.on_tokens(job.request.adapter_id, len(row.ids))
+
+
+def _generation_error(err: Exception) -> RequestError:
+    return RequestError(f"generation failed: {err}", status=500, error_type="generation")
 
 
 def _settings(request) -> tuple[dict[str, Any], int | None]:
