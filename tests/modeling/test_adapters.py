@@ -153,7 +153,7 @@ def test_bad_names_lengths_and_stray_keywords_raise():
         model.generate(**batch, adapter_name_list=["other", "other"], max_new_tokens=2)
     with pytest.raises(TypeError, match="adapters"):
         model(**batch, labels=batch["input_ids"], adapters=["other", "other"])
-    with pytest.raises(ValueError, match="model.eval"):
+    with pytest.raises(ValueError, match=r"train mode and \['other'\] use LoRA dropout; call model.eval"):
         model.train()(**batch, labels=batch["input_ids"], adapter_names=["other", "default"])
     for bad in ("__base__", "a.b", "", "default"):
         with pytest.raises(ValueError, match="adapter_name|already loaded"):

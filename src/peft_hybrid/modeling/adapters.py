@@ -48,6 +48,10 @@ class _Adapter:
     prompt: SoftPrompt | None
     owns_base: bool  # mode full: the base weights are this adapter's, saved with it
 
+    @property
+    def uses_dropout(self) -> bool:
+        return self.lora is not None and self.config.lora_dropout > 0
+
     def tensors(self) -> dict[str, torch.Tensor]:
         tensors = dict(self.lora.tensors()) if self.lora is not None else {}
         if self.prompt is not None:

@@ -48,7 +48,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         >>> from peft_hybrid import HybridConfig, HybridModel
         >>> from peft_hybrid.offline import t5_from_preset
         >>> base, tokenizer = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer)
+        >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer).eval()
         >>> model.add_adapter("short", HybridConfig(mode="prompt", num_virtual_tokens=5))
         >>> batch = tokenizer(["Amy: see you at 5?", "Tom: late again"], return_tensors="pt", padding=True)
         >>> out = model.generate(**batch, adapter_names=["default", "short"], max_new_tokens=5)
@@ -220,10 +220,12 @@ class HybridModel(AdapterRegistry, nn.Module):
                 )
         if len(set(names)) == 1:
             return single_plan(self, names[0], rows)
-        if self.training:
+        dropping = [n for n in set(names) if n in self._adapters and self._adapters[n].uses_dropout]
+        if self.base_model.training and dropping:  # the per-row LoRA path has no dropout
             raise ValueError(
-                "adapter_names mixes adapters per row for inference; call model.eval() first. "
-                "Training updates one adapter at a time: set_adapter(name)."
+                f"adapter_names mixes adapters per row for inference, but the model is in train mode and "
+                f"{sorted(dropping)} use LoRA dropout; call model.eval() first. Training updates one adapter "
+                "at a time: set_adapter(name)."
             )
         return mixed_plan(self, names)
 
