@@ -106,6 +106,11 @@ class HybridConfig:
     def trains_base(self) -> bool:
         return self.mode == "full"
 
+    @property
+    def has_adapter_tensors(self) -> bool:
+        """Whether the adapter's weights file holds anything (a LoRA or a prompt part)."""
+        return self.uses_lora or self.uses_prompt
+
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with format/library metadata, ready for JSON."""

@@ -153,7 +153,7 @@ def test_bad_names_lengths_and_stray_keywords_raise():
         model.generate(**batch, adapter_name_list=["other", "other"], max_new_tokens=2)
     with pytest.raises(TypeError, match="adapters"):
         model(**batch, labels=batch["input_ids"], adapters=["other", "other"])
-    with pytest.raises(ValueError, match="model.eval"):
+    with pytest.raises(ValueError, match=r"train mode and \['other'\] use LoRA dropout; call model.eval"):
         model.train()(**batch, labels=batch["input_ids"], adapter_names=["other", "default"])
     for bad in ("__base__", "a.b", "", "default"):
         with pytest.raises(ValueError, match="adapter_name|already loaded"):
@@ -230,3 +230,15 @@ def test_a_vanilla_peft_lora_adapter_loads_as_a_named_adapter(tmp_path):
     want = reference.eval()(**batch, labels=labels).logits
     got = model.eval()(**batch, labels=labels, adapter_names=["peft"]).logits
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_an_adapter_added_to_an_eval_model_runs_without_dropout():
+    model, tok = tiny_model("lora")  # eval mode
+    model.add_adapter("late", HybridConfig(mode="lora", lora_dropout=0.5))
+    with torch.no_grad():
+        for t in model.adapter_tensors("late").values():
+            t.normal_(0, 0.1)
+    batch = tok(["Amy: see you at 5?"], return_tensors="pt")
+    labels = tok(["ok"], return_tensors="pt").input_ids
+    first, second = (model(**batch, labels=labels, adapter_names=["late"]).logits for _ in range(2))
+    assert torch.equal(first, second)

@@ -127,3 +127,26 @@ def test_one_adapter_for_every_row_is_that_adapter_merged(models):
         want = alone[name].generate(**batch, max_new_tokens=8)
         assert torch.equal(got, want), name
     assert model.active_adapter == "hybrid4"
+
+
+def test_one_adapter_for_every_row_runs_merged_and_a_mix_runs_per_row(models):
+    """The fast path: a uniform batch generates through plain Linears (no LoRA layer is called);
+    a mixed one calls every LoRA layer, and neither leaves anything behind."""
+    from peft.tuners.lora import LoraLayer
+
+    model, _, tok = models
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    active = [list(layer.active_adapters) for layer in layers]
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *_: calls.append(1)) for layer in layers]
+    try:
+        batch = tok(TEXTS, return_tensors="pt", padding=True)
+        model.generate(**batch, adapter_names=["hybrid4"] * len(TEXTS), max_new_tokens=3)
+        assert calls == []
+        model.generate(**batch, adapter_names=NAMES, max_new_tokens=3)
+        assert len(calls) > len(layers)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [list(layer.active_adapters) for layer in layers] == active
+    assert all(not layer._forward_hooks for layer in layers)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.utils import CONFIG_NAME as PEFT_CONFIG_NAME
 from torch import nn
 
 from peft_hybrid.config import CONFIG_NAME, HybridConfig
@@ -46,6 +47,10 @@ class _Adapter:
     lora: LoraPart | None
     prompt: SoftPrompt | None
     owns_base: bool  # mode full: the base weights are this adapter's, saved with it
+
+    @property
+    def uses_dropout(self) -> bool:
+        return self.lora is not None and self.config.lora_dropout > 0
 
     def tensors(self) -> dict[str, torch.Tensor]:
         tensors = dict(self.lora.tensors()) if self.lora is not None else {}
@@ -99,7 +104,6 @@ class AdapterRegistry:
             self.prompts[adapter_name] = prompt
         self._adapters[adapter_name] = _Adapter(config, lora, prompt, owns_base=config.trains_base)
         self._freeze(adapter_name)
-        self.train(self.training)  # new dropout modules follow the model's train/eval mode
 
     def load_adapter(
         self,
@@ -169,8 +173,8 @@ class AdapterRegistry:
             raise ValueError(
                 f"An adapter named {adapter_name!r} is already loaded; delete_adapter() it or pick another name."
             )
-        trains_base = [name for name, a in self._adapters.items() if a.config.trains_base]
-        if trains_base or (config is not None and config.trains_base and self._adapters):
+        owns_base = [name for name, a in self._adapters.items() if a.owns_base]
+        if owns_base or (config is not None and config.trains_base and self._adapters):
             raise ValueError(
                 f"Cannot add adapter {adapter_name!r}: mode 'full' trains the base itself, so a model holding a "
                 "'full' adapter holds no other. Build a separate HybridModel for it."
@@ -242,7 +246,7 @@ def expected_shapes(base_model: nn.Module, config: HybridConfig) -> dict[str, tu
 
 def read_any_adapter(folder: Path) -> tuple[HybridConfig, dict[str, torch.Tensor], str]:
     """A peft_hybrid adapter folder, or a vanilla PEFT LoRA one read as a mode ``lora`` adapter."""
-    if (folder / CONFIG_NAME).is_file() or not (folder / "adapter_config.json").is_file():
+    if (folder / CONFIG_NAME).is_file() or not (folder / PEFT_CONFIG_NAME).is_file():
         config, tensors = read_adapter_folder(folder)
         return config, tensors, str(folder / WEIGHTS_NAME)
     return peft_lora_as_hybrid(folder)

@@ -97,6 +97,8 @@ class LoraPart:
             inject_adapter_in_model(peft_lora_config(config), model, adapter_name=adapter_name)
         for name, layer in lora_layers(model).items():  # injecting activates the new adapter everywhere
             set_active(layer, active.get(name, []))
+            if adapter_name in layer.lora_dropout:  # a new dropout starts in train mode: follow its layer's
+                layer.lora_dropout[adapter_name].train(layer.training)
         self.model = model
         self.name = adapter_name
         self.scale = config.lora_alpha / config.r

@@ -119,6 +119,32 @@ def batch_rows(*tensors: Any) -> int | None:
     return None
 
 
+def row_plan(model, adapter_names: list[str] | None, rows: int | None):
+    """Context for one call: the active adapter (``None``), one adapter for all rows, or a per-row mix."""
+    if adapter_names is None:
+        return contextlib.nullcontext(None)
+    if rows is None:
+        raise ValueError("adapter_names needs input_ids, inputs_embeds or labels to count the batch's rows.")
+    names = check_adapter_names(adapter_names, rows, list(model._adapters))
+    if model.merged or getattr(model, "_merged_adapter", None) is not None:
+        merged = getattr(model, "_merged_adapter", None) or model._active
+        if set(names) != {merged}:
+            raise ValueError(
+                f"LoRA of adapter {merged!r} is merged into the base weights; adapter_names={sorted(set(names))} "
+                "needs the unmerged model (call generate outside merged_lora(), before merge_and_unload())."
+            )
+    if len(set(names)) == 1:
+        return single_plan(model, names[0], rows)
+    dropping = [n for n in set(names) if n in model._adapters and model._adapters[n].uses_dropout]
+    if model.base_model.training and dropping:  # the per-row LoRA path has no dropout
+        raise ValueError(
+            f"adapter_names mixes adapters per row for inference, but the model is in train mode and "
+            f"{sorted(dropping)} use LoRA dropout; call model.eval() first. Training updates one adapter "
+            "at a time: set_adapter(name)."
+        )
+    return mixed_plan(model, names)
+
+
 def single_plan(model, name: str, rows: int):
     """Every row names one adapter: run it alone (its prompt, its LoRA layers) for the call."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,12 +16,10 @@ from peft_hybrid.modeling.loading import load_base_model
 from peft_hybrid.modeling.lora import LoraPart, save_peft_lora
 from peft_hybrid.modeling.mixed import (
     batch_rows,
-    check_adapter_names,
     check_keywords,
     forward_keywords,
     generate_keywords,
-    mixed_plan,
-    single_plan,
+    row_plan,
 )
 from peft_hybrid.modeling.prompt import SoftPrompt, prepend_per_row, save_peft_prompt
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
@@ -48,7 +45,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         >>> from peft_hybrid import HybridConfig, HybridModel
         >>> from peft_hybrid.offline import t5_from_preset
         >>> base, tokenizer = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer)
+        >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer).eval()
         >>> model.add_adapter("short", HybridConfig(mode="prompt", num_virtual_tokens=5))
         >>> batch = tokenizer(["Amy: see you at 5?", "Tom: late again"], return_tensors="pt", padding=True)
         >>> out = model.generate(**batch, adapter_names=["default", "short"], max_new_tokens=5)
@@ -162,7 +159,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         """
         check_keywords(kwargs, forward_keywords(type(self.base_model)), "forward")
         rows = batch_rows(input_ids, inputs_embeds, encoder_outputs, labels, decoder_input_ids)
-        with self._row_plan(adapter_names, rows) as prompts:
+        with row_plan(self, adapter_names, rows) as prompts:
             if encoder_outputs is None:
                 encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds, prompts=prompts)
             else:  # the encoder already ran, on the prompt-extended input and mask
@@ -196,36 +193,13 @@ class HybridModel(AdapterRegistry, nn.Module):
         check_keywords(kwargs, generate_keywords(type(self.base_model)), "generate")
         rows = batch_rows(input_ids, inputs_embeds)
         uniform = adapter_names is not None and len(set(adapter_names)) == 1 and len(adapter_names) == rows
-        with self._row_plan(adapter_names, rows) as prompts:
+        with row_plan(self, adapter_names, rows) as prompts:
             encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds, prompts=prompts)
             encoder = {k: v for k, v in encoder.items() if v is not None}
             if uniform and not self.merged:
                 with merged_layers(self):  # the layers hold just this call's adapter active
                     return self.base_model.generate(**encoder, **kwargs)
             return self.base_model.generate(**encoder, **kwargs)
-
-    def _row_plan(self, adapter_names: list[str] | None, rows: int | None):
-        """Context for one call: the active adapter (``None``), one adapter for all rows, or a per-row mix."""
-        if adapter_names is None:
-            return contextlib.nullcontext(None)
-        if rows is None:
-            raise ValueError("adapter_names needs input_ids, inputs_embeds or labels to count the batch's rows.")
-        names = check_adapter_names(adapter_names, rows, list(self._adapters))
-        if self.merged or getattr(self, "_merged_adapter", None) is not None:
-            merged = getattr(self, "_merged_adapter", None) or self._active
-            if set(names) != {merged}:
-                raise ValueError(
-                    f"LoRA of adapter {merged!r} is merged into the base weights; adapter_names={sorted(set(names))} "
-                    "needs the unmerged model (call generate outside merged_lora(), before merge_and_unload())."
-                )
-        if len(set(names)) == 1:
-            return single_plan(self, names[0], rows)
-        if self.training:
-            raise ValueError(
-                "adapter_names mixes adapters per row for inference; call model.eval() first. "
-                "Training updates one adapter at a time: set_adapter(name)."
-            )
-        return mixed_plan(self, names)
 
     # --- parameters -----------------------------------------------------------------------
     def all_adapter_tensors(self) -> list[torch.Tensor]:
