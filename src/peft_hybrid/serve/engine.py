@@ -81,7 +81,8 @@ class Runner:
                 if held:
                     waiting.append(job)
                 else:
-                    job.send(RequestError("every loaded adapter is in use; retry shortly", status=503))
+                    busy = "every adapter slot (--max-adapters) is held by the running batch; retry shortly"
+                    job.send(RequestError(busy, status=503, error_type="overloaded", headers={"Retry-After": "1"}))
                 continue
             except RequestError as err:
                 job.send(err)

@@ -1,7 +1,8 @@
 """Starting and stopping the server: load the base and every ``--adapter`` (failing fast), then serve.
 
-On SIGTERM (or Ctrl-C) uvicorn stops accepting connections, every request already accepted is
-answered (queued ones included), the batch worker stops, and the process exits 0.
+On SIGTERM uvicorn stops accepting connections, every request already accepted is answered
+(queued ones included), the batch worker stops, and the process exits 0. Ctrl-C (SIGINT) drains
+the same way and then exits 130, as an interrupted command does.
 """
 
 from __future__ import annotations
