@@ -108,9 +108,20 @@ def api_key(args: argparse.Namespace) -> str | None:
     return key
 
 
+def _require_extra() -> None:
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(
+            f"peft-hybrid serve needs the serve extra: pip install 'peft-hybrid[serve]' (missing: {missing})"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    _require_extra()
     from peft_hybrid.serve.server import build_state, serve
 
     check(args)
