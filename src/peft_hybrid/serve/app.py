@@ -5,8 +5,9 @@
 - ``POST /generate``: ``{"generated_text", "details"}``; ``POST /generate_stream``: one event per token;
 - ``GET /info``, ``GET /health``, ``GET /metrics`` (Prometheus text).
 
-Errors are TGI's JSON, ``{"error": ..., "error_type": ...}``. With an API key every route but
-``/health`` needs ``Authorization: Bearer <key>``.
+A token's ``text`` is what it adds to the decoded output (special tokens add nothing), so a
+stream's texts join to its ``generated_text``. Errors are TGI's JSON, ``{"error": ...,
+"error_type": ...}``. With an API key every route but ``/health`` needs ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
