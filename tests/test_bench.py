@@ -90,3 +90,21 @@ def test_generation_merged_tokens_equal_unmerged_and_work_is_counted(gpu_smoke):
     for key, reference in references.items():
         ratios = [t / o for o, t in zip(merged["times_s"], generation[reference]["times_s"])]
         assert merged[key] == pytest.approx(statistics.median(ratios), rel=1e-12)
+
+
+def test_serve_bench_runs_every_mode_and_concurrency_with_the_same_answers(tmp_path):
+    """bench/serve.py at the tiny shape: both servers, every concurrency, no errors, identical texts."""
+    out = tmp_path / "serve.json"
+    command = [sys.executable, str(BENCH / "serve.py"), "--shape", "tiny", "--requests", "4", "--min-per-client", "1"]
+    done = subprocess.run([*command, "--out", str(out)], cwd=BENCH, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    rows = {(r["mode"], r["concurrency"]): r for r in result["rows"]}
+    assert set(rows) == {(m, c) for m in ("batched", "unbatched") for c in (1, 8, 32)}
+    for (_, concurrency), row in rows.items():
+        assert row["errors"] == 0 and row["requests"] == max(4, concurrency)
+        assert row["requests_per_s"] > 0 and 0 < row["p50_s"] <= row["p99_s"]
+    assert result["same_text_batched_vs_unbatched"] is True and result["pairs_compared"] > 0
+    assert (
+        result["speedup_at_32"] == rows[("batched", 32)]["requests_per_s"] / rows[("unbatched", 32)]["requests_per_s"]
+    )

@@ -89,7 +89,7 @@ def test_cast_frozen_base_keeps_adapter_fp32_and_trains():
     assert cast_frozen_base_(model, torch.bfloat16) is model
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
-    assert set(trainable) == {n for n, _ in model.named_parameters() if "lora_" in n or n == "prompt.weight"}
+    assert set(trainable) == {n for n, _ in model.named_parameters() if "lora_" in n or n.startswith("prompts.")}
     assert {p.dtype for p in trainable.values()} == {torch.float32}
     assert {p.dtype for p in frozen.values()} == {torch.bfloat16}
     assert model.num_parameters(trainable_only=True) == sum(p.numel() for p in trainable.values())

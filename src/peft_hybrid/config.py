@@ -213,6 +213,11 @@ class HybridConfig:
         data = asdict(self)  # copies, so a caller's edit cannot reach the config
         return {name: data[name] for name in ADAPTER_FIELDS}
 
+    @property
+    def has_adapter_tensors(self) -> bool:
+        """Whether the adapter's weights file holds anything (a LoRA or a prompt part)."""
+        return self.uses_lora or self.uses_prompt
+
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with format/library metadata, ready for JSON."""

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +58,7 @@ def load_for_inference(
     revision: str | None = None,
     token: str | bool | None = None,
     device: str | torch.device | None = None,
+    adapter_name: str = "default",
 ) -> tuple[HybridModel, Any]:
     """A saved adapter (folder or Hub id) on its base, in eval mode, with its tokenizer.
 
@@ -82,7 +84,7 @@ def load_for_inference(
     folder = resolve_folder(adapter, revision=revision, token=token)
     config = HybridConfig.load(folder)
     if config.trains_base:
-        model = HybridModel.from_pretrained(folder)
+        model = HybridModel.from_pretrained(folder, adapter_name=adapter_name)
         tokenizer = None
     else:
         base_model, tokenizer = load_base(
@@ -91,7 +93,9 @@ def load_for_inference(
             preset=preset,
             token=token,
         )
-        model = HybridModel.from_pretrained(folder, base_model=base_model, tokenizer=tokenizer)
+        model = HybridModel.from_pretrained(
+            folder, base_model=base_model, tokenizer=tokenizer, adapter_name=adapter_name
+        )
     if any((folder / name).is_file() for name in _TOKENIZER_FILES):
         tokenizer = _saved_tokenizer(folder)
     if tokenizer is None:
@@ -135,6 +139,7 @@ def generate_texts(
     max_source_length: int = 512,
     progress: bool = True,
     desc: str = "generating",
+    adapter_names: Sequence[str] | None = None,
     **generation_kwargs: Any,
 ) -> list[str]:
     """Generate one output per input text, in input order, ``batch_size`` texts at a time.
@@ -143,7 +148,9 @@ def generate_texts(
     gives the same outputs here and in ``HybridTrainer.evaluate``. LoRA is merged for the whole
     call (`peft_hybrid.speed.merged_lora`, as the Trainer's ``merged_eval``): plain Linears,
     the same tokens, the model put back unchanged afterwards. The progress bar goes to stderr,
-    leaving stdout for the outputs.
+    leaving stdout for the outputs. ``adapter_names`` (one per text) runs each text with its own
+    adapter in mixed batches; `HybridModel.generate` then merges LoRA for a batch whose rows all
+    name one adapter, and runs LoRA per row otherwise.
     """
     from tqdm.auto import tqdm
 
@@ -153,13 +160,17 @@ def generate_texts(
         raise ValueError(f"batch_size={batch_size}: pass a positive number of texts per batch.")
     outputs: list[str] = []
     bar = tqdm(total=len(texts), desc=desc, unit="ex", file=sys.stderr, disable=not progress)
-    with merged_lora(model):
+    if adapter_names is not None and len(adapter_names) != len(texts):
+        raise ValueError(f"adapter_names has {len(adapter_names)} names for {len(texts)} texts; pass one per text.")
+    with merged_lora(model) if adapter_names is None else contextlib.nullcontext():
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             encoded = tokenizer(
                 batch, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length
             )
             encoded = {k: v.to(model.device) for k, v in encoded.items()}
+            if adapter_names is not None:
+                generation_kwargs["adapter_names"] = list(adapter_names[start : start + batch_size])
             generated = model.generate(**encoded, **generation_kwargs)
             decoded = tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
             outputs.extend(text.strip() for text in decoded)

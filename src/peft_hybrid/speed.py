@@ -74,12 +74,14 @@ def cast_frozen_base_(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> 
             "cast_frozen_base_ found no frozen parameters (mode 'full' trains every weight); "
             "keep fp32 weights and train with bf16 mixed precision instead."
         )
+    # Every adapter stays fp32, not just the active (trainable) one: they are all master weights.
+    adapters = {id(t) for t in model.all_adapter_tensors()} if hasattr(model, "all_adapter_tensors") else set()
     with torch.no_grad():
         for p in params:
             if not p.is_floating_point():
                 continue
             # Assigning .data keeps each Parameter object, so optimizers and hooks still see it.
-            wanted = torch.float32 if p.requires_grad else dtype
+            wanted = torch.float32 if p.requires_grad or id(p) in adapters else dtype
             if p.dtype != wanted:
                 p.data = p.data.to(wanted)
         for module in model.modules():
@@ -151,16 +153,19 @@ def dynamo_counters() -> dict[str, int]:
 def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block, every LoRA layer is replaced by its base Linear holding ``W + s·B·A``.
 
+    Only the adapter in use is merged: the active adapter of a `HybridModel` holding several
+    (the others stay out of the weights, and a mixed-adapter call inside the block is refused).
     Unlike PEFT's ``merge()`` + ``unmerge()`` (which adds and later subtracts ``s·B·A`` in place,
     so the base weights drift by rounding each time), the merged weight is a *new* tensor, and
     on exit the original weight ``Parameter`` objects and LoRA layers are put back untouched:
     the base stays bit-identical, the adapter keeps training afterwards. Generation inside runs
     plain Linears, without LoRA's extra matmuls and dropout calls.
 
-    The merge is computed in fp32 and stored in the weight's own dtype. Leaving the block by an
-    exception restores the model too. With `compile_model`, the first merged generation may
-    compile once more (the modules inside the compiled stacks changed). A model without LoRA
-    (modes ``prompt``/``none``/``full`` or after ``merge_and_unload``) is yielded unchanged.
+    The merge is `peft_hybrid.modeling.lora.merged_weight` (fp32, stored in the weight's own
+    dtype). Leaving the block by an exception restores the model too. With `compile_model`, the
+    first merged generation may compile once more (the modules inside the compiled stacks
+    changed). A model without LoRA (modes ``prompt``/``none``/``full`` or after
+    ``merge_and_unload``) is yielded unchanged.
 
     Example:
         >>> import torch
@@ -174,13 +179,33 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
         >>> torch.equal(fast, model.generate(**batch, max_new_tokens=4))
         True
     """
+    flag = hasattr(model, "active_adapter")
+    if flag:
+        model._merged_adapter = model.active_adapter
+    try:
+        with merged_layers(model):
+            yield model
+    finally:
+        if flag:
+            model._merged_adapter = None
+
+
+@contextlib.contextmanager
+def merged_layers(model: nn.Module) -> Iterator[nn.Module]:
+    """`merged_lora` without the bookkeeping: merge whatever adapter each LoRA layer has active."""
+    from peft_hybrid.modeling.lora import merged_weight
+
     swaps = []
     try:
         with torch.no_grad():
             for parent, child, layer in _lora_layers(model):
                 linear = layer.get_base_layer()
                 original = linear.weight
-                linear.weight = nn.Parameter(_merged_weight(layer, original), requires_grad=False)
+                merged = original
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        merged = merged_weight(layer, adapter, merged)
+                linear.weight = nn.Parameter(merged, requires_grad=False)
                 setattr(parent, child, linear)
                 swaps.append((parent, child, layer, linear, original))
         yield model
@@ -204,14 +229,3 @@ def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
             parent_name, _, child = name.rpartition(".")
             found.append((model.get_submodule(parent_name), child, module))
     return found
-
-
-def _merged_weight(layer: Any, weight: torch.Tensor) -> torch.Tensor:
-    merged = weight.float()
-    for adapter in layer.active_adapters:
-        if adapter not in layer.lora_A:
-            continue
-        a = layer.lora_A[adapter].weight.float()
-        b = layer.lora_B[adapter].weight.float()
-        merged = merged + (b @ a) * layer.scaling[adapter]
-    return merged.to(weight.dtype)

@@ -1,23 +1,31 @@
-"""``peft-hybrid predict``: batched generation with a saved adapter, one output per input line.
+"""``peft-hybrid predict``: batched generation with saved adapters, one output per input line.
 
 Input (a file or ``-`` for stdin) is plain text, one input per line, or JSON Lines whose objects
 carry the text under ``--field`` (default ``text``, else ``source``). Outputs go to stdout, one
 per line (line breaks inside an output become spaces), or as JSON Lines with ``--jsonl``; the
 progress bar goes to stderr.
 
+Several named adapters on one base: repeat ``--adapter NAME=PATH_OR_REPO`` and give each JSON
+line an ``adapter`` field; the inputs are batched across adapters (mixed-task batches), and the
+outputs keep the input order.
+
 Example::
 
     printf 'it is a charming journey .\\nunflinchingly bleak\\n' | \\
         peft-hybrid predict --adapter runs/sst2 --task sst2
+    peft-hybrid predict --adapter sst2=runs/sst2 --adapter samsum=runs/samsum --input mixed.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
-from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
+from peft_hybrid.cli._inference_args import add_model_arguments, check_positive
+
+_NAMED = re.compile(r"^([A-Za-z0-9_-]+)=(.+)$")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -25,10 +33,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "predict",
         help="batched generation from a file or stdin",
         description=(
-            "Generate one output per input with a saved adapter (text or JSON Lines in, one line out per input)."
+            "Generate one output per input with saved adapters (text or JSON Lines in, one line out per input)."
         ),
     )
-    add_adapter_arguments(parser)
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        action="append",
+        help="adapter folder or Hub repo id; repeat as NAME=PATH_OR_REPO for several (JSON Lines pick by 'adapter')",
+    )
+    parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub (one adapter only)")
     parser.add_argument(
         "--input", default="-", help="input file (.txt: one input per line; .jsonl: objects), or - for stdin (default)"
     )
@@ -45,8 +59,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def read_inputs(source: str, field: str | None = None) -> list[str]:
-    """Input texts from a file or ``-`` (stdin): JSON Lines when every line is an object, else lines."""
+def parse_adapters(values: list[str]) -> dict[str, str]:
+    """``--adapter`` values as name → path or repo id; one unnamed adapter is named ``default``."""
+    if len(values) == 1 and not _NAMED.match(values[0]):
+        return {"default": values[0]}
+    adapters: dict[str, str] = {}
+    for value in values:
+        match = _NAMED.match(value)
+        if match is None:
+            raise ValueError(f"--adapter {value}: with several adapters, name each one: --adapter NAME=PATH_OR_REPO.")
+        name, where = match.groups()
+        if name in adapters:
+            raise ValueError(f"--adapter {name}=... is given twice; give each adapter one name.")
+        adapters[name] = where
+    return adapters
+
+
+def read_records(source: str, field: str | None = None) -> list[tuple[str, str | None]]:
+    """``(text, adapter)`` per input from a file or ``-`` (stdin); ``adapter`` is a JSON line's ``adapter`` field.
+
+    JSON Lines when every line is an object, else one input per line.
+    """
     from peft_hybrid.tasks._readers import decode_text, parse_json, require_regular_file
 
     # Bytes, decoded here, so that binary input is refused naming the line instead of reaching the tokenizer.
@@ -66,8 +99,8 @@ def read_inputs(source: str, field: str | None = None) -> list[str]:
     if not (name.endswith(".jsonl") or all(line.lstrip().startswith("{") for _, line in lines)):
         if field is not None:
             raise ValueError(f"--field {field} applies to JSON Lines input, but {name} is plain text.")
-        return [line.rstrip("\r") for _, line in lines]
-    texts = []
+        return [(line.rstrip("\r"), None) for _, line in lines]
+    records = []
     for number, line in lines:
         try:
             record = parse_json(line)
@@ -82,48 +115,104 @@ def read_inputs(source: str, field: str | None = None) -> list[str]:
             raise ValueError(
                 f"--input {name} line {number} has no text under {key!r}; set --field to the key holding the input."
             )
-        texts.append(value)
-    return texts
+        adapter = record.get("adapter")
+        if adapter is not None and not isinstance(adapter, str):
+            raise ValueError(f"--input {name} line {number}: 'adapter' must be a string naming an --adapter.")
+        records.append((value, adapter))
+    return records
+
+
+def _line_adapters(records, adapters: dict[str, str], source: str) -> list[str]:
+    """Which adapter each input uses: its ``adapter`` field (required with several adapters)."""
+    names = []
+    for number, (_, wanted) in enumerate(records, start=1):
+        if wanted is None:
+            if len(adapters) > 1:
+                raise ValueError(
+                    f"--input {source} input {number} names no adapter; with several --adapter, give each JSON line "
+                    f"an 'adapter' field, one of {sorted(adapters)}."
+                )
+            wanted = next(iter(adapters))
+        if wanted not in adapters:
+            raise ValueError(
+                f"--input {source} input {number} asks for adapter {wanted!r}; the --adapter names are "
+                f"{sorted(adapters)}."
+            )
+        names.append(wanted)
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
     from peft_hybrid.hub.errors import HubError
-    from peft_hybrid.inference import (
-        generate_texts,
-        generation_settings,
-        load_for_inference,
-        model_inputs,
-        source_length,
-    )
+    from peft_hybrid.inference import generate_texts, load_for_inference, model_inputs
 
     for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_length"):
         check_positive(name, getattr(args, name))
-    texts = read_inputs(args.input, args.field)
+    adapters = parse_adapters(args.adapter)
+    if args.revision is not None and len(adapters) > 1:
+        raise ValueError("--revision pins one adapter; with several --adapter, pin each in its repo id instead.")
+    records = read_records(args.input, args.field)
+    names = _line_adapters(records, adapters, args.input)
+    first, *others = adapters.items()
     try:
         model, tokenizer = load_for_inference(
-            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+            first[1],
+            base=args.base,
+            preset=args.model_preset,
+            revision=args.revision,
+            device=args.device,
+            adapter_name=first[0],
         )
+        for name, where in others:
+            model.load_adapter(where, name)
     except HubError as err:
         print(f"peft-hybrid predict: error: {err}", file=sys.stderr)
         return 1
-    config = model.hybrid_config
-    generation = generation_settings(config, args.task, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
-    inputs = model_inputs(
-        config, texts, task=args.task, task_prefix=args.task_prefix, use_task_tags=args.use_task_tags
-    )
+    model.to(model.device).eval()
+    settings = _settings(model, adapters, args)
+    inputs = [
+        model_inputs(
+            model.adapters[name],
+            [text],
+            task=args.task,
+            task_prefix=args.task_prefix,
+            use_task_tags=args.use_task_tags,
+        )[0]
+        for (text, _), name in zip(records, names)
+    ]
     predictions = generate_texts(
         model,
         tokenizer,
         inputs,
         batch_size=args.batch_size,
-        max_source_length=source_length(config, args.max_source_length),
         progress=not args.no_progress,
-        **generation,
+        adapter_names=names if len(adapters) > 1 else None,
+        **settings,
     )
-    for text, prediction in zip(texts, predictions):
+    for (text, _), prediction in zip(records, predictions):
         if args.jsonl:
             sys.stdout.write(json.dumps({"input": text, "prediction": prediction}, ensure_ascii=False) + "\n")
         else:
             sys.stdout.write(" ".join(prediction.splitlines()) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def _settings(model, adapters: dict[str, str], args) -> dict:
+    """One source length and one set of generation settings for the mixed batches, each adapter's own
+    (saved with it, then the flags); adapters that disagree are refused."""
+    from peft_hybrid.inference import generation_settings, source_length
+
+    settings = {}
+    for name in adapters:
+        config = model.adapters[name]
+        own = generation_settings(config, args.task, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        settings[name] = {**own, "max_source_length": source_length(config, args.max_source_length)}
+    distinct = {json.dumps(s, sort_keys=True) for s in settings.values()}
+    if len(distinct) > 1:
+        raise ValueError(
+            f"The adapters generate with different settings ({settings}); one mixed batch needs one. "
+            "Pass --task, --max_new_tokens, --num_beams and --max_source_length to choose, or run predict once per "
+            "adapter."
+        )
+    return next(iter(settings.values()))

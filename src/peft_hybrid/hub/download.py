@@ -28,6 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.hub.errors import (
     LOGIN_HINT,
     UNAVAILABLE_STATUS,
@@ -49,8 +50,11 @@ def resolve_folder(
     token: str | bool | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
+    subfolder: str | None = None,
 ) -> Path:
     """A local folder as is; otherwise download the repo's adapter files through huggingface_hub.
+
+    ``subfolder`` picks one adapter of a folder or repo that holds several, one per subfolder.
 
     Raises:
         HubUnreachableError: offline (or ``local_files_only``) and not cached, or the Hub does not answer.
@@ -59,20 +63,21 @@ def resolve_folder(
     """
     path = Path(path_or_repo_id)
     if path.is_dir():
-        return path
+        return _subfolder(path, subfolder, str(path_or_repo_id))
     problem = adapter_path_problem(path)  # a file or a link loop is no repo id either
     if problem is not None:
         raise AdapterLoadError(problem)
     repo_id = str(path_or_repo_id)
+    patterns = _HUB_PATTERNS if subfolder is None else [f"{subfolder.strip('/')}/{p}" for p in _HUB_PATTERNS]
     try:
-        return Path(
+        root = Path(
             snapshot_download(
                 repo_id,
                 revision=revision,
                 token=token,
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
-                allow_patterns=_HUB_PATTERNS,
+                allow_patterns=patterns,
             )
         )
     except (LocalEntryNotFoundError, HfHubHTTPError) as err:
@@ -82,6 +87,8 @@ def resolve_folder(
             f"{repo_id!r} is neither an existing folder nor a Hub repo id. Pass a folder written by "
             "HybridModel.save_pretrained, or a repo id such as 'owner/name'."
         ) from None
+
+    return _subfolder(root, subfolder, repo_id)
 
 
 def load_error(err: Exception, repo_id: str, token: str | bool | None, *, local_files_only: bool = False) -> Exception:
@@ -146,3 +153,15 @@ def _is_rejected_token(err: Exception) -> bool:
 
 def _reason(err: BaseException | None) -> str:
     return f"{type(err).__name__}: {err}" if err is not None else "unknown error"
+
+
+def _subfolder(root: Path, subfolder: str | None, source: str) -> Path:
+    if subfolder is None:
+        return root
+    folder = root / subfolder
+    if not folder.is_dir():
+        held = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+        raise AdapterLoadError(
+            f"{source} has no subfolder {subfolder!r}; the adapters in subfolders there are {held}."
+        )
+    return folder

@@ -182,10 +182,13 @@ def push_model(
     endpoint: str | None = None,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    adapter_names: list[str] | str | None = None,
 ) -> CommitInfo:
     """Save ``model`` to a temporary folder and push it (see `push_folder`); `HybridModel.push_to_hub`.
 
     ``card`` defaults to the model's own card data with ``repo_id`` in the usage snippet.
+    ``adapter_names`` (a list or ``"all"``) pushes several adapters as ``save_pretrained`` lays
+    them out: the first at the root, each other in its ``<name>/`` subfolder.
 
     Example:
         >>> from peft_hybrid import HybridConfig, HybridModel
@@ -199,18 +202,14 @@ def push_model(
     elif isinstance(card, CardData) and card.repo_id is None:
         card.repo_id = repo_id
     with tempfile.TemporaryDirectory(prefix="peft-hybrid-push-") as tmp:
-        model.save_pretrained(tmp, card=card)
-        return push_folder(
-            tmp,
-            repo_id,
-            token=token,
-            private=private,
-            revision=revision,
-            commit_message=commit_message,
-            endpoint=endpoint,
-            retries=retries,
-            backoff=backoff,
+        model.save_pretrained(tmp, card=card, adapter_names=adapter_names)
+        settings = dict(
+            token=token, revision=revision, commit_message=commit_message, endpoint=endpoint, retries=retries
         )
+        subfolders = sorted(p for p in Path(tmp).iterdir() if (p / CONFIG_NAME).is_file())
+        for sub in subfolders:  # the other adapters first: the root commit then finds them all in place
+            push_folder(sub, repo_id, private=private, path_in_repo=sub.name, backoff=backoff, **settings)
+        return push_folder(tmp, repo_id, private=private, backoff=backoff, **settings)
 
 
 # --- internals ------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
-"""Thin glue over PEFT's LoRA layers: inject, name tensors as PEFT does, merge, interop."""
+"""Thin glue over PEFT's LoRA layers: inject per adapter name, PEFT key names, the one merge, interop.
+
+Several named adapters share one base: each is a key of the same PEFT ``LoraLayer`` (``lora_A[name]``,
+``lora_B[name]``), so a second adapter allocates its own A/B matrices and nothing else. Saved keys are
+PEFT's, without the adapter name, so a folder does not depend on the name it was loaded under.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,7 +17,6 @@ from torch import nn
 
 from peft_hybrid.config import HybridConfig
 
-ADAPTER_NAME = "default"
 # PEFT saves LoRA tensors under the PeftModel's names, without the adapter name.
 PEFT_PREFIX = "base_model.model."
 
@@ -29,19 +34,45 @@ def peft_lora_config(config: HybridConfig) -> LoraConfig:
     )
 
 
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    """Every PEFT LoRA layer inside ``model``, by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def set_active(layer: LoraLayer, adapter_names: list[str]) -> None:
+    """Which adapters a layer applies, without PEFT's ``set_adapter`` side effect on ``requires_grad``."""
+    layer._active_adapter = list(adapter_names)
+
+
 def target_linears(model: nn.Module, config: HybridConfig) -> dict[str, nn.Linear]:
-    """The Linear modules LoRA will wrap; an error lists the names the model does have."""
+    """The Linear modules LoRA will wrap (seen through layers other adapters already wrapped).
+
+    An error lists the names the model does have.
+    """
     wanted = set(config.target_modules)
-    found = {
-        name: m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in wanted and isinstance(m, nn.Linear)
-    }
+    linears = _base_linears(model)
+    found = {name: m for name, m in linears.items() if name.rsplit(".", 1)[-1] in wanted}
     missing = wanted - {name.rsplit(".", 1)[-1] for name in found}
     if missing:
-        linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        linear_names = sorted({n.rsplit(".", 1)[-1] for n in linears})
         raise ValueError(
             f"target_modules {sorted(missing)} not found in {type(model).__name__}; "
             f"its Linear modules are named {linear_names}. Set HybridConfig.target_modules to some of these."
         )
+    return found
+
+
+def _base_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The model's own Linears: a LoRA-wrapped one counts under its own name, its A/B matrices do not."""
+    wrapped = lora_layers(model)
+    found = {}
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{outer}.") for outer in wrapped):
+            continue
+        if name in wrapped:
+            module = wrapped[name].get_base_layer()
+        if isinstance(module, nn.Linear):
+            found[name] = module
     return found
 
 
@@ -55,46 +86,82 @@ def expected_shapes(model: nn.Module, config: HybridConfig) -> dict[str, tuple[i
 
 
 class LoraPart:
-    """The LoRA half of an adapter, living inside the base model as PEFT LoRA layers."""
+    """One named adapter's LoRA matrices, living inside the base model's PEFT LoRA layers."""
 
-    def __init__(self, model: nn.Module, config: HybridConfig) -> None:
+    def __init__(self, model: nn.Module, config: HybridConfig, adapter_name: str) -> None:
         target_linears(model, config)  # fail before touching the model
-        inject_adapter_in_model(peft_lora_config(config), model, adapter_name=ADAPTER_NAME)
+        active = {name: list(layer.active_adapters) for name, layer in lora_layers(model).items()}
+        with warnings.catch_warnings():
+            # Several adapters on one model is the point here, not the accident PEFT warns about.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(peft_lora_config(config), model, adapter_name=adapter_name)
+        for name, layer in lora_layers(model).items():  # injecting activates the new adapter everywhere
+            set_active(layer, active.get(name, []))
+            if adapter_name in layer.lora_dropout:  # a new dropout starts in train mode: follow its layer's
+                layer.lora_dropout[adapter_name].train(layer.training)
         self.model = model
-        for layer in self.layers():
-            for p in layer.lora_A.parameters():
-                p.requires_grad_(True)
-            for p in layer.lora_B.parameters():
-                p.requires_grad_(True)
+        self.name = adapter_name
+        self.scale = config.lora_alpha / config.r
 
-    def layers(self) -> list[LoraLayer]:
-        return [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+    def layers(self) -> dict[str, LoraLayer]:
+        """The LoRA layers holding this adapter, by module name."""
+        return {name: layer for name, layer in lora_layers(self.model).items() if self.name in layer.lora_A}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        marker = f".{ADAPTER_NAME}."
-        return {
-            PEFT_PREFIX + name.replace(marker, "."): p
-            for name, p in self.model.named_parameters()
-            if ".lora_A." in name or ".lora_B." in name
-        }
+        tensors = {}
+        for name, layer in self.layers().items():
+            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A[self.name].weight
+            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B[self.name].weight
+        return tensors
 
     @torch.no_grad()
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for key, param in self.tensors().items():
             param.copy_(tensors[key].to(param.dtype))
 
+    def remove(self) -> None:
+        """Drop this adapter's matrices; a layer left with no adapter becomes its plain Linear again."""
+        for name, layer in self.layers().items():
+            for attribute in layer.adapter_layer_names + layer.other_param_names:
+                held = getattr(layer, attribute)
+                if self.name in held:
+                    del held[self.name]
+            if not layer.lora_A:
+                _replace(self.model, name, layer.get_base_layer())
+        peft_configs = getattr(self.model, "peft_config", None)
+        if isinstance(peft_configs, dict):
+            peft_configs.pop(self.name, None)
+            if not peft_configs:
+                del self.model.peft_config
+
     @torch.no_grad()
     def merge_and_unload(self) -> None:
-        """Fold ``B @ A * scale`` into each wrapped Linear and put the plain Linear back."""
-        for name, module in list(self.model.named_modules()):
-            if isinstance(module, LoraLayer):
-                module.merge()
-                parent_name, _, child = name.rpartition(".")
-                setattr(self.model.get_submodule(parent_name), child, module.get_base_layer())
+        """Fold this adapter into each wrapped Linear and put the plain Linears back."""
+        for name, layer in lora_layers(self.model).items():
+            linear = layer.get_base_layer()
+            if self.name in layer.lora_A:
+                linear.weight.data = merged_weight(layer, self.name, linear.weight)
+            _replace(self.model, name, linear)
+
+
+def merged_weight(layer: LoraLayer, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+    """``W + scale · B @ A`` for one adapter of one layer: computed in fp32, stored in W's dtype.
+
+    The one merge of the package: `LoraPart.merge_and_unload` and `peft_hybrid.speed.merged_lora`
+    both use it, so merged and unmerged generation cannot drift apart.
+    """
+    a = layer.lora_A[adapter_name].weight.float()
+    b = layer.lora_B[adapter_name].weight.float()
+    return (weight.float() + (b @ a) * layer.scaling[adapter_name]).to(weight.dtype)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
 
 
 def read_peft_lora_config(folder: str | Path) -> LoraConfig:
-    """Read a vanilla PEFT LoRA adapter's config (for starting a hybrid from it)."""
+    """Read a vanilla PEFT LoRA adapter's config (for loading it as a named adapter)."""
     config = LoraConfig.from_pretrained(str(folder))
     if not isinstance(config, LoraConfig):
         raise ValueError(f"{folder} holds a {type(config).__name__}, not a LoRA adapter.")
@@ -103,9 +170,9 @@ def read_peft_lora_config(folder: str | Path) -> LoraConfig:
 
 def save_peft_lora(folder: Path, config: HybridConfig, tensors: dict[str, torch.Tensor]) -> Path:
     """Write a vanilla PEFT LoRA adapter folder (loadable by ``peft.PeftModel.from_pretrained``)."""
-    from peft_hybrid.modeling.serialization import write_safetensors
+    from peft_hybrid.modeling.serialization import WEIGHTS_NAME, write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     peft_lora_config(config).save_pretrained(str(folder))
-    write_safetensors(folder / "adapter_model.safetensors", tensors)
+    write_safetensors(folder / WEIGHTS_NAME, tensors)
     return folder

@@ -1,7 +1,8 @@
-"""`HybridModel`: a frozen T5-family base with PEFT LoRA layers and an encoder soft prompt."""
+"""`HybridModel`: a frozen T5-family base with named adapters (PEFT LoRA layers + encoder soft prompts)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,61 +11,81 @@ from torch import nn
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.download import resolve_folder
-from peft_hybrid.modeling.loading import load_base_model, record_base
-from peft_hybrid.modeling.lora import LoraPart, read_peft_lora_config, save_peft_lora
-from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
-from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt, save_peft_prompt
-from peft_hybrid.modeling.serialization import (
-    WEIGHTS_NAME,
-    AdapterLoadError,
-    check_tensors,
-    load_adapter,
-    load_adapter_tensors_file,
-    prepare_output_dir,
-    save_adapter,
+from peft_hybrid.modeling.adapters import AdapterRegistry, base_shape, check_fits, peft_lora_as_hybrid
+from peft_hybrid.modeling.loading import load_base_model
+from peft_hybrid.modeling.lora import LoraPart, save_peft_lora
+from peft_hybrid.modeling.mixed import (
+    batch_rows,
+    check_keywords,
+    forward_keywords,
+    generate_keywords,
+    row_plan,
 )
+from peft_hybrid.modeling.prompt import SoftPrompt, prepend_per_row, save_peft_prompt
+from peft_hybrid.modeling.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
+DEFAULT_ADAPTER = "default"
+__all__ = ["DEFAULT_ADAPTER", "SUPPORTED_MODEL_TYPES", "HybridModel", "base_shape"]
 if TYPE_CHECKING:
     from peft_hybrid.hub.card import CardData
 
 
-class HybridModel(nn.Module):
-    """LoRA + encoder-side soft prompt on a frozen T5-family seq2seq model.
+class HybridModel(AdapterRegistry, nn.Module):
+    """LoRA + encoder-side soft prompt adapters on one frozen T5-family seq2seq model.
 
-    The config's ``mode`` decides once, here, which parts exist: a :class:`SoftPrompt` (modes
-    ``prompt``/``hybrid``), PEFT LoRA layers inside the base (``lora``/``hybrid``), or an
-    entirely trainable base (``full``). Everything else works the same for every mode.
+    Each adapter's config ``mode`` decides once, when the adapter is added, which parts it has:
+    a :class:`SoftPrompt` (modes ``prompt``/``hybrid``), PEFT LoRA layers inside the base
+    (``lora``/``hybrid``), or an entirely trainable base (``full``, alone on its model). The
+    model starts with one adapter, ``adapter_name``; more are added with ``add_adapter`` or
+    ``load_adapter`` and picked with ``set_adapter`` (see `peft_hybrid.modeling.adapters`), or
+    per row with ``adapter_names=[...]`` in ``forward``/``generate``.
 
     Example:
         >>> from peft_hybrid import HybridConfig, HybridModel
         >>> from peft_hybrid.offline import t5_from_preset
         >>> base, tokenizer = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer)
-        >>> batch = tokenizer(["Amy: see you at 5?"], return_tensors="pt")
-        >>> out = model.generate(**batch, max_new_tokens=5)
+        >>> model = HybridModel(base, HybridConfig(), tokenizer=tokenizer).eval()
+        >>> model.add_adapter("short", HybridConfig(mode="prompt", num_virtual_tokens=5))
+        >>> batch = tokenizer(["Amy: see you at 5?", "Tom: late again"], return_tensors="pt", padding=True)
+        >>> out = model.generate(**batch, adapter_names=["default", "short"], max_new_tokens=5)
     """
 
     main_input_name = "input_ids"
 
-    def __init__(self, base_model: nn.Module, config: HybridConfig | None = None, tokenizer=None) -> None:
+    def __init__(
+        self,
+        base_model: nn.Module,
+        config: HybridConfig | None = None,
+        tokenizer=None,
+        *,
+        adapter_name: str = DEFAULT_ADAPTER,
+    ) -> None:
         super().__init__()
-        config = HybridConfig() if config is None else config
         _check_supported(base_model)
-        shape = base_shape(base_model)
-        if config.base_model_shape is not None and config.base_model_shape != shape:
-            raise ValueError(
-                f"The config was made for a base of shape {config.base_model_shape}, but this base model has shape "
-                f"{shape}. Load the adapter onto the base it was trained on ({config.base_model_name_or_path})."
-            )
-        config.base_model_shape = shape
-        record_base(config, base_model)
-        self.hybrid_config = config
         self.base_model = base_model
+        self.prompts = nn.ModuleDict()
+        self.tokenizer = tokenizer
         self.merged = False
-        base_model.requires_grad_(config.trains_base)
-        self.lora = LoraPart(base_model, config) if config.uses_lora else None
-        self.prompt = _build_prompt(base_model, config, tokenizer) if config.uses_prompt else None
+        self._adapters = {}
+        self.add_adapter(adapter_name, HybridConfig() if config is None else config)
+        self.set_adapter(adapter_name)
+
+    # --- the active adapter, as single-adapter code sees it ---------------------------------
+    @property
+    def hybrid_config(self) -> HybridConfig:
+        """The active adapter's config."""
+        return self._adapters[self._active].config
+
+    @property
+    def prompt(self) -> SoftPrompt | None:
+        """The active adapter's soft prompt (``None`` when its mode has none)."""
+        return self._adapters[self._active].prompt
+
+    @property
+    def lora(self) -> LoraPart | None:
+        """The active adapter's LoRA part (``None`` when its mode has none, or after merge)."""
+        return self._adapters[self._active].lora
 
     # --- what the Trainer and generation utilities look for -------------------------------
     @property
@@ -97,15 +118,27 @@ class HybridModel(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        *,
+        prompts: list[SoftPrompt | None] | None = None,
     ) -> dict[str, torch.Tensor | None]:
-        """The encoder inputs as the base model sees them (soft prompt prepended, mask extended)."""
-        if self.prompt is None:
+        """The encoder inputs as the base model sees them (soft prompt prepended, mask extended).
+
+        ``prompts``: one prompt (or ``None``) per row, for a mixed batch; default the active one.
+        """
+        if prompts is None:
+            if self.prompt is None:
+                return {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+        elif all(p is None for p in prompts):
             return {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("Pass input_ids or inputs_embeds.")
             inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
-        inputs_embeds, attention_mask = self.prompt.prepend(inputs_embeds, attention_mask)
+        if prompts is None:
+            inputs_embeds, attention_mask = self.prompt.prepend(inputs_embeds, attention_mask)
+        else:
+            weights = [None if p is None else p.weight for p in prompts]
+            inputs_embeds, attention_mask = prepend_per_row(weights, inputs_embeds, attention_mask)
         return {"input_ids": None, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
 
     def forward(
@@ -117,21 +150,28 @@ class HybridModel(nn.Module):
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: Any = None,
+        adapter_names: list[str] | None = None,
         **kwargs: Any,
     ):
-        """Same arguments and outputs as the base model's forward (loss when ``labels`` given)."""
-        if encoder_outputs is None:
-            encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds)
-        else:  # the encoder already ran, on the prompt-extended input and mask
-            encoder = {"input_ids": None, "attention_mask": attention_mask, "inputs_embeds": None}
-        return self.base_model(
-            **encoder,
-            labels=labels,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            encoder_outputs=encoder_outputs,
-            **kwargs,
-        )
+        """Same arguments and outputs as the base model's forward (loss when ``labels`` given).
+
+        ``adapter_names``: one adapter name per row (``"__base__"`` for none), for a mixed batch.
+        """
+        check_keywords(kwargs, forward_keywords(type(self.base_model)), "forward")
+        rows = batch_rows(input_ids, inputs_embeds, encoder_outputs, labels, decoder_input_ids)
+        with row_plan(self, adapter_names, rows) as prompts:
+            if encoder_outputs is None:
+                encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds, prompts=prompts)
+            else:  # the encoder already ran, on the prompt-extended input and mask
+                encoder = {"input_ids": None, "attention_mask": attention_mask, "inputs_embeds": None}
+            return self.base_model(
+                **encoder,
+                labels=labels,
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
+                encoder_outputs=encoder_outputs,
+                **kwargs,
+            )
 
     @torch.no_grad()
     def generate(
@@ -139,29 +179,42 @@ class HybridModel(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        adapter_names: list[str] | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """``base_model.generate`` on the prompt-extended encoder input; returns token ids."""
-        encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds)
-        encoder = {k: v for k, v in encoder.items() if v is not None}
-        return self.base_model.generate(**encoder, **kwargs)
+        """``base_model.generate`` on the prompt-extended encoder input; returns token ids.
+
+        With ``adapter_names`` (one per row, ``"__base__"`` for none), each row uses its own
+        adapter; when all rows name the same one, its LoRA is merged for the call
+        (`peft_hybrid.speed.merged_lora`), otherwise LoRA runs per row.
+        """
+        from peft_hybrid.speed import merged_layers
+
+        check_keywords(kwargs, generate_keywords(type(self.base_model)), "generate")
+        rows = batch_rows(input_ids, inputs_embeds)
+        uniform = adapter_names is not None and len(set(adapter_names)) == 1 and len(adapter_names) == rows
+        with row_plan(self, adapter_names, rows) as prompts:
+            encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds, prompts=prompts)
+            encoder = {k: v for k, v in encoder.items() if v is not None}
+            if uniform and not self.merged:
+                with merged_layers(self):  # the layers hold just this call's adapter active
+                    return self.base_model.generate(**encoder, **kwargs)
+            return self.base_model.generate(**encoder, **kwargs)
 
     # --- parameters -----------------------------------------------------------------------
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """The trainable adapter tensors under their saved names (LoRA as PEFT names them)."""
-        tensors = {}
-        if self.lora is not None:
-            tensors.update(self.lora.tensors())
-        if self.prompt is not None:
-            tensors.update(self.prompt.tensors())
-        return tensors
+    def all_adapter_tensors(self) -> list[torch.Tensor]:
+        """The tensors of every loaded adapter (whether active or not)."""
+        return [t for name in self._adapters for t in self._adapters[name].tensors().values()]
+
+    def adapter_tensors(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+        """An adapter's tensors (default the active one) under their saved names (LoRA as PEFT names them)."""
+        name = self._active if adapter_name is None else adapter_name
+        self._check_known(name)
+        return self._adapters[name].tensors()
 
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        """Copy saved adapter tensors in, after checking every key, shape and dtype."""
-        check_tensors(tensors, {k: tuple(v.shape) for k, v in self.adapter_tensors().items()}, source)
-        with torch.no_grad():
-            for key, param in self.adapter_tensors().items():
-                param.copy_(tensors[key].to(param.dtype))
+        """Copy saved tensors into the active adapter, after checking every key, shape and dtype."""
+        self._load_tensors(self._active, tensors, source)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -172,33 +225,44 @@ class HybridModel(nn.Module):
 
     # --- merge ----------------------------------------------------------------------------
     def merge_and_unload(self) -> HybridModel:
-        """Fold LoRA into the base weights (faster inference); the soft prompt stays.
+        """Fold the active adapter's LoRA into the base weights (faster inference); the soft prompt stays.
 
         The merged model generates the same outputs; it can no longer be saved as an adapter.
+        Other adapters with LoRA must be deleted first (they would be lost with the LoRA layers).
         """
-        if self.lora is not None:
-            self.lora.merge_and_unload()
-            self.lora = None
+        others = [n for n, a in self._adapters.items() if a.lora is not None and n != self._active]
+        if others:
+            raise ValueError(
+                f"merge_and_unload folds one adapter into the base, but {others} also hold LoRA; "
+                "delete_adapter() them first, or use peft_hybrid.speed.merged_lora() to merge for a block only."
+            )
+        adapter = self._adapters[self._active]
+        if adapter.lora is not None:
+            adapter.lora.merge_and_unload()
+            adapter.lora = None
             self.merged = True
         return self
 
     # --- save / load ----------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | Path, card: str | CardData | None = None) -> Path:
-        """Save the adapter (never base weights, except mode ``full``) in safetensors.
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        card: str | CardData | None = None,
+        *,
+        adapter_names: list[str] | str | None = None,
+    ) -> Path:
+        """Save the active adapter (never base weights, except mode ``full``) in safetensors.
 
         Writes ``hybrid_config.json``, ``adapter_model.safetensors`` and a ``README.md`` card
         (``card``: a `peft_hybrid.hub.card.CardData` or ready Markdown; default the model's own data).
+        ``adapter_names=[...]`` (or ``"all"``) saves several, PEFT's layout: the first at the root,
+        each other in a ``<name>/`` subfolder, every one loadable alone; the root card lists them.
         """
+        from peft_hybrid.modeling.saving import save_adapters
+
         if self.merged:
             raise ValueError("This model's LoRA was merged into the base; save the adapter before merge_and_unload().")
-        directory = prepare_output_dir(save_directory)
-        if self.hybrid_config.trains_base:
-            self.base_model.save_pretrained(directory, safe_serialization=True)
-        save_adapter(directory, self.hybrid_config, self.adapter_tensors())
-        from peft_hybrid.hub.card import CardData, write_card
-
-        write_card(directory, card if card is not None else CardData.from_model(self))
-        return directory
+        return save_adapters(self, prepare_output_dir(save_directory), card, adapter_names)
 
     def push_to_hub(
         self,
@@ -209,13 +273,15 @@ class HybridModel(nn.Module):
         revision: str | None = None,
         commit_message: str | None = None,
         card: str | CardData | None = None,
+        adapter_names: list[str] | str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Save the adapter and its card and upload them to the Hub repo ``repo_id``.
 
-        The repo is created when missing (``private`` applies then); ``token`` defaults to
-        HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.errors.HubError` subclasses; see
-        `peft_hybrid.hub.upload.push_model` for the retry settings passed through ``kwargs``.
+        ``adapter_names=[...]`` (or ``"all"``) pushes several adapters in ``save_pretrained``'s
+        layout. The repo is created when missing (``private`` applies then); ``token`` defaults
+        to HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.errors.HubError`
+        subclasses; see `peft_hybrid.hub.upload.push_model` for the retry settings in ``kwargs``.
 
         Example:
             >>> from peft_hybrid import HybridConfig, HybridModel
@@ -223,9 +289,12 @@ class HybridModel(nn.Module):
             >>> base, tok = t5_from_preset("tiny")
             >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
             >>> model.push_to_hub("me/flan-t5-samsum-hybrid", private=True)  # doctest: +SKIP
+            >>> model.push_to_hub("me/flan-t5-tasks", adapter_names="all")  # doctest: +SKIP
         """
         from peft_hybrid.hub.upload import push_model
 
+        if adapter_names is not None:
+            kwargs["adapter_names"] = adapter_names
         return push_model(
             self,
             repo_id,
@@ -238,7 +307,7 @@ class HybridModel(nn.Module):
         )
 
     def export_peft(self, directory: str | Path) -> dict[str, Path]:
-        """Write the parts as vanilla PEFT adapters: ``directory/lora`` and ``directory/prompt``.
+        """Write the active adapter's parts as vanilla PEFT adapters: ``directory/lora`` and ``directory/prompt``.
 
         Each loads with ``peft.PeftModel.from_pretrained(base, path)`` and gives the same logits
         as this model in the matching mode (prompt: ``num_transformer_submodules=1``).
@@ -255,30 +324,22 @@ class HybridModel(nn.Module):
 
     @classmethod
     def from_peft_lora(
-        cls, base_model: nn.Module, lora_folder: str | Path, config: HybridConfig | None = None, tokenizer=None
+        cls,
+        base_model: nn.Module,
+        lora_folder: str | Path,
+        config: HybridConfig | None = None,
+        tokenizer=None,
+        *,
+        adapter_name: str = DEFAULT_ADAPTER,
     ) -> HybridModel:
         """Start from a vanilla PEFT LoRA adapter folder; ``config`` (default hybrid) adds the prompt.
 
-        The LoRA settings (r, alpha, targets, dropout) come from the PEFT adapter.
+        The LoRA settings (r, alpha, targets, dropout) come from the PEFT adapter. To add one to a
+        model that has adapters already: ``model.load_adapter(lora_folder, name)``.
         """
-        lora_folder = Path(lora_folder)
-        peft_config = read_peft_lora_config(lora_folder)
-        tensors = load_adapter_tensors_file(lora_folder / "adapter_model.safetensors")
-        config = HybridConfig(
-            **{
-                **(vars(config) if config is not None else {}),
-                "r": peft_config.r,
-                "lora_alpha": peft_config.lora_alpha,
-                "target_modules": sorted(peft_config.target_modules),
-                "lora_dropout": peft_config.lora_dropout,
-                "base_model_name_or_path": peft_config.base_model_name_or_path,
-            }
-        )
-        if not config.uses_lora:
-            raise ValueError(f"from_peft_lora needs a mode with LoRA ('lora' or 'hybrid'), not {config.mode!r}.")
-        expected = lora_shapes(base_model, config)
-        check_tensors(tensors, expected, str(lora_folder))
-        model = cls(base_model, config, tokenizer=tokenizer)
+        config, tensors, source = peft_lora_as_hybrid(Path(lora_folder), config or HybridConfig())
+        model = cls(base_model, config, tokenizer=tokenizer, adapter_name=adapter_name)
+        check_fits(base_model, dataclasses.replace(config, mode="lora"), tensors, source)
         model.lora.load_tensors(tensors)
         return model
 
@@ -288,23 +349,31 @@ class HybridModel(nn.Module):
         path_or_repo_id: str | Path,
         base_model: nn.Module | None = None,
         *,
+        adapter_name: str = DEFAULT_ADAPTER,
         revision: str | None = None,
         token: str | bool | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        subfolder: str | None = None,
         tokenizer=None,
         allow_nonfinite: bool = False,
     ) -> HybridModel:
-        """Load an adapter from a folder or a Hub repo id onto ``base_model``.
+        """Load an adapter from a folder or a Hub repo id onto ``base_model``, as ``adapter_name``.
 
         With ``base_model=None`` the base named in the adapter config is loaded by
         `peft_hybrid.modeling.loading` (a folder, ``preset:NAME``, or a Hub id at the commit the
         adapter recorded; safetensors only, never remote code). A base passed in of another Hub commit
         loads with a ``BaseRevisionWarning``; one the adapter does not fit is left untouched. Tensors
-        holding NaN or infinity are refused unless ``allow_nonfinite=True`` (for debugging).
+        holding NaN or infinity are refused unless ``allow_nonfinite=True`` (for debugging). More adapters join
+        with ``model.load_adapter(path_or_repo_id, name)``.
         """
         folder = resolve_folder(
-            path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only
+            path_or_repo_id,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            subfolder=subfolder,
         )
         config, tensors = load_adapter(folder, allow_nonfinite=allow_nonfinite)
         if config.trains_base:
@@ -316,21 +385,11 @@ class HybridModel(nn.Module):
         elif base_model is None:
             base_model = load_base_model(config.base_model_name_or_path, revision=config.revision, token=token)
         _check_supported(base_model)
-        _check_fits(base_model, config, tensors, folder / WEIGHTS_NAME)
-        model = cls(base_model, config, tokenizer=tokenizer)
-        model.load_adapter_tensors(tensors, source=str(folder / WEIGHTS_NAME))
+        source = str(folder / WEIGHTS_NAME)
+        check_fits(base_model, config, tensors, source)  # on the bare base: a refused adapter leaves it as is
+        model = cls(base_model, config, tokenizer=tokenizer, adapter_name=adapter_name)
+        model.load_adapter_tensors(tensors, source=source)
         return model
-
-
-def base_shape(model: nn.Module) -> dict[str, int]:
-    c = model.config
-    return {
-        "d_model": c.d_model,
-        "num_layers": c.num_layers,
-        "num_decoder_layers": c.num_decoder_layers,
-        "num_heads": c.num_heads,
-        "vocab_size": c.vocab_size,
-    }
 
 
 def _check_supported(model: nn.Module) -> None:
@@ -340,26 +399,3 @@ def _check_supported(model: nn.Module) -> None:
             f"HybridModel wraps T5-family *ForConditionalGeneration models ({', '.join(SUPPORTED_MODEL_TYPES)}); "
             f"got {type(model).__name__} (model_type={model_type!r})."
         )
-
-
-def _check_fits(base_model: nn.Module, config: HybridConfig, tensors: dict, source: Path) -> None:
-    """Check an adapter against a base before anything is injected into it."""
-    shape = base_shape(base_model)
-    if config.base_model_shape is not None and config.base_model_shape != shape:
-        raise AdapterLoadError(
-            f"{source.parent} holds an adapter for a base of shape {config.base_model_shape}, but the base model "
-            f"given has shape {shape}. Load it onto {config.base_model_name_or_path or 'the base it was trained on'}."
-        )
-    expected = lora_shapes(base_model, config) if config.uses_lora else {}
-    if config.uses_prompt:
-        expected[PROMPT_KEY] = (config.num_virtual_tokens, base_model.config.d_model)
-    check_tensors(tensors, expected, str(source))
-
-
-def _build_prompt(base_model: nn.Module, config: HybridConfig, tokenizer) -> SoftPrompt:
-    embeddings = base_model.get_input_embeddings()
-    prompt = SoftPrompt(config.num_virtual_tokens, embeddings.weight.shape[1]).to(embeddings.weight.device)
-    prompt.initialize(
-        config.prompt_init, embeddings, seed=config.seed, tokenizer=tokenizer, text=config.prompt_init_text
-    )
-    return prompt

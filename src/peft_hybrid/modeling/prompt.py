@@ -75,6 +75,37 @@ class SoftPrompt(nn.Module):
         return {PROMPT_KEY: self.weight}
 
 
+def prepend_per_row(
+    prompts: list[torch.Tensor | None], inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's own prompt (or none) followed by that row's real tokens, padded on the right.
+
+    ``prompts[i]`` is row ``i``'s ``(length, dim)`` prompt or ``None``. A row's real tokens are the
+    positions its mask marks (in order, wherever the input's padding was), so each row reads
+    ``[prompt_i; tokens_i; padding]``: the same sequence, at the same relative positions, as the
+    row alone. Returns the joined embeddings and their attention mask.
+    """
+    batch, length, dim = inputs_embeds.shape
+    device = inputs_embeds.device
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+    prompt_lengths = torch.tensor([0 if p is None else p.shape[0] for p in prompts], device=device)
+    longest = int(prompt_lengths.max())
+    prompt_rows = inputs_embeds.new_zeros(batch, longest, dim)
+    for row, prompt in enumerate(prompts):
+        if prompt is not None:
+            prompt_rows[row, : prompt.shape[0]] = prompt.to(inputs_embeds.dtype)
+    real = attention_mask.bool()
+    order = torch.sort((~real).to(torch.int8), dim=1, stable=True).indices  # real tokens first, in order
+    tokens = torch.gather(inputs_embeds, 1, order.unsqueeze(-1).expand(-1, -1, dim))
+    total = prompt_lengths + real.sum(dim=1)
+    position = torch.arange(int(total.max()), device=device).unsqueeze(0)
+    offset = prompt_lengths.unsqueeze(1)
+    source = torch.where(position < offset, position, longest + position - offset).clamp(max=longest + length - 1)
+    joined = torch.gather(torch.cat([prompt_rows, tokens], dim=1), 1, source.unsqueeze(-1).expand(-1, -1, dim))
+    return joined, (position < total.unsqueeze(1)).to(attention_mask.dtype)
+
+
 def _candidate_ids(vocab_rows: int, tokenizer) -> torch.Tensor:
     if tokenizer is not None:
         special = set(tokenizer.all_special_ids)
@@ -114,7 +145,7 @@ def save_peft_prompt(folder, prompt: SoftPrompt, base_config, base_model_name_or
     """Write a vanilla PEFT prompt-tuning adapter (encoder only: num_transformer_submodules=1)."""
     from peft import PromptTuningConfig
 
-    from peft_hybrid.modeling.serialization import write_safetensors
+    from peft_hybrid.modeling.serialization import WEIGHTS_NAME, write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     PromptTuningConfig(
@@ -126,5 +157,5 @@ def save_peft_prompt(folder, prompt: SoftPrompt, base_config, base_model_name_or
         num_layers=base_config.num_layers,
         base_model_name_or_path=base_model_name_or_path,
     ).save_pretrained(str(folder))
-    write_safetensors(folder / "adapter_model.safetensors", prompt.tensors())
+    write_safetensors(folder / WEIGHTS_NAME, prompt.tensors())
     return folder

@@ -219,7 +219,7 @@ def load_adapter(
         raise AdapterLoadError(str(err)) from None
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
-        if config.mode == "none":
+        if not config.has_adapter_tensors:
             return config, {}
         raise AdapterLoadError(f"{weights} is missing; the adapter folder is incomplete. Save or download it again.")
     blob = weights.read_bytes()

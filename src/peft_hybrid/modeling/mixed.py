@@ -1,0 +1,208 @@
+"""Mixed-task batches: one adapter per row, in one forward or ``generate`` call.
+
+Each row's encoder input is its own soft prompt (of its own length, or none) followed by its own
+tokens, padded on the right (`peft_hybrid.modeling.prompt.prepend_per_row`): T5's relative
+position bias then sees every real token at the same distances as when the row runs alone, and
+the padding is masked out of attention. LoRA runs per row through one batched path: every LoRA
+layer adds ``bmm(bmm(x, A_rowᵀ), (s·B_row)ᵀ)``, with each row's A and B gathered once per call
+(rows without LoRA in that layer gather zeros). Generation repeats rows for beams and
+``num_return_sequences`` (``repeat_interleave``); the layers see a batch that many times larger
+and repeat the row plan the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from functools import cache
+from typing import Any
+
+import torch
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from peft_hybrid.modeling.lora import set_active
+
+BASE_ADAPTER = "__base__"
+
+
+def check_adapter_names(adapter_names: Sequence[str], rows: int, known: Sequence[str]) -> list[str]:
+    """One known adapter name (or ``__base__``) per row, else a ValueError saying which and why."""
+    if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
+        raise ValueError(
+            f"adapter_names must be a list with one adapter name per row, got {type(adapter_names).__name__}."
+        )
+    names = list(adapter_names)
+    if len(names) != rows:
+        raise ValueError(f"adapter_names has {len(names)} names but the batch has {rows} rows; pass one per row.")
+    unknown = sorted({n for n in names if n != BASE_ADAPTER and n not in known})
+    if unknown:
+        raise ValueError(
+            f"adapter_names: unknown adapter(s) {unknown}; loaded adapters are {sorted(known)} "
+            f"(or {BASE_ADAPTER!r} for the bare base)."
+        )
+    return names
+
+
+class RowLora:
+    """Per-row LoRA for the duration of a ``with`` block: hooks on every LoRA layer of ``model``."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.model = model
+        self.names = names
+        self.used = sorted(set(names) - {BASE_ADAPTER})
+        # slot 0 is "no LoRA here": __base__ rows and adapters without LoRA in a layer gather zeros
+        self.slots = torch.tensor([1 + self.used.index(n) if n in self.used else 0 for n in names])
+        self._gathered: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        saved = [list(layer.active_adapters) for layer in layers]
+        handles = []
+        try:
+            for layer in layers:
+                set_active(layer, [])  # the layer returns its base output; the hook adds each row's LoRA
+                handles.append(layer.register_forward_hook(self._hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for layer, names in zip(layers, saved):
+                set_active(layer, names)
+            self._gathered.clear()
+
+    def _hook(self, layer: LoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        rows = len(self.names)
+        if x.shape[0] % rows:
+            raise RuntimeError(f"A LoRA layer saw a batch of {x.shape[0]} rows for {rows} adapter names.")
+        a_t, b_t = self._rows(layer, x.shape[0] // rows, x.device)
+        if a_t is None:
+            return output
+        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(a_t.dtype)
+        delta = torch.bmm(torch.bmm(flat, a_t), b_t)
+        return output + delta.reshape(output.shape).to(output.dtype)
+
+    def _rows(self, layer: LoraLayer, repeat: int, device: torch.device):
+        key = (id(layer), repeat)
+        if key not in self._gathered:
+            self._gathered[key] = self._gather(layer, repeat, device)
+        return self._gathered[key]
+
+    def _gather(self, layer: LoraLayer, repeat: int, device: torch.device):
+        present = [n for n in self.used if n in layer.lora_A]
+        if not present:
+            return None, None
+        rank = max(layer.r[n] for n in present)
+        linear = layer.get_base_layer()
+        dtype = layer.lora_A[present[0]].weight.dtype
+        a = torch.zeros(len(self.used) + 1, linear.in_features, rank, dtype=dtype, device=device)
+        b = torch.zeros(len(self.used) + 1, rank, linear.out_features, dtype=dtype, device=device)
+        for slot, name in enumerate(self.used, start=1):
+            if name in present:
+                r = layer.r[name]
+                a[slot, :, :r] = layer.lora_A[name].weight.detach().t()
+                b[slot, :r, :] = (layer.lora_B[name].weight.detach() * layer.scaling[name]).t()
+        slots = self.slots.to(device).repeat_interleave(repeat)
+        return a[slots], b[slots]
+
+
+def batch_rows(*tensors: Any) -> int | None:
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        if isinstance(tensor, torch.Tensor):
+            return tensor.shape[0]
+        return tensor[0].shape[0]  # encoder_outputs: its hidden states come first
+    return None
+
+
+def row_plan(model, adapter_names: list[str] | None, rows: int | None):
+    """Context for one call: the active adapter (``None``), one adapter for all rows, or a per-row mix."""
+    if adapter_names is None:
+        return contextlib.nullcontext(None)
+    if rows is None:
+        raise ValueError("adapter_names needs input_ids, inputs_embeds or labels to count the batch's rows.")
+    names = check_adapter_names(adapter_names, rows, list(model._adapters))
+    if model.merged or getattr(model, "_merged_adapter", None) is not None:
+        merged = getattr(model, "_merged_adapter", None) or model._active
+        if set(names) != {merged}:
+            raise ValueError(
+                f"LoRA of adapter {merged!r} is merged into the base weights; adapter_names={sorted(set(names))} "
+                "needs the unmerged model (call generate outside merged_lora(), before merge_and_unload())."
+            )
+    if len(set(names)) == 1:
+        return single_plan(model, names[0], rows)
+    dropping = [n for n in set(names) if n in model._adapters and model._adapters[n].uses_dropout]
+    if model.base_model.training and dropping:  # the per-row LoRA path has no dropout
+        raise ValueError(
+            f"adapter_names mixes adapters per row for inference, but the model is in train mode and "
+            f"{sorted(dropping)} use LoRA dropout; call model.eval() first. Training updates one adapter "
+            "at a time: set_adapter(name)."
+        )
+    return mixed_plan(model, names)
+
+
+def single_plan(model, name: str, rows: int):
+    """Every row names one adapter: run it alone (its prompt, its LoRA layers) for the call."""
+
+    @contextlib.contextmanager
+    def plan():
+        with model._using(name) as prompt:
+            yield [prompt] * rows
+
+    return plan()
+
+
+def mixed_plan(model, names: list[str]):
+    """Rows name different adapters: per-row prompts, per-row LoRA through the batched path."""
+
+    @contextlib.contextmanager
+    def plan():
+        lora = RowLora(model.base_model, names)
+        with lora.active():
+            yield [model._adapters[n].prompt if n in model._adapters else None for n in names]
+
+    return plan()
+
+
+# --- keywords: what transformers' forward and generate accept, asked of transformers itself ---
+@cache
+def forward_keywords(model_class: type) -> frozenset[str]:
+    """Keywords the base model's forward takes: its named parameters plus transformers' typed kwargs."""
+    from transformers.utils.generic import TransformersKwargs
+
+    named = {
+        name
+        for name, p in inspect.signature(model_class.forward).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+    }
+    return frozenset(named | set(TransformersKwargs.__annotations__))
+
+
+@cache
+def generate_keywords(model_class: type) -> frozenset[str]:
+    """Keywords ``generate`` takes: its parameters, every GenerationConfig field, and model kwargs."""
+    from transformers import GenerationConfig
+
+    named = {
+        name
+        for name, p in inspect.signature(model_class.generate).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+    }
+    # generate pops these from **kwargs itself (stop strings and assisted decoding need tokenizers).
+    popped = {"tokenizer", "assistant_tokenizer", "use_model_defaults"}
+    config_fields = {k for k in GenerationConfig().to_dict() if not k.startswith("_")}
+    return frozenset(named | popped | config_fields | forward_keywords(model_class))
+
+
+def check_keywords(kwargs: dict, allowed: frozenset[str], where: str) -> None:
+    """Refuse keywords that the base model would swallow without using."""
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(
+            f"HybridModel.{where}() got unexpected keyword argument(s) {unknown}: the base model would ignore "
+            f"them. Check the spelling (mixed-task batches take adapter_names=[...], one name per row)."
+        )

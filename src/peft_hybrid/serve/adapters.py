@@ -1,0 +1,178 @@
+"""The server's adapters on its one base: which ``adapter_id`` a request may name, loading, LRU eviction.
+
+Adapters named on the command line (``--adapter NAME=PATH_OR_REPO``) load at startup. With
+``--lazy-adapters``, a request may also name a Hub repo id or folder matching an
+``--allow-adapter`` pattern (shell-style, e.g. ``my-org/*``); it loads on first use. With
+``--max-adapters N`` at most N stay loaded: loading one more evicts the least recently used
+adapter that no running batch holds (an evicted adapter loads again when next asked for).
+
+Only the batch worker calls `acquire` and `release`: it owns the model, so adapters change
+between batches, never during one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from peft_hybrid.config import HybridConfig
+from peft_hybrid.modeling.mixed import BASE_ADAPTER
+from peft_hybrid.serve.requests import RequestError
+
+logger = logging.getLogger("peft_hybrid.serve")
+
+# The model's active adapter holds nothing (mode none), so every served adapter can be evicted.
+IDLE_ADAPTER = "__idle__"
+
+
+class AdapterBusy(Exception):
+    """Every loaded adapter is held by the running batch; the caller runs what it has, then retries."""
+
+
+class AdapterCache:
+    """Maps each request's ``adapter_id`` to an adapter loaded on ``model`` (loading it if allowed)."""
+
+    def __init__(
+        self,
+        model,
+        sources: dict[str, str],
+        *,
+        allow: Sequence[str] = (),
+        max_adapters: int | None = None,
+    ) -> None:
+        self.model = model
+        self.sources = dict(sources)
+        self.allow = list(allow)
+        self.max_adapters = max_adapters
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> name on the model, LRU first
+        self._configs: dict[str, HybridConfig] = {}  # the event loop reads these, never the model itself
+        self._in_use: dict[str, int] = {}
+        self._lock = threading.Lock()  # the event loop reads what the worker thread changes
+
+    # --- the event loop's side: is this id servable, and with which config --------------------
+    def check(self, adapter_id: str) -> None:
+        """Refuse an ``adapter_id`` the server cannot serve, naming the ones it can."""
+        if adapter_id == BASE_ADAPTER or adapter_id in self.sources or self._allowed(adapter_id):
+            return
+        lazy = f"; lazily loaded ids must match {self.allow}" if self.allow else ""
+        raise RequestError(
+            f"Unknown adapter_id {adapter_id!r}: loaded adapters are {sorted(self.loaded())} "
+            f"(leave adapter_id unset for the base){lazy}."
+        )
+
+    def config(self, adapter_id: str) -> HybridConfig | None:
+        """The config of a loaded adapter (``None`` for the base); KeyError when not loaded now."""
+        if adapter_id == BASE_ADAPTER:
+            return None
+        with self._lock:
+            return self._configs[adapter_id]
+
+    def is_loaded(self, adapter_id: str) -> bool:
+        with self._lock:
+            return adapter_id == BASE_ADAPTER or adapter_id in self._configs
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+    def describe(self) -> list[dict]:
+        """What ``/info`` lists: every servable adapter id, its task and mode when loaded."""
+        with self._lock:
+            ids = list(dict.fromkeys([*self.sources, *self._loaded]))
+            rows = []
+            for adapter_id in ids:
+                config = self._configs.get(adapter_id)
+                rows.append(
+                    {
+                        "id": adapter_id,
+                        "loaded": config is not None,
+                        "task": config.task if config else None,
+                        "mode": config.mode if config else None,
+                    }
+                )
+            return rows
+
+    # --- the worker's side ----------------------------------------------------------------
+    def load_configured(self) -> None:
+        """Load every ``--adapter`` now (startup), so that a bad one stops the server before it serves."""
+        if self.max_adapters is not None and len(self.sources) > self.max_adapters:
+            raise ValueError(
+                f"--max-adapters {self.max_adapters} is fewer than the {len(self.sources)} --adapter given; "
+                "raise --max-adapters or name fewer adapters."
+            )
+        for adapter_id in self.sources:
+            self._load(adapter_id)
+
+    def acquire(self, adapter_id: str) -> str:
+        """The model's name for ``adapter_id``, loaded and held until `release`; ``__base__`` for the base."""
+        if adapter_id == BASE_ADAPTER:
+            return BASE_ADAPTER
+        with self._lock:
+            name = self._loaded.get(adapter_id)
+            if name is not None:
+                self._loaded.move_to_end(adapter_id)
+        if name is None:
+            self.check(adapter_id)
+            name = self._load(adapter_id)
+        self._in_use[name] = self._in_use.get(name, 0) + 1
+        return name
+
+    def release(self, name: str) -> None:
+        if name != BASE_ADAPTER:
+            self._in_use[name] -= 1
+
+    def _load(self, adapter_id: str) -> str:
+        self._make_room()
+        source = self.sources.get(adapter_id, adapter_id)
+        name = adapter_id if adapter_id in self.sources else _model_name(adapter_id)
+        try:
+            self.model.load_adapter(source, name)
+            _match_base_dtype(self.model, name)
+            from peft_hybrid.serve.formatting import generation_defaults
+
+            generation_defaults(self.model.adapters[name])  # refuse a task the server cannot generate for
+        except Exception as err:
+            if name in self.model.adapters:
+                self.model.delete_adapter(name)
+            raise RequestError(f"adapter {adapter_id!r} could not be loaded: {err}") from err
+        with self._lock:
+            self._loaded[adapter_id] = name
+            self._configs[adapter_id] = self.model.adapters[name]
+        logger.info("loaded adapter %r (%s)", adapter_id, self.model.adapters[name].mode)
+        return name
+
+    def _make_room(self) -> None:
+        if self.max_adapters is None or len(self._loaded) < self.max_adapters:
+            return
+        with self._lock:
+            idle = [a for a, name in self._loaded.items() if not self._in_use.get(name)]
+            if not idle:
+                raise AdapterBusy
+            victim = idle[0]
+            name = self._loaded.pop(victim)
+            del self._configs[victim]
+        self.model.delete_adapter(name)
+        self._in_use.pop(name, None)
+        logger.info("evicted adapter %r (least recently used)", victim)
+
+    def _allowed(self, adapter_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(adapter_id, pattern) for pattern in self.allow)
+
+
+def _match_base_dtype(model, name: str) -> None:
+    """A served adapter computes in the base's dtype (``--dtype``): it is not trained here."""
+    dtype = model.base_model.get_input_embeddings().weight.dtype
+    for tensor in model.adapter_tensors(name).values():
+        if tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
+
+
+def _model_name(adapter_id: str) -> str:
+    """A model adapter name for a Hub id or path: readable, and distinct for distinct ids."""
+    digest = hashlib.sha256(adapter_id.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', adapter_id)[-48:]}-{digest}"

@@ -1,0 +1,152 @@
+"""Mixed-task batches: every row of one batch gives what that row gives alone with its adapter."""
+
+import copy
+
+import pytest
+import torch
+
+from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.offline import t5_from_preset
+
+# Four kinds of row: prompt only (10 tokens), LoRA only (r=2), hybrid (r=4, 30 tokens), the bare base.
+CONFIGS = {
+    "prompt10": HybridConfig(mode="prompt", num_virtual_tokens=10, seed=1),
+    "lora2": HybridConfig(mode="lora", r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q", "k", "v", "o"]),
+    "hybrid4": HybridConfig(mode="hybrid", r=4, num_virtual_tokens=30, lora_dropout=0.0, seed=2),
+}
+NAMES = ["hybrid4", "__base__", "prompt10", "lora2", "lora2", "hybrid4", "prompt10", "__base__"]
+TEXTS = [
+    "Amy: Hi Ben! Are you free tomorrow? Ben: Sure, after five.",
+    "Sam: late.",
+    "Tom: the train is cancelled again, I will take the bus and be there by nine",
+    "Ann: ok",
+    "Liz: did you feed the cat? Max: yes, twice",
+    "Joe: meeting moved to Monday",
+    "Kim: can you send me the slides from the talk yesterday please?",
+    "Bob: thanks!",
+]
+
+
+def _randomize(tensors, seed):
+    # Far enough from the base to change every output (checked below); larger weights only blow up
+    # float reduction-order noise between batch shapes, which the same-adapter batch shows too.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in tensors.values():
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The mixed model, and for each adapter an independent single-adapter model loaded from disk."""
+    base, tok = t5_from_preset("tiny", seed=0)
+    plain = copy.deepcopy(base).eval()
+    model = HybridModel(base, CONFIGS["hybrid4"], tokenizer=tok, adapter_name="hybrid4")
+    for name in ("prompt10", "lora2"):
+        model.add_adapter(name, CONFIGS[name])
+    alone = {"__base__": plain}
+    for seed, name in enumerate(CONFIGS):
+        _randomize(model.adapter_tensors(name), seed + 10)
+        folder = tmp_path_factory.mktemp(name)
+        model.set_adapter(name)
+        model.save_pretrained(folder)
+        alone[name] = HybridModel.from_pretrained(folder, copy.deepcopy(plain)).eval()
+    model.set_adapter("hybrid4")
+    return model.eval(), alone, tok
+
+
+def _rows(tok):
+    return [tok([text], return_tensors="pt") for text in TEXTS]
+
+
+def _check_rows(mixed, solos, pad_id):
+    for row, (got, want) in enumerate(zip(mixed, solos)):
+        want = want[0]
+        assert torch.equal(got[: len(want)], want), f"row {row} ({NAMES[row]})"
+        assert (got[len(want) :] == pad_id).all(), f"row {row} ({NAMES[row]}) runs on past its solo output"
+
+
+@pytest.mark.parametrize("settings", [{"num_beams": 1}, {"num_beams": 3}], ids=["greedy", "beam3"])
+def test_mixed_generation_equals_each_row_alone(models, settings):
+    model, alone, tok = models
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    mixed = model.generate(**batch, adapter_names=NAMES, max_new_tokens=12, **settings)
+    solos = [alone[name].generate(**row, max_new_tokens=12, **settings) for name, row in zip(NAMES, _rows(tok))]
+    _check_rows(mixed, solos, tok.pad_token_id)
+
+
+def test_num_return_sequences_repeats_each_rows_adapter(models):
+    model, alone, tok = models
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    settings = {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 8}
+    mixed = model.generate(**batch, adapter_names=NAMES, **settings).view(len(TEXTS), 2, -1)
+    for row, (name, inputs) in enumerate(zip(NAMES, _rows(tok))):
+        solo = alone[name].generate(**inputs, **settings)
+        for k in range(2):
+            want = solo[k][solo[k] != tok.pad_token_id]
+            got = mixed[row, k]
+            assert torch.equal(got[got != tok.pad_token_id], want), f"row {row} sequence {k}"
+
+
+def test_mixed_forward_logits_match_each_row_alone(models):
+    model, alone, tok = models
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    targets = [t.split(":")[0] + " says something" + " more" * i for i, t in enumerate(TEXTS)]
+    labels = tok(targets, return_tensors="pt", padding=True).input_ids
+    labels[labels == tok.pad_token_id] = -100
+    logits = model(**batch, labels=labels, adapter_names=NAMES).logits
+    for row, (name, inputs) in enumerate(zip(NAMES, _rows(tok))):
+        own = labels[row : row + 1, : int((labels[row] != -100).sum())]
+        want = alone[name](**inputs, labels=own).logits[0]
+        torch.testing.assert_close(logits[row, : own.shape[1]], want, atol=1e-5, rtol=0)
+        if name != "__base__":  # the adapter really moved this row away from the bare base
+            base_logits = alone["__base__"](**inputs, labels=own).logits[0]
+            assert (want - base_logits).abs().max() > 0.05, name
+
+
+def test_left_padded_input_gives_the_same_rows(models):
+    """Each row's real tokens are moved right after its prompt, wherever the caller's padding was."""
+    model, _, tok = models
+    right = tok(TEXTS, return_tensors="pt", padding=True)
+    tok.padding_side = "left"
+    try:
+        left = tok(TEXTS, return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = "right"
+    assert not torch.equal(left.input_ids, right.input_ids)
+    a = model.generate(**right, adapter_names=NAMES, max_new_tokens=8)
+    b = model.generate(**left, adapter_names=NAMES, max_new_tokens=8)
+    assert torch.equal(a, b)
+
+
+def test_one_adapter_for_every_row_is_that_adapter_merged(models):
+    model, alone, tok = models
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    for name in ("lora2", "__base__"):
+        got = model.generate(**batch, adapter_names=[name] * len(TEXTS), max_new_tokens=8)
+        want = alone[name].generate(**batch, max_new_tokens=8)
+        assert torch.equal(got, want), name
+    assert model.active_adapter == "hybrid4"
+
+
+def test_one_adapter_for_every_row_runs_merged_and_a_mix_runs_per_row(models):
+    """The fast path: a uniform batch generates through plain Linears (no LoRA layer is called);
+    a mixed one calls every LoRA layer, and neither leaves anything behind."""
+    from peft.tuners.lora import LoraLayer
+
+    model, _, tok = models
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    active = [list(layer.active_adapters) for layer in layers]
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *_: calls.append(1)) for layer in layers]
+    try:
+        batch = tok(TEXTS, return_tensors="pt", padding=True)
+        model.generate(**batch, adapter_names=["hybrid4"] * len(TEXTS), max_new_tokens=3)
+        assert calls == []
+        model.generate(**batch, adapter_names=NAMES, max_new_tokens=3)
+        assert len(calls) > len(layers)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [list(layer.active_adapters) for layer in layers] == active
+    assert all(not layer._forward_hooks for layer in layers)
