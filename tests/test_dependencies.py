@@ -1,5 +1,5 @@
 """pyproject.toml declares exactly what src/ imports: every third-party module has a declared
-distribution (core for the package proper, an extra for interpret/ and hub_server/ or an import
+distribution (core for the package proper, an extra for interpret/, hub_server/ and serve/ or an import
 that is guarded by ``except ImportError``), and every declared distribution is imported somewhere
 or listed in RUNTIME_ONLY with the reason."""
 
@@ -17,7 +17,7 @@ tomllib = pytest.importorskip("tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "peft_hybrid"
-EXTRA_DIRS = {"interpret": "interpret", "hub_server": "hub-server"}
+EXTRA_DIRS = {"interpret": "interpret", "hub_server": "hub-server", "serve": "serve"}
 # Declared, never imported by the package, needed at run time by a library it calls.
 RUNTIME_ONLY = {
     "accelerate": "transformers' Trainer and TrainingArguments refuse to run without it",

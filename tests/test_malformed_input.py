@@ -361,7 +361,7 @@ def _predict_bad_jsonl(tmp: Path) -> tuple[str, Any]:
 
 CASES["adapter for another base"] = Case(
     _adapter_for_another_base,
-    ["holds an adapter for a base of shape", "'d_model': 64", "'d_model': 32"],
+    ["was made for a base of shape", "'d_model': 64", "'d_model': 32"],
     error=AdapterLoadError,
 )
 CASES["predict with a bad JSONL line"] = Case(_predict_bad_jsonl, ["in.jsonl line 2 is not valid JSON"])

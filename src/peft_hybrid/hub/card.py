@@ -24,13 +24,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from peft_hybrid.hub.card_tables import (
+    ablation_table,
+    evaluation,
+    format_value,
+    hyperparameter_rows,
+    inference_settings,
+    metric_rows,
+    strip_prefix,
+    task_of,
+)
 from peft_hybrid.modeling.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -138,7 +147,7 @@ class CardData:
         config = model.hybrid_config
         summary = summary.to_dict() if hasattr(summary, "to_dict") else dict(summary or {})
         if results is None:
-            results = _evaluation(summary, evaluation_step)
+            results = evaluation(summary, evaluation_step)
         data = cls(
             mode=config.mode,
             base_model=config.base_model_name_or_path,
@@ -146,12 +155,12 @@ class CardData:
             total_params=model.num_parameters(),
             adapter=config.adapter_settings(),
             task=config.task or summary.get("task"),
-            results=_strip_prefix(results),
+            results=strip_prefix(results),
             hyperparameters={k: v for k, v in summary.get("hyperparameters", {}).items() if k != "adapter"},
             training_curve=list(summary.get("training_curve", [])),
             ablation=[dict(row) for row in ablation] if ablation else None,
             repo_id=repo_id,
-            inference=_inference_settings(config),
+            inference=inference_settings(config),
         )
         for key, value in overrides.items():
             if key not in cls.__dataclass_fields__:
@@ -176,7 +185,7 @@ class CardData:
         """One ``EvalResult`` per metric of the task that ``results`` holds (empty without a task)."""
         if self.task is None:
             return []
-        meta = _task(self.task).card_metadata
+        meta = task_of(self.task).card_metadata
         dataset = {**meta["dataset"], **self.dataset} if self.dataset else meta["dataset"]
         return [
             EvalResult(
@@ -202,7 +211,7 @@ class CardData:
         datasets, metrics = None, None
         if self.task is not None:
             tags.append(self.task)
-            meta = _task(self.task).card_metadata
+            meta = task_of(self.task).card_metadata
             # Only a Hub dataset belongs in `datasets`; local files are named in the model-index.
             datasets = [meta["dataset"]["id"]] if meta["dataset"]["id"] and not self.dataset else None
             metrics = sorted({metric_type for _, metric_type, _ in meta["metrics"]})
@@ -225,18 +234,18 @@ def render_card(data: CardData) -> str:
 
     Example: see the module docstring.
     """
-    metric_rows = _metric_rows(data)
+    metrics = metric_rows(data)
     card = ModelCard.from_template(
         data.metadata(),
         template_path=str(TEMPLATE),
         data=data,
         title=f"{data.model_index_name}",
         method_summary=METHOD_SUMMARIES[data.mode],
-        metric_rows=metric_rows,
-        hyperparameters=_hyperparameter_rows(data),
-        ablation=_ablation_table(data),
+        metric_rows=metrics,
+        hyperparameters=hyperparameter_rows(data),
+        ablation=ablation_table(data),
         paper=PAPER,
-        fmt=_format_value,
+        fmt=format_value,
         repo_id=data.repo_id,
         base_on_hub=bool(data.base_model) and _is_hub_id(data.base_model),
     )
@@ -316,89 +325,6 @@ def framework_versions() -> dict[str, str]:
     return versions
 
 
-def _task(name: str):
-    from peft_hybrid.tasks import get_task
-
-    return get_task(name)
-
-
 def _is_hub_id(name: str) -> bool:
     """``org/name`` that is not an existing local path (a local base cannot be linked)."""
     return name.count("/") == 1 and not Path(name).exists()
-
-
-def _strip_prefix(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {(k[len("eval_") :] if k.startswith("eval_") else k): v for k, v in metrics.items()}
-
-
-def _evaluation(summary: Mapping[str, Any], step: int | None) -> dict[str, Any]:
-    evaluations = summary.get("evaluations") or []
-    if step is not None:
-        for record in evaluations:
-            if record.get("step") == step:
-                return _metrics_only(record)
-    return _metrics_only(summary.get("final") or (evaluations[-1] if evaluations else {}))
-
-
-def _metrics_only(record: Mapping[str, Any]) -> dict[str, Any]:
-    # Bookkeeping keys of an evaluation record, not metrics.
-    skip = {"step", "epoch"}
-    return {
-        k: v
-        for k, v in record.items()
-        if k not in skip and not k.endswith(("_runtime", "_per_second")) and isinstance(v, (int, float))
-    }
-
-
-def _metric_rows(data: CardData) -> list[tuple[str, Any]]:
-    """(label, value) for the results table: the task's card metrics first, then the rest."""
-    rows, shown = [], set()
-    if data.task is not None:
-        for key, _, name in _task(data.task).card_metadata["metrics"]:
-            if data.results.get(key) is not None:
-                rows.append((name, data.results[key]))
-                shown.add(key)
-    rows.extend((key, value) for key, value in sorted(data.results.items()) if key not in shown and value is not None)
-    return rows
-
-
-def _format_value(value: Any) -> str:
-    """Table cell text: floats to 4 decimals (the metadata keeps exact values), lists joined."""
-    if value is None:
-        return "–"
-    if isinstance(value, Enum):  # transformers' str enums would print as SchedulerType.COSINE
-        return _format_value(value.value)
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-3:  # eps 1e-8 must not print as 0
-            return f"{value:g}"
-        return f"{value:.4f}".rstrip("0").rstrip(".")
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-def _inference_settings(config: Any) -> dict[str, Any] | None:
-    """How inputs are formatted and outputs generated, in the card's words (``None``: not recorded)."""
-    saved = config.inference
-    if saved is None:
-        return None
-    tags = config.uses_task_tags if saved.use_task_tags is None else saved.use_task_tags
-    prefix = f'"{saved.task_prefix}"' if saved.task_prefix is not None else "the task tag" if tags else "none"
-    return {"input prefix": prefix, "max source length": saved.max_source_length, **saved.generation}
-
-
-def _hyperparameter_rows(data: CardData) -> list[tuple[str, Any]]:
-    return list(data.adapter.items()) + [(k, v) for k, v in sorted(data.hyperparameters.items()) if v is not None]
-
-
-def _ablation_table(data: CardData) -> dict[str, Any] | None:
-    if not data.ablation:
-        return None
-    columns: list[str] = []
-    tables = [(row["mode"], _strip_prefix(_metrics_only(row.get("metrics", {})))) for row in data.ablation]
-    for _, metrics in tables:
-        columns.extend(k for k in metrics if k not in columns)
-    rows = [(mode, [metrics.get(c) for c in columns]) for mode, metrics in tables]
-    return {"columns": columns, "rows": rows}
