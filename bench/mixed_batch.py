@@ -120,8 +120,9 @@ def variants(shape: Shape, device: str) -> dict[str, Callable[[], tuple]]:
     }
 
 
-def run(shape: Shape, device: str, warmup: int, reps: int, deadline: float) -> dict[str, Any]:
-    rows = run_interleaved(variants(shape, device), device, warmup, reps, deadline)
+def run(shape: Shape, device: str, warmup: int, reps: int, deadline: float, only: str | None = None) -> dict[str, Any]:
+    chosen = {k: v for k, v in variants(shape, device).items() if only is None or only in k}
+    rows = run_interleaved(chosen, device, warmup, reps, deadline)
     for row in rows:
         if "median_s" in row:
             row["new_tokens_per_s"] = shape.batch * shape.new_tokens / row["median_s"]
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.set_defaults(shape="small")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the benches' 2).")
+    parser.add_argument("--only", default=None, help="Run only the variants whose name contains this text.")
     args = parser.parse_args(argv)
     if args.shape not in GEOMETRY:
         parser.error(f"--shape {args.shape}: this bench runs at {sorted(GEOMETRY)}.")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     shape = GEOMETRY[args.shape]
-    result = run(shape, args.device, args.warmup, args.reps, time.monotonic() + args.budget)
+    result = run(shape, args.device, args.warmup, args.reps, time.monotonic() + args.budget, args.only)
     log(
         f"mixed batches, shape={args.shape} {shape}, {ADAPTERS} adapters\n{result['table']}\n\n{result['ratio_table']}"
     )

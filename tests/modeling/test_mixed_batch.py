@@ -150,3 +150,27 @@ def test_one_adapter_for_every_row_runs_merged_and_a_mix_runs_per_row(models):
             hook.remove()
     assert [list(layer.active_adapters) for layer in layers] == active
     assert all(not layer._forward_hooks for layer in layers)
+
+
+def test_high_rank_adapters_take_the_gathered_path_and_still_match():
+    """Adapters whose ranks add up past half a layer's width use per-row bmm instead of the
+    side-by-side matmul; the rows still equal each row alone."""
+    from peft_hybrid.modeling.mixed import RowLora
+
+    base, tok = t5_from_preset("tiny", seed=0)
+    model = HybridModel(base, HybridConfig(mode="lora", r=16, lora_dropout=0.0), tokenizer=tok, adapter_name="x")
+    for name in ("y", "z"):
+        model.add_adapter(name, HybridConfig(mode="hybrid", r=16, num_virtual_tokens=3, lora_dropout=0.0))
+    _randomize({str(i): t for i, t in enumerate(model.all_adapter_tensors())}, 3)
+    model.eval()
+    names = ["x", "y", "z", "__base__"]
+    layer = model.base_model.encoder.block[0].layer[0].SelfAttention.q
+    assert RowLora(model.base_model, names)._gather(layer, 1, torch.device("cpu"))[2] is None  # the bmm path
+    texts = TEXTS[:4]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    mixed = model.generate(**batch, adapter_names=names, max_new_tokens=8)
+    solos = [
+        model.generate(**tok(t, return_tensors="pt"), adapter_names=[n], max_new_tokens=8)
+        for t, n in zip(texts, names)
+    ]
+    _check_rows(mixed, solos, tok.pad_token_id)

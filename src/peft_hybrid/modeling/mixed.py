@@ -3,9 +3,11 @@
 Each row's encoder input is its own soft prompt (of its own length, or none) followed by its own
 tokens, padded on the right (`peft_hybrid.modeling.prompt.prepend_per_row`): T5's relative
 position bias then sees every real token at the same distances as when the row runs alone, and
-the padding is masked out of attention. LoRA runs per row through one batched path: every LoRA
-layer adds ``bmm(bmm(x, A_rowᵀ), (s·B_row)ᵀ)``, with each row's A and B gathered once per call
-(rows without LoRA in that layer gather zeros). Generation repeats rows for beams and
+the padding is masked out of attention. LoRA runs per row through one batched path, prepared
+once per call and layer: with few adapters, ``((x @ [A_1ᵀ … A_kᵀ]) * row_mask) @ [s·B_1ᵀ; …]``
+(two plain matmuls; each row keeps only its adapter's columns), else
+``bmm(bmm(x, A_rowᵀ), (s·B_row)ᵀ)`` with each row's A and B gathered (rows without LoRA in a layer
+get zeros). Generation repeats rows for beams and
 ``num_return_sequences`` (``repeat_interleave``); the layers see a batch that many times larger
 and repeat the row plan the same way.
 """
@@ -78,11 +80,15 @@ class RowLora:
         rows = len(self.names)
         if x.shape[0] % rows:
             raise RuntimeError(f"A LoRA layer saw a batch of {x.shape[0]} rows for {rows} adapter names.")
-        a_t, b_t = self._rows(layer, x.shape[0] // rows, x.device)
-        if a_t is None:
+        plan = self._rows(layer, x.shape[0] // rows, x.device)
+        if plan is None:
             return output
-        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(a_t.dtype)
-        delta = torch.bmm(torch.bmm(flat, a_t), b_t)
+        a, b, mask = plan
+        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(a.dtype)
+        if mask is None:  # per-row A and B: two batched matmuls
+            delta = torch.bmm(torch.bmm(flat, a), b)
+        else:  # every adapter's A at once, each row keeping its own adapter's columns
+            delta = torch.matmul(torch.matmul(flat, a) * mask, b)
         return output + delta.reshape(output.shape).to(output.dtype)
 
     def _rows(self, layer: LoraLayer, repeat: int, device: torch.device):
@@ -94,19 +100,31 @@ class RowLora:
     def _gather(self, layer: LoraLayer, repeat: int, device: torch.device):
         present = [n for n in self.used if n in layer.lora_A]
         if not present:
-            return None, None
-        rank = max(layer.r[n] for n in present)
+            return None
         linear = layer.get_base_layer()
         dtype = layer.lora_A[present[0]].weight.dtype
+        slots = self.slots.to(device).repeat_interleave(repeat)
+        a_t = {n: layer.lora_A[n].weight.detach().t().to(dtype) for n in present}
+        b_t = {n: (layer.lora_B[n].weight.detach() * layer.scaling[n]).t().to(dtype) for n in present}
+        total = sum(layer.r[n] for n in present)
+        if total <= linear.in_features // 2:
+            # Few adapters: one matmul against all their A's side by side is cheaper than per-row
+            # matmuls of rank r; each row's mask keeps its own adapter's columns (zeros elsewhere).
+            mask = torch.zeros(len(self.used) + 1, total, dtype=dtype, device=device)
+            start = 0
+            for slot, name in enumerate(self.used, start=1):
+                if name in present:
+                    mask[slot, start : start + layer.r[name]] = 1
+                    start += layer.r[name]
+            return torch.cat(list(a_t.values()), 1), torch.cat(list(b_t.values()), 0), mask[slots].unsqueeze(1)
+        rank = max(layer.r[n] for n in present)
         a = torch.zeros(len(self.used) + 1, linear.in_features, rank, dtype=dtype, device=device)
         b = torch.zeros(len(self.used) + 1, rank, linear.out_features, dtype=dtype, device=device)
         for slot, name in enumerate(self.used, start=1):
             if name in present:
-                r = layer.r[name]
-                a[slot, :, :r] = layer.lora_A[name].weight.detach().t()
-                b[slot, :r, :] = (layer.lora_B[name].weight.detach() * layer.scaling[name]).t()
-        slots = self.slots.to(device).repeat_interleave(repeat)
-        return a[slots], b[slots]
+                a[slot, :, : layer.r[name]] = a_t[name]
+                b[slot, : layer.r[name], :] = b_t[name]
+        return a[slots], b[slots], None
 
 
 def batch_rows(*tensors: Any) -> int | None:
