@@ -42,6 +42,9 @@ from peft_hybrid.modeling.serialization import load_adapter as read_adapter_fold
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
+
+
 @dataclasses.dataclass
 class _Adapter:
     config: HybridConfig
@@ -298,3 +301,13 @@ def _build_prompt(base_model: nn.Module, config: HybridConfig, tokenizer) -> Sof
         config.prompt_init, embeddings, seed=config.seed, tokenizer=tokenizer, text=config.prompt_init_text
     )
     return prompt
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse a base that is not a T5-family seq2seq model with ``generate``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES or not hasattr(model, "generate"):
+        raise TypeError(
+            f"HybridModel wraps T5-family *ForConditionalGeneration models ({', '.join(SUPPORTED_MODEL_TYPES)}); "
+            f"got {type(model).__name__} (model_type={model_type!r})."
+        )

@@ -11,7 +11,14 @@ from torch import nn
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.download import resolve_folder
-from peft_hybrid.modeling.adapters import AdapterRegistry, base_shape, check_fits, peft_lora_as_hybrid
+from peft_hybrid.modeling.adapters import (
+    SUPPORTED_MODEL_TYPES,
+    AdapterRegistry,
+    base_shape,
+    check_fits,
+    check_supported,
+    peft_lora_as_hybrid,
+)
 from peft_hybrid.modeling.loading import load_base_model
 from peft_hybrid.modeling.lora import LoraPart, save_peft_lora
 from peft_hybrid.modeling.mixed import (
@@ -24,7 +31,6 @@ from peft_hybrid.modeling.mixed import (
 from peft_hybrid.modeling.prompt import SoftPrompt, prepend_per_row, save_peft_prompt
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
 
-SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
 DEFAULT_ADAPTER = "default"
 __all__ = ["DEFAULT_ADAPTER", "SUPPORTED_MODEL_TYPES", "HybridModel", "base_shape"]
 if TYPE_CHECKING:
@@ -62,7 +68,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         adapter_name: str = DEFAULT_ADAPTER,
     ) -> None:
         super().__init__()
-        _check_supported(base_model)
+        check_supported(base_model)
         self.base_model = base_model
         self.prompts = nn.ModuleDict()
         self.tokenizer = tokenizer
@@ -384,18 +390,9 @@ class HybridModel(AdapterRegistry, nn.Module):
             base_model = load_base_model(str(folder))
         elif base_model is None:
             base_model = load_base_model(config.base_model_name_or_path, revision=config.revision, token=token)
-        _check_supported(base_model)
+        check_supported(base_model)
         source = str(folder / WEIGHTS_NAME)
         check_fits(base_model, config, tensors, source)  # on the bare base: a refused adapter leaves it as is
         model = cls(base_model, config, tokenizer=tokenizer, adapter_name=adapter_name)
         model.load_adapter_tensors(tensors, source=source)
         return model
-
-
-def _check_supported(model: nn.Module) -> None:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES or not hasattr(model, "generate"):
-        raise TypeError(
-            f"HybridModel wraps T5-family *ForConditionalGeneration models ({', '.join(SUPPORTED_MODEL_TYPES)}); "
-            f"got {type(model).__name__} (model_type={model_type!r})."
-        )
