@@ -215,3 +215,6 @@ def _merged_weight(layer: Any, weight: torch.Tensor) -> torch.Tensor:
         b = layer.lora_B[adapter].weight.float()
         merged = merged + (b @ a) * layer.scaling[adapter]
     return merged.to(weight.dtype)
+
+
+from peft_hybrid.speed_generation import GenerationBuckets, fast_generation  # noqa: E402, F401 (re-exported)

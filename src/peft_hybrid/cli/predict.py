@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_source_length=args.max_source_length,
         progress=not args.no_progress,
+        fast=args.fast,
         **generation,
     )
     for text, prediction in zip(texts, predictions):

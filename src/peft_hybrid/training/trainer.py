@@ -34,6 +34,7 @@ from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from peft_hybrid import speed_generation
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.hub.card import BASE_TAGS, PAPER
 from peft_hybrid.hub.trainer_push import HubPushMixin
@@ -201,11 +202,17 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         self.model.generation_config.max_length = None
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
 
+    @contextlib.contextmanager
     def _inference_weights(self):
-        """LoRA merged into fresh tensors for evaluation (``merged_eval``), restored on exit."""
-        if getattr(self.args, "merged_eval", True):
-            return merged_lora(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
-        return contextlib.nullcontext()
+        """LoRA merged into fresh tensors for evaluation (``merged_eval``) and the fast decoding path
+        (``fast_generation``), both undone on exit."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        with contextlib.ExitStack() as stack:
+            if getattr(self.args, "merged_eval", True):
+                stack.enter_context(merged_lora(model))
+            if getattr(self.args, "fast_generation", False):
+                stack.enter_context(speed_generation.fast_generation(model))
+            yield
 
     # --- metrics ----------------------------------------------------------------------------
     def _generation_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
