@@ -133,17 +133,9 @@ def test_plain_base_and_stock_peft_hybrid_take_the_same_path():
     base, tokenizer = t5_from_preset("tiny")
     eager, fast = _eager_and_fast(base.eval(), tokenizer, TEXTS[:3], max_new_tokens=8)
     assert torch.equal(fast, eager)
-    stock_base, _ = t5_from_preset("tiny")
+    stock_base, _ = t5_from_preset("tiny")  # stock PEFT, hand-assembled: LoRA, then an encoder prompt
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q", "v"]), stock_base)
-    c = stock_base.config
-    prompt = PromptTuningConfig(
-        task_type="SEQ_2_SEQ_LM",
-        num_virtual_tokens=30,
-        num_transformer_submodules=1,
-        token_dim=c.d_model,
-        num_attention_heads=c.num_heads,
-        num_layers=c.num_layers,
-    )
+    prompt = PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=30, num_transformer_submodules=1)
     stock = get_peft_model(stock_base, prompt).eval()
     eager, fast = _eager_and_fast(stock, tokenizer, TEXTS[:3], max_new_tokens=8)
     assert torch.equal(fast, eager)
