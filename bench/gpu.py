@@ -104,7 +104,7 @@ def run_compiled(args: argparse.Namespace, deadline: float) -> dict:
     left = deadline - time.monotonic()
     cmd = [
         sys.executable,
-        str(HERE / "train_step.py"),
+        "train_step.py",  # run in HERE: a relative name keeps machine paths out of the recorded command
         "--shape",
         args.shape,
         "--device",
