@@ -190,6 +190,24 @@ def test_generate_texts_fast_equals_eager(monkeypatch):
     assert "generate" not in vars(model)
 
 
+def test_predict_fast_flag_prints_the_same_outputs(tmp_path, monkeypatch, capsys):
+    from peft_hybrid.cli import main as cli
+
+    model, tokenizer = tiny_model("hybrid", task="sst2")
+    model.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("".join(text.replace("\n", " ") + "\n" for text in TEXTS), encoding="utf-8")
+    monkeypatch.setattr(speed_generation, "fast_generation", fast_eager)
+    printed = []
+    for flag in ([], ["--fast"]):
+        command = ["predict", "--adapter", str(tmp_path / "adapter"), "--input", str(inputs), "--batch-size", "4"]
+        assert cli([*command, "--max-new-tokens", "6", "--no-progress", *flag]) == 0
+        printed.append(capsys.readouterr().out.splitlines())
+    assert printed[1] == printed[0] and len(printed[0]) == len(TEXTS)
+    assert dynamo_counters()["graphs"] == 2
+
+
 def test_trainer_evaluation_with_fast_generation_scores_the_same(tmp_path, monkeypatch):
     from datasets import Dataset
 
