@@ -3,15 +3,18 @@
 Every variant generates exactly ``new_tokens`` per example (``min_new_tokens=max_new_tokens``),
 so new tokens/s compare like for like. The merged variant times ``with merged_lora(model):
 model.generate(...)`` whole (the merge is inside the timing) and checks its tokens against the
-unmerged model's. With ``--fast`` (default on cuda) also the merged model on a bf16 base; with
-``--compile`` also the merged model with its stacks compiled (`compile_model`, the compile is
-in the first call, outside the timed reps).
+unmerged model's eager ones. With ``--fast`` (default on cuda) also the merged model on a bf16
+base; with ``--compile`` also the merged model with its stacks compiled (`compile_model`); with
+``--fast-generation`` the plain base, the stock hybrid and the merged hybrid once more under
+``fast_generation`` (static cache, compiled steps), each paired with its own eager row and with
+the other fast rows. Compiles happen in a variant's first call, outside the timed reps.
 
     python bench/generation.py --shape small --device cpu --reps 5 --out bench/results/gen_small.json
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -36,10 +39,12 @@ from _common import (
 from train_step import STOCK_HYBRID, stock_hybrid
 
 from peft_hybrid import HybridConfig, HybridModel
-from peft_hybrid.speed import cast_frozen_base_, compile_model, merged_lora
+from peft_hybrid.speed import cast_frozen_base_, compile_model, dynamo_counters, fast_generation, merged_lora
 
 PROMPT_TOKENS = HybridConfig().num_virtual_tokens
 PLAIN_LONGER = f"plain base, source + {PROMPT_TOKENS} tokens"
+FAST = ", fast_generation"  # suffix of the rows run under fast_generation
+MERGED = "peft_hybrid hybrid merged"
 
 COLUMNS = [
     "variant",
@@ -51,10 +56,12 @@ COLUMNS = [
     "paired_vs_stock",
     "paired_vs_base",
     "paired_vs_same_length",
+    "paired_vs_eager",
+    "compile_call_s",
     "gflops",
     "work_vs_base",
     "peak_mib",
-    "same_tokens_as_unmerged",
+    "same_tokens_as_eager",
     "error",
 ]
 
@@ -71,8 +78,14 @@ def ours(base: torch.nn.Module, bf16_base: bool = False) -> HybridModel:
 
 
 def prepare_generate(
-    build: Callable[[torch.nn.Module], torch.nn.Module], shape: Shape, device: str, bf16: bool, merged: bool = False
+    build: Callable[[torch.nn.Module], torch.nn.Module],
+    shape: Shape,
+    device: str,
+    bf16: bool,
+    merged: bool = False,
+    fast: str | None = None,
 ) -> tuple[Callable[[], torch.Tensor], dict[str, Any]]:
+    """A variant's timed call; ``fast`` is the compile backend of `fast_generation` (None: eager decoding)."""
     base, _ = build_base(shape, device)
     model = build(base).eval()
     batch = make_batch(shape, device)
@@ -86,17 +99,22 @@ def prepare_generate(
     )
 
     def generate() -> torch.Tensor:
-        with torch.no_grad(), autocast(device, bf16):
+        with torch.no_grad(), autocast(device, bf16), contextlib.ExitStack() as stack:
             if merged:
-                with merged_lora(model):
-                    return model.generate(**kwargs)
+                stack.enter_context(merged_lora(model))
+            if fast:
+                stack.enter_context(fast_generation(model, backend=fast))
             return model.generate(**kwargs)
 
-    info: dict[str, Any] = {"gflops": count_gflops(generate)}
-    if merged:
+    # Counting FLOPs would trace the compiled path under a dispatch mode; the work equals the eager twin's.
+    info: dict[str, Any] = {} if fast else {"gflops": count_gflops(generate)}
+    if merged or fast:
         with torch.no_grad(), autocast(device, bf16):
-            unmerged = model.generate(**kwargs)
-        info["same_tokens_as_unmerged"] = bool(torch.equal(generate(), unmerged))
+            eager = model.generate(**kwargs)
+        start = time.perf_counter()
+        info["same_tokens_as_eager"] = bool(torch.equal(generate(), eager))
+        if fast:  # this first call holds the compile
+            info["compile_call_s"] = time.perf_counter() - start
     return generate, info
 
 
@@ -111,10 +129,10 @@ def count_gflops(generate: Callable[[], torch.Tensor]) -> float:
 
 
 def variants(
-    shape: Shape, device: str, bf16: bool, fast: bool, compiled: bool = False
+    shape: Shape, device: str, bf16: bool, fast: bool, compiled: bool = False, fast_backend: str | None = None
 ) -> dict[str, Callable[[], tuple]]:
-    def prepare(build, merged=False):
-        return lambda: prepare_generate(build, shape, device, bf16, merged)
+    def prepare(build, merged=False, fast_path=None):
+        return lambda: prepare_generate(build, shape, device, bf16, merged, fast_path)
 
     # Control: the plain base reading as many encoder positions as the hybrid does (source + the
     # 30 prompt tokens). Against it, what remains of the hybrid's cost is its own overhead.
@@ -124,44 +142,71 @@ def variants(
         PLAIN_LONGER: lambda: prepare_generate(lambda base: base, longer, device, bf16),
         STOCK_HYBRID: prepare(stock_hybrid),
         "peft_hybrid hybrid unmerged": prepare(ours),
-        "peft_hybrid hybrid merged": prepare(ours, merged=True),
+        MERGED: prepare(ours, merged=True),
     }
     if fast:
         out["peft_hybrid hybrid merged bf16-base"] = prepare(lambda base: ours(base, bf16_base=True), merged=True)
     if compiled:
         out["peft_hybrid hybrid merged+compile"] = prepare(lambda base: compile_model(ours(base)), merged=True)
+    if fast_backend:
+        # Like for like: the baselines take the same fast path as the hybrid.
+        out["plain base" + FAST] = prepare(lambda base: base, fast_path=fast_backend)
+        out[STOCK_HYBRID + FAST] = prepare(stock_hybrid, fast_path=fast_backend)
+        out[MERGED + FAST] = prepare(ours, merged=True, fast_path=fast_backend)
     return out
 
 
 def run(
-    shape: Shape, device: str, bf16: bool, fast: bool, warmup: int, reps: int, deadline: float, compiled: bool = False
+    shape: Shape,
+    device: str,
+    bf16: bool,
+    fast: bool,
+    warmup: int,
+    reps: int,
+    deadline: float,
+    compiled: bool = False,
+    fast_backend: str | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """All generation variants, interleaved; rows with new tokens/s and ratios."""
-    rows = run_interleaved(variants(shape, device, bf16, fast, compiled), device, warmup, reps, deadline)
+    """The generation variants (all, or those named in ``only``), interleaved; rows with new tokens/s and ratios."""
+    before = dynamo_counters()
+    prepares = variants(shape, device, bf16, fast, compiled, fast_backend)
+    if only:
+        unknown = sorted(set(only) - set(prepares))
+        if unknown:
+            raise SystemExit(f"--only {unknown}: no such variant; pick from {sorted(prepares)}.")
+        prepares = {name: prepare for name, prepare in prepares.items() if name in only}
+    rows = run_interleaved(prepares, device, warmup, reps, deadline)
     for row in rows:
         if "median_s" in row:
             row["new_tokens_per_s"] = shape.batch * shape.new_tokens / row["median_s"]
     add_generation_ratios(rows)
-    return {"rows": rows, "table": markdown_table(rows, COLUMNS)}
+    dynamo = {"before": before, "after": dynamo_counters()}
+    return {"rows": rows, "table": markdown_table(rows, COLUMNS), "dynamo": dynamo}
 
 
 def add_generation_ratios(rows: list[dict]) -> None:
     """Throughput ratios (> 1 is faster) vs the stock hybrid, the plain base and the plain base
     at the hybrid's encoder length: of the medians, and paired (median of the per-rep ratios,
-    the steadier figure on a shared box)."""
-    names = [r["variant"] for r in rows if r["variant"].startswith("peft_hybrid")]
-    add_ratios(rows, "new_tokens_per_s", {n: STOCK_HYBRID for n in names}, paired_key="paired_vs_stock")
+    the steadier figure on a shared box). A fast_generation row is compared with the fast rows
+    of the baselines, and with its own eager twin (``paired_vs_eager``)."""
     by_name = {r["variant"]: r for r in rows}
-    base, same_length = by_name.get("plain base", {}), by_name.get(PLAIN_LONGER, {})
+    names = [r["variant"] for r in rows if r["variant"].startswith("peft_hybrid")]
+    suffix = {n: FAST if n.endswith(FAST) else "" for n in (*names, "plain base")}
+    add_ratios(rows, "new_tokens_per_s", {n: STOCK_HYBRID + suffix[n] for n in names}, paired_key="paired_vs_stock")
     for row in rows:
+        name = row["variant"]
+        if name.endswith(FAST):
+            row["paired_vs_eager"] = paired_speedup(row, by_name.get(name[: -len(FAST)], {}))
+        base = by_name.get("plain base" + (FAST if name.endswith(FAST) else ""), {})
         if row is base:
             continue
         if "new_tokens_per_s" in row and "new_tokens_per_s" in base:
             row["ratio_vs_base"] = row["new_tokens_per_s"] / base["new_tokens_per_s"]
         row["paired_vs_base"] = paired_speedup(row, base)
-        if row["variant"] in names:
+        if name in names and not name.endswith(FAST):
             # Against the base reading as many positions: 1.0 means no overhead beyond the prompt's length.
-            row["paired_vs_same_length"] = paired_speedup(row, same_length)
+            row["paired_vs_same_length"] = paired_speedup(row, by_name.get(PLAIN_LONGER, {}))
         # Matmul work relative to the plain base: what the soft prompt (and unmerged LoRA) add.
         if base.get("gflops") and row.get("gflops"):
             row["work_vs_base"] = row["gflops"] / base["gflops"]
@@ -173,12 +218,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--compile", action="store_true", help="Add the merged variant with compiled stacks (inductor)."
     )
+    parser.add_argument(
+        "--fast-generation",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="Add the plain base, stock hybrid and merged hybrid under fast_generation (backend, default inductor).",
+    )
+    parser.add_argument("--new-tokens", type=int, default=None, help="Tokens per example (default: the shape's).")
+    parser.add_argument("--only", action="append", default=None, help="Run only this variant (repeatable).")
     args = parser.parse_args(argv)
     setup(args.device)
     shape = SHAPES[args.shape]
+    if args.new_tokens is not None:
+        shape = dataclasses.replace(shape, new_tokens=args.new_tokens)
     bf16 = args.bf16 or args.device == "cuda"
     fast = args.fast or args.device == "cuda"
-    result = run(shape, args.device, bf16, fast, args.warmup, args.reps, time.monotonic() + args.budget, args.compile)
+    deadline = time.monotonic() + args.budget
+    result = run(
+        shape, args.device, bf16, fast, args.warmup, args.reps, deadline, args.compile, args.fast_generation, args.only
+    )
     log(f"generation, shape={args.shape} {shape}, bf16 autocast={bf16}\n{result['table']}")
     write_results(args.out, {"shape": args.shape, "geometry": vars(shape), "bf16": bf16, **result})
     return result["rows"]

@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 BENCH = REPO_ROOT / "bench"
 
 pytestmark = pytest.mark.slow
+STOCK = "stock hybrid (hand-assembled)"
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,11 @@ def gpu_smoke(tmp_path_factory):
         "--gen-reps",
         "2",
         "--budget",
-        "300",
+        "420",
         "--out",
         str(out),
     ]
-    done = subprocess.run(command, cwd=BENCH, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(command, cwd=BENCH, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "results.json").read_text(encoding="utf-8")), (out / "results.md").read_text(
         encoding="utf-8"
@@ -54,7 +55,9 @@ def test_every_section_measures_every_variant(gpu_smoke):
     train, generation, compiled = (_rows(results[name]) for name in ("train", "generation", "compiled"))
     assert set(train) == {"stock PEFT LoRA", "peft_hybrid lora", "stock hybrid (hand-assembled)", "peft_hybrid hybrid"}
     assert set(compiled) == {"stock hybrid (hand-assembled)", "peft_hybrid hybrid bf16-base+compile"}
-    assert len(generation) == 6 and "plain base, source + 30 tokens" in generation
+    assert len(generation) == 9 and "plain base, source + 30 tokens" in generation
+    fast = {name for name in generation if name.endswith(", fast_generation")}
+    assert fast == {f"{name}, fast_generation" for name in ("plain base", STOCK, "peft_hybrid hybrid merged")}
     for row in [*train.values(), *generation.values(), *compiled.values()]:
         assert "error" not in row, row
         assert len(row["times_s"]) == 2 and row["median_s"] > 0
@@ -74,9 +77,9 @@ def test_trainable_counts_and_ratios_are_like_for_like(gpu_smoke):
 def test_generation_merged_tokens_equal_unmerged_and_work_is_counted(gpu_smoke):
     generation = _rows(gpu_smoke[0]["generation"])
     merged = generation["peft_hybrid hybrid merged"]
-    assert merged["same_tokens_as_unmerged"] is True
+    assert merged["same_tokens_as_eager"] is True
     # The prompt adds matmul work; merging removes LoRA's share of it.
-    base, stock = generation["plain base"]["gflops"], generation["stock hybrid (hand-assembled)"]["gflops"]
+    base, stock = generation["plain base"]["gflops"], generation[STOCK]["gflops"]
     assert base < merged["gflops"] < stock
     # The control reads as many encoder positions: the same work, up to the merge's own B @ A.
     control = generation["plain base, source + 30 tokens"]["gflops"]
@@ -108,3 +111,16 @@ def test_serve_bench_runs_every_mode_and_concurrency_with_the_same_answers(tmp_p
     assert (
         result["speedup_at_32"] == rows[("batched", 32)]["requests_per_s"] / rows[("unbatched", 32)]["requests_per_s"]
     )
+
+
+def test_fast_generation_rows_match_eager_tokens_and_pair_like_with_like(gpu_smoke):
+    section = gpu_smoke[0]["generation"]
+    generation = _rows(section)
+    for name in ("plain base", STOCK, "peft_hybrid hybrid merged"):
+        row = generation[f"{name}, fast_generation"]
+        assert row["same_tokens_as_eager"] is True, name
+        assert row["paired_vs_eager"] > 0, name
+    merged = generation["peft_hybrid hybrid merged, fast_generation"]
+    assert merged["ratio_vs"].endswith(f"x {STOCK}, fast_generation")
+    assert merged["paired_vs_stock"] > 0 and merged["paired_vs_base"] > 0
+    assert section["dynamo"]["after"]["graph_breaks"] == section["dynamo"]["before"]["graph_breaks"] == 0

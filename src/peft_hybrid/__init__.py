@@ -36,6 +36,7 @@ _EXPORTS = {
     "cast_frozen_base_": "speed",
     "compile_model": "speed",
     "merged_lora": "speed",
+    "fast_generation": "speed_generation",
     "generate_texts": "inference",
     "load_for_inference": "inference",
     "CardData": "hub.card",

@@ -140,6 +140,7 @@ def generate_texts(
     progress: bool = True,
     desc: str = "generating",
     adapter_names: Sequence[str] | None = None,
+    fast: bool = False,
     **generation_kwargs: Any,
 ) -> list[str]:
     """Generate one output per input text, in input order, ``batch_size`` texts at a time.
@@ -151,10 +152,12 @@ def generate_texts(
     leaving stdout for the outputs. ``adapter_names`` (one per text) runs each text with its own
     adapter in mixed batches; `HybridModel.generate` then merges LoRA for a batch whose rows all
     name one adapter, and runs LoRA per row otherwise.
+    ``fast=True`` also decodes with `peft_hybrid.speed.fast_generation` (static KV cache, compiled
+    steps; the same tokens in fp32, after a one-off compile).
     """
     from tqdm.auto import tqdm
 
-    from peft_hybrid.speed import merged_lora
+    from peft_hybrid.speed import fast_generation, merged_lora
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: pass a positive number of texts per batch.")
@@ -162,7 +165,9 @@ def generate_texts(
     bar = tqdm(total=len(texts), desc=desc, unit="ex", file=sys.stderr, disable=not progress)
     if adapter_names is not None and len(adapter_names) != len(texts):
         raise ValueError(f"adapter_names has {len(adapter_names)} names for {len(texts)} texts; pass one per text.")
-    with merged_lora(model) if adapter_names is None else contextlib.nullcontext():
+    decoding = fast_generation(model) if fast else contextlib.nullcontext()
+    merging = merged_lora(model) if adapter_names is None else contextlib.nullcontext()
+    with merging, decoding:
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             encoded = tokenizer(
@@ -273,6 +278,7 @@ def evaluate_rows(
     use_task_tags: bool | None = None,
     task_prefix: str | None = None,
     progress: bool = True,
+    fast: bool = False,
     **generation_overrides: Any,
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """Generate for task ``rows`` as the adapter's run evaluated (its saved settings) and score them.
@@ -296,6 +302,7 @@ def evaluate_rows(
         max_source_length=source_length(config, max_source_length),
         progress=progress,
         desc=f"{task.name}: generating",
+        fast=fast,
         **generation_settings(config, task, **generation_overrides),
     )
     metrics = task.compute_metrics(predictions, rows)

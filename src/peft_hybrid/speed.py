@@ -229,3 +229,6 @@ def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
             parent_name, _, child = name.rpartition(".")
             found.append((model.get_submodule(parent_name), child, module))
     return found
+
+
+from peft_hybrid.speed_generation import GenerationBuckets, fast_generation  # noqa: E402, F401 (re-exported)

@@ -47,6 +47,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--task_prefix", "--task-prefix", default=None, help="input prefix (default: the run's prefix or tag rule)"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--fast", action="store_true", help="static KV cache + compiled decoding: same outputs, compiles once first"
+    )
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar on stderr")
 
 

@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         use_task_tags=args.use_task_tags,
         task_prefix=args.task_prefix,
         progress=not args.no_progress,
+        fast=args.fast,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
     )

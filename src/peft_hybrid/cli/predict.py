@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         adapter_names=names if len(adapters) > 1 else None,
+        fast=args.fast,
         **settings,
     )
     for (text, _), prediction in zip(records, predictions):

@@ -132,6 +132,13 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
             "the base weights are put back bit-identical afterwards."
         },
     )
+    fast_generation: bool = field(
+        default=False,
+        metadata={
+            "help": "Generate in evaluate/predict with a static KV cache and compiled decoder steps "
+            "(peft_hybrid.speed.fast_generation): the same tokens in fp32, after a one-off compile per shape bucket."
+        },
+    )
     hub_endpoint: str | None = field(
         default=None,
         metadata={

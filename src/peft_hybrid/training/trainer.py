@@ -50,6 +50,7 @@ from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from peft_hybrid import speed_generation
 from peft_hybrid.config import CONFIG_NAME, InferenceSettings
 from peft_hybrid.hub.trainer_push import HubPushMixin
 from peft_hybrid.modeling.model import HybridModel
@@ -220,11 +221,17 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         self.model.generation_config.max_length = None
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
 
+    @contextlib.contextmanager
     def _inference_weights(self):
-        """LoRA merged into fresh tensors for evaluation (``merged_eval``), restored on exit."""
-        if self.args.merged_eval:
-            return merged_lora(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
-        return contextlib.nullcontext()
+        """LoRA merged into fresh tensors for evaluation (``merged_eval``) and the fast decoding path
+        (``fast_generation``), both undone on exit."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        with contextlib.ExitStack() as stack:
+            if self.args.merged_eval:
+                stack.enter_context(merged_lora(model))
+            if self.args.fast_generation:
+                stack.enter_context(speed_generation.fast_generation(model))
+            yield
 
     # --- metrics ----------------------------------------------------------------------------
     def _generation_kwargs(self, given: dict[str, Any]) -> dict[str, Any]:
