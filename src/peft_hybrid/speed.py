@@ -8,6 +8,8 @@
   and the same compiled stacks serve training and generation (the decoder with its KV cache).
 - `merged_lora`: a context manager for evaluation that runs plain Linears with
   ``W + scale * B @ A`` and puts the original weight tensors back on exit, bit-identical.
+- `fast_generation` (in `peft_hybrid.speed_generation`): decoding with a static encoder-decoder KV
+  cache and the encoder and decoder step compiled, shapes bucketed so that batches reuse them.
 - `dynamo_counters`: compile/graph-break/recompile counts, to check that shapes stay stable.
 
 Length-grouped batching with dynamic padding lives in `peft_hybrid.training.data`.
@@ -133,7 +135,8 @@ def compile_model(
 
 
 def dynamo_counters() -> dict[str, int]:
-    """Compile statistics of this process since the last ``torch._dynamo.reset()``.
+    """Compile statistics of this process so far (``torch._dynamo.reset()`` does not clear them;
+    ``torch._dynamo.utils.counters.clear()`` does).
 
     ``frames``: frames compiled (a recompile for new shapes or a changed guard, such as
     ``train()``/``eval()``, counts again); ``graphs``: graphs produced; ``graph_breaks``: places

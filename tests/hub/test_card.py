@@ -180,9 +180,9 @@ def test_save_pretrained_writes_a_card_that_names_the_mode_and_counts():
     text = render_card(CardData.from_model(model))
     assert "| mode | `hybrid` |" in text
     # No repo id yet: the snippet loads the folder holding the card, and needs no rewriting at upload.
-    assert 'HybridModel.from_pretrained(".")' in text and "path/to/" not in text
+    assert 'load_for_inference(".")' in text and "path/to/" not in text
     named = render_card(CardData.from_model(model, repo_id="me/tiny-hybrid"))
-    assert 'HybridModel.from_pretrained("me/tiny-hybrid")' in named and 'from_pretrained(".")' not in named
+    assert 'load_for_inference("me/tiny-hybrid")' in named and 'load_for_inference(".")' not in named
 
 
 def test_metrics_measured_on_local_files_do_not_claim_the_hub_dataset():
@@ -212,3 +212,26 @@ def test_a_local_base_is_named_but_not_linked_to_the_hub(tmp_path):
     assert f"the local base model `{local}` (not on the Hub)" in text and "huggingface.co/" + str(local) not in text
     hub = render_card(CardData(mode="hybrid", base_model="google/flan-t5-base"))
     assert "(https://huggingface.co/google/flan-t5-base)" in hub
+
+
+def test_the_cards_usage_snippet_runs_in_the_saved_folder(tmp_path, monkeypatch, capsys):
+    """The Usage block of a saved adapter's card, executed as written from its folder, prints one output."""
+    import re
+
+    from helpers import tiny_model
+
+    model, tokenizer = tiny_model("hybrid", task="sst2")
+    folder = model.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(folder)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"## Usage\n\n```python\n(.*?)```", card, re.S).group(1)
+    monkeypatch.chdir(folder)
+    exec(compile(snippet, "card usage", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    from peft_hybrid.inference import generate_texts, generation_settings, model_inputs
+
+    config = model.hybrid_config
+    expected = generate_texts(
+        model, tokenizer, model_inputs(config, ["Your input text"]), **generation_settings(config)
+    )
+    assert printed == str(expected) and len(expected) == 1  # the saved adapter's own output

@@ -200,7 +200,7 @@ def test_trainer_pushes_and_a_fresh_process_loads_the_same_model(hub_online, tmp
         for key, kind, name in get_task("samsum").card_metadata["metrics"]
     ]
     assert child["card"] == expected_card
-    assert f'HybridModel.from_pretrained("{repo_id}")' in child["card_text"]
+    assert f'load_for_inference("{repo_id}")' in child["card_text"]
 
     name, message = child["wrong_token"]
     assert (
@@ -237,7 +237,7 @@ def test_push_sends_only_changed_files_and_the_cli_reports_bad_tokens(hub_online
     }
     # The card is uploaded as saved (no placeholder rewritten at upload): its snippet loads the folder it is in.
     card = Path(api.hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "cache")).read_bytes()
-    assert card == (folder / "README.md").read_bytes() and b'HybridModel.from_pretrained(".")' in card
+    assert card == (folder / "README.md").read_bytes() and b'load_for_inference(".")' in card
     stats = server.stats()
     again = push_folder(folder, repo_id, token=server.token("alice"), endpoint=server.url)
     assert server.stats() == stats and again.oid == api.model_info(repo_id).sha
