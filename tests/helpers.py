@@ -8,6 +8,24 @@ from peft_hybrid.offline import t5_from_preset
 TEXTS = ["Amy: Hi Ben! Are you free tomorrow?\r\nBen: Sure.", "Sam: I'll be 10 minutes late."]
 TARGETS = ["Amy and Ben meet tomorrow.", "Sam is late."]
 
+# HybridTrainingArguments of every quick in-process run: CPU, fp32, no progress bars, no integrations.
+FAST_TRAINING = dict(
+    use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, warmup_steps=0, dataloader_num_workers=0
+)
+# The command-line flags of a quick run of the tiny preset on CPU in fp32, reporting nowhere.
+QUICK_RUN = {"model_preset": "tiny", "use_cpu": True, "bf16": False, "report_to": "none"}
+# A run of exactly ``max_steps``: no best-checkpoint selection, no early stopping.
+FIXED_STEPS = {"load_best_model_at_end": False, "early_stopping_patience": 0}
+
+
+def quick_run_args(*leading: str, **flags) -> list[str]:
+    """``leading`` (e.g. ``"train", "--task", "samsum"``), then `QUICK_RUN` updated with ``flags``, as
+    ``--name value`` pairs (booleans spelled ``true``/``false`` as the recipe's parser reads them)."""
+    args = list(leading)
+    for name, value in {**QUICK_RUN, **flags}.items():
+        args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
 
 def tiny_model(mode: str = "hybrid", seed: int = 0, perturb: bool = True, **config) -> tuple[HybridModel, object]:
     """A tiny HybridModel whose adapter is moved off its initial values (LoRA B starts at zero)."""

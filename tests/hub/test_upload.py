@@ -24,6 +24,7 @@ pytest.importorskip("uvicorn")
 
 from huggingface_hub import HfApi  # noqa: E402
 
+from helpers import FAST_TRAINING  # noqa: E402
 from peft_hybrid import HybridConfig, HybridModel  # noqa: E402
 from peft_hybrid.cli import main as cli_main  # noqa: E402
 from peft_hybrid.hub.upload import HubAccessError, HubAuthenticationError, HubUnavailableError, push_folder  # noqa: E402
@@ -127,12 +128,8 @@ def test_trainer_pushes_and_a_fresh_process_loads_the_same_model(hub_online, tmp
     args = HybridTrainingArguments(
         output_dir=str(tmp_path / "run"),
         task="samsum",
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        disable_tqdm=True,
+        **FAST_TRAINING,
         max_steps=4,
-        warmup_steps=0,
         per_device_train_batch_size=8,
         per_device_eval_batch_size=8,
         logging_steps=1,

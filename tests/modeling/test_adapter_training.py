@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import datasets
-import pytest
 import torch
 
+from helpers import FAST_TRAINING as FAST
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs
 from peft_hybrid.training.data import Seq2SeqCollator, tokenize_dataset
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
-
-FAST = dict(use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, warmup_steps=0, dataloader_num_workers=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _two_adapter_model():

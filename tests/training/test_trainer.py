@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+from helpers import FAST_TRAINING as FAST
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME
@@ -21,18 +22,6 @@ from peft_hybrid.speed import compile_model
 from peft_hybrid.tasks import Task, get_task, register_task, unregister_task
 from peft_hybrid.training.data import Seq2SeqCollator, tokenize_dataset
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
-
-# Fast settings shared by every run: CPU, fp32, no progress bars, no integrations.
-FAST = dict(use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, warmup_steps=0, dataloader_num_workers=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin against each other (50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(mode: str = "hybrid", seed: int = 0):
