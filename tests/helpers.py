@@ -12,6 +12,16 @@ TARGETS = ["Amy and Ben meet tomorrow.", "Sam is late."]
 FAST_TRAINING = dict(
     use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, warmup_steps=0, dataloader_num_workers=0
 )
+# Nine steps with a checkpoint at step 7: a resume from it replays steps 8 and 9 exactly.
+RESUME_RUN = dict(
+    max_steps=9,
+    save_strategy="steps",
+    save_steps=7,
+    logging_steps=1,
+    save_total_limit=None,
+    per_device_train_batch_size=8,
+    learning_rate=1e-2,
+)
 # The command-line flags of a quick run of the tiny preset on CPU in fp32, reporting nowhere.
 QUICK_RUN = {"model_preset": "tiny", "use_cpu": True, "bf16": False, "report_to": "none"}
 # A run of exactly ``max_steps``: no best-checkpoint selection, no early stopping.

@@ -6,6 +6,7 @@ import datasets
 import torch
 
 from helpers import FAST_TRAINING as FAST
+from helpers import RESUME_RUN
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.offline import t5_from_preset
@@ -43,13 +44,7 @@ def _run(out, train, resume=None):
         eval_strategy="no",
         load_best_model_at_end=False,
         early_stopping_patience=None,
-        max_steps=9,
-        save_strategy="steps",
-        save_steps=7,
-        logging_steps=1,
-        save_total_limit=None,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
+        **RESUME_RUN,
         **FAST,
     )
     trainer = HybridTrainer(

@@ -13,6 +13,7 @@ import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from helpers import FAST_TRAINING as FAST
+from helpers import RESUME_RUN
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME
@@ -326,16 +327,7 @@ def test_early_stopping_ends_training_when_the_metric_stalls(tmp_path):
 # --- exact resume --------------------------------------------------------------------------
 def _resume_run(out: Path, train, resume: str | None = None):
     model, tokenizer = _model()
-    args = _no_eval_args(
-        out,
-        max_steps=9,
-        save_strategy="steps",
-        save_steps=7,
-        logging_steps=1,
-        save_total_limit=None,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-    )
+    args = _no_eval_args(out, **RESUME_RUN)
     trainer = _trainer(model, args, train_dataset=train, tokenizer=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
     return _snapshot(model.adapter_tensors())
