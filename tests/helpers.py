@@ -1,5 +1,10 @@
 """Small builders shared by the tests."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from peft_hybrid import HybridConfig, HybridModel
@@ -54,3 +59,18 @@ def batch(tok, texts=TEXTS, targets=TARGETS) -> dict:
     labels = tok(targets, return_tensors="pt", padding=True).input_ids
     labels[labels == tok.pad_token_id] = -100
     return {**enc, "labels": labels}
+
+
+def run_child(code: str, args: list[str], stdin, out: Path, env: dict, timeout: float) -> tuple[dict, str]:
+    """Run ``code`` in a fresh interpreter with ``args`` and ``stdin`` as JSON; it must exit 0 and
+    write its findings as JSON to ``out``. Returns the findings and the child's stderr."""
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input=json.dumps(stdin),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text()), run.stderr
