@@ -9,6 +9,7 @@ import torch
 
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.offline import t5_from_preset
+from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 
 TEXTS = ["Amy: Hi Ben! Are you free tomorrow?\r\nBen: Sure.", "Sam: I'll be 10 minutes late."]
 TARGETS = ["Amy and Ben meet tomorrow.", "Sam is late."]
@@ -40,6 +41,11 @@ def quick_run_args(*leading: str, **flags) -> list[str]:
     for name, value in {**QUICK_RUN, **flags}.items():
         args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
     return args
+
+
+def samsum_csv(path: Path, n: int = 4, seed: int = 0) -> Path:
+    """A SAMSum-format CSV of ``n`` synthetic dialogues."""
+    return write_samsum_csv(path, dialogue_summary_pairs(n, seed))
 
 
 def tiny_model(mode: str = "hybrid", seed: int = 0, perturb: bool = True, **config) -> tuple[HybridModel, object]:

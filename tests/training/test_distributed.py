@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from test_recipes import RECIPES, REPO, samsum_csv
+from test_recipes import RECIPES, REPO
 
-from helpers import FIXED_STEPS, quick_run_args
+from helpers import FIXED_STEPS, quick_run_args, samsum_csv
 from peft_hybrid.cli import main as cli
 
 pytestmark = pytest.mark.slow
