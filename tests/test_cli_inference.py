@@ -8,7 +8,7 @@ import torch
 from helpers import tiny_model
 from peft_hybrid.cli import main as cli
 from peft_hybrid.inference import generate_texts, load_for_inference
-from peft_hybrid.offline.synthetic import sentiment_sentences
+from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
 from peft_hybrid.tasks import get_task
 
 N = 10
@@ -22,8 +22,7 @@ def saved(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     rows = sentiment_sentences(N, seed=3)
-    tsv = folder.parent / "dev.tsv"
-    tsv.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in rows), encoding="utf-8")
+    tsv = write_sst2_tsv(folder.parent / "dev.tsv", rows)
     return folder, model, tokenizer, tsv, [r["sentence"] for r in rows]
 
 

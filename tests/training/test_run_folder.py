@@ -14,7 +14,7 @@ import pytest
 from helpers import FIXED_STEPS, quick_run_args, samsum_csv, tiny_model
 from peft_hybrid import AdapterLoadError, HybridConfig
 from peft_hybrid.cli import main as cli
-from peft_hybrid.offline.synthetic import sentiment_sentences
+from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
 from peft_hybrid.training.run_folder import (
     MANIFEST_NAME,
     RunFolderBusy,
@@ -36,12 +36,6 @@ QUICK = quick_run_args(
     max_target_length=16,
     num_virtual_tokens=4,
 )
-
-
-def _sst2_tsv(path: Path) -> Path:
-    rows = [f"{r['sentence']}\t{r['label']}" for r in sentiment_sentences(4, 0)]
-    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
 
 
 def _train(out: Path, train_file: Path, *extra: str, task: str = "samsum", steps: int = 1) -> list[str]:
@@ -162,7 +156,12 @@ def test_resuming_another_runs_checkpoint_is_refused_naming_the_difference(
     checkpoint = out / "checkpoint-1"
     args = _train(tmp_path / "out", data, "--resume_from_checkpoint", str(checkpoint), steps=2)
     if change == "task":
-        args = _train(tmp_path / "out", _sst2_tsv(tmp_path / "t.tsv"), "--resume_from_checkpoint", str(checkpoint))
+        args = _train(
+            tmp_path / "out",
+            write_sst2_tsv(tmp_path / "t.tsv", sentiment_sentences(4, 0)),
+            "--resume_from_checkpoint",
+            str(checkpoint),
+        )
         args[args.index("samsum")] = "sst2"
     elif change == "adapter":
         args += ["--lora_alpha", "8"]
