@@ -202,10 +202,8 @@ def attribute(
         >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
         >>> result.input_tokens[:4]
         ['P1', 'P2', 'P3', 'P4']
-        >>> result.scores.shape == (len(result.input_tokens), len(result.output_tokens))
-        True
-        >>> result.to_json("attribution.json").name
-        'attribution.json'
+        >>> result.scores.shape == (len(result.input_tokens), len(result.output_tokens)), result.to_json("a.json").name
+        (True, 'a.json')
     """
     ig_module = require_interpret("captum.attr")
     _check_arguments(text, target, n_steps, baseline, internal_batch_size)
