@@ -141,7 +141,7 @@ def write_sst2_tsv(path: str | Path, records: Iterable[Mapping[str, object]]) ->
     Example:
         >>> from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
         >>> path = write_sst2_tsv("dev.tsv", sentiment_sentences(2, seed=0))
-        >>> path.read_text(encoding="utf-8").splitlines()[0].split("\t")
+        >>> path.read_text(encoding="utf-8").splitlines()[0].split("\\t")
         ['sentence', 'label']
     """
     lines = ["sentence\tlabel"]
