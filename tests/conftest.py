@@ -18,6 +18,16 @@ import torch  # noqa: E402
 # contend badly (a tiny training step measured 0.04 s with one thread, 2 s with two).
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one intra-op thread, whatever an earlier one (a CLI run's ``--threads``) set."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # hub_server / hub_online: a local Hub-compatible server for push/pull tests.
 pytest_plugins = ["hub_fixtures"]
 

@@ -1,12 +1,51 @@
 """Small builders shared by the tests."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.offline import t5_from_preset
+from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 
 TEXTS = ["Amy: Hi Ben! Are you free tomorrow?\r\nBen: Sure.", "Sam: I'll be 10 minutes late."]
 TARGETS = ["Amy and Ben meet tomorrow.", "Sam is late."]
+
+# HybridTrainingArguments of every quick in-process run: CPU, fp32, no progress bars, no integrations.
+FAST_TRAINING = dict(
+    use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, warmup_steps=0, dataloader_num_workers=0
+)
+# Nine steps with a checkpoint at step 7: a resume from it replays steps 8 and 9 exactly.
+RESUME_RUN = dict(
+    max_steps=9,
+    save_strategy="steps",
+    save_steps=7,
+    logging_steps=1,
+    save_total_limit=None,
+    per_device_train_batch_size=8,
+    learning_rate=1e-2,
+)
+# The command-line flags of a quick run of the tiny preset on CPU in fp32, reporting nowhere.
+QUICK_RUN = {"model_preset": "tiny", "use_cpu": True, "bf16": False, "report_to": "none"}
+# A run of exactly ``max_steps``: no best-checkpoint selection, no early stopping.
+FIXED_STEPS = {"load_best_model_at_end": False, "early_stopping_patience": 0}
+
+
+def quick_run_args(*leading: str, **flags) -> list[str]:
+    """``leading`` (e.g. ``"train", "--task", "samsum"``), then `QUICK_RUN` updated with ``flags``, as
+    ``--name value`` pairs (booleans spelled ``true``/``false`` as the recipe's parser reads them)."""
+    args = list(leading)
+    for name, value in {**QUICK_RUN, **flags}.items():
+        args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def samsum_csv(path: Path, n: int = 4, seed: int = 0) -> Path:
+    """A SAMSum-format CSV of ``n`` synthetic dialogues."""
+    return write_samsum_csv(path, dialogue_summary_pairs(n, seed))
 
 
 def tiny_model(mode: str = "hybrid", seed: int = 0, perturb: bool = True, **config) -> tuple[HybridModel, object]:
@@ -26,3 +65,18 @@ def batch(tok, texts=TEXTS, targets=TARGETS) -> dict:
     labels = tok(targets, return_tensors="pt", padding=True).input_ids
     labels[labels == tok.pad_token_id] = -100
     return {**enc, "labels": labels}
+
+
+def run_child(code: str, args: list[str], stdin, out: Path, env: dict, timeout: float) -> tuple[dict, str]:
+    """Run ``code`` in a fresh interpreter with ``args`` and ``stdin`` as JSON; it must exit 0 and
+    write its findings as JSON to ``out``. Returns the findings and the child's stderr."""
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input=json.dumps(stdin),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text()), run.stderr

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from helpers import FIXED_STEPS, quick_run_args
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 
@@ -72,58 +73,30 @@ class KillResumeRun:
 
     def command(self, name: str, resume: bool = False) -> list[str]:
         """The ``peft-hybrid train`` command line of run ``name``."""
-        args = [
+        args = quick_run_args(
             "train",
             "--task",
             "samsum",
-            "--model_preset",
-            "tiny",
-            "--use_cpu",
-            "true",
-            "--bf16",
-            "false",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-            "--seed",
-            str(self.seed),
-            "--train_file",
-            str(self.train_file),
-            "--validation_file",
-            str(self.validation_file),
-            "--max_source_length",
-            "64",
-            "--max_target_length",
-            "24",
-            "--per_device_train_batch_size",
-            str(self.batch_size),
-            "--per_device_eval_batch_size",
-            "2",
-            "--max_steps",
-            str(self.max_steps),
-            "--warmup_steps",
-            "2",
-            "--logging_steps",
-            "1",
-            "--save_strategy",
-            "steps",
-            "--save_steps",
-            str(self.save_steps),
-            "--save_total_limit",
-            "2",
-            "--eval_strategy",
-            "steps",
-            "--eval_steps",
-            str(self.eval_steps),
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "0",
-            "--output_dir",
-            str(self.output_dir(name)),
-            *self.extra_args,
-        ]
+            disable_tqdm=True,
+            seed=self.seed,
+            train_file=self.train_file,
+            validation_file=self.validation_file,
+            max_source_length=64,
+            max_target_length=24,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=2,
+            max_steps=self.max_steps,
+            warmup_steps=2,
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=self.save_steps,
+            save_total_limit=2,
+            eval_strategy="steps",
+            eval_steps=self.eval_steps,
+            **FIXED_STEPS,
+            output_dir=self.output_dir(name),
+        )
+        args += self.extra_args
         if resume:
             args += ["--resume_from_checkpoint", "latest"]
         return [sys.executable, "-c", _ENTRY, *args]

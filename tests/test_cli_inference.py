@@ -8,7 +8,7 @@ import torch
 from helpers import tiny_model
 from peft_hybrid.cli import main as cli
 from peft_hybrid.inference import generate_texts, load_for_inference
-from peft_hybrid.offline.synthetic import sentiment_sentences
+from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
 from peft_hybrid.tasks import get_task
 
 N = 10
@@ -22,8 +22,7 @@ def saved(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     rows = sentiment_sentences(N, seed=3)
-    tsv = folder.parent / "dev.tsv"
-    tsv.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in rows), encoding="utf-8")
+    tsv = write_sst2_tsv(folder.parent / "dev.tsv", rows)
     return folder, model, tokenizer, tsv, [r["sentence"] for r in rows]
 
 
@@ -81,23 +80,9 @@ def test_predict_prints_one_output_per_input_line(saved, tmp_path, capsys):
     folder, model, tokenizer, _, sentences = saved
     text_file = tmp_path / "inputs.txt"
     text_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    assert (
-        cli(
-            [
-                "predict",
-                "--adapter",
-                str(folder),
-                "--input",
-                str(text_file),
-                "--batch-size",
-                "3",
-                "--max-new-tokens",
-                "5",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    # The same batching and generation cap for both input formats: only the reading differs.
+    predict = ["predict", "--adapter", str(folder), "--batch-size", "3", "--max-new-tokens", "5", "--no-progress"]
+    assert cli([*predict, "--input", str(text_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         " ".join(o.splitlines())
@@ -106,26 +91,7 @@ def test_predict_prints_one_output_per_input_line(saved, tmp_path, capsys):
 
     jsonl = tmp_path / "inputs.jsonl"
     jsonl.write_text("".join(json.dumps({"sentence": s}) + "\n" for s in sentences[:4]), encoding="utf-8")
-    assert (
-        cli(
-            [
-                "predict",
-                "--adapter",
-                str(folder),
-                "--input",
-                str(jsonl),
-                "--field",
-                "sentence",
-                "--jsonl",
-                "--batch-size",
-                "3",
-                "--max-new-tokens",
-                "5",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert cli([*predict, "--input", str(jsonl), "--field", "sentence", "--jsonl"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["input"] for r in records] == sentences[:4]
     assert [r["prediction"] for r in records] == lines[:3] + expected_outputs(

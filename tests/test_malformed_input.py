@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from helpers import tiny_model
+from helpers import FIXED_STEPS, quick_run_args, tiny_model
 from peft_hybrid import AdapterLoadError, HybridConfig, HybridModel
 from peft_hybrid.cli import main as cli
 from peft_hybrid.offline import t5_from_preset
@@ -33,36 +33,17 @@ from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sent
 from peft_hybrid.tasks import DataError, get_task
 
 # Arguments that make any training case quick; the data arguments come from each case.
-QUICK = [
-    "--model_preset",
-    "tiny",
-    "--use_cpu",
-    "true",
-    "--bf16",
-    "false",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--max_steps",
-    "1",
-    "--eval_strategy",
-    "no",
-    "--load_best_model_at_end",
-    "false",
-    "--early_stopping_patience",
-    "0",
-    "--save_strategy",
-    "no",
-    "--per_device_train_batch_size",
-    "4",
-    "--max_source_length",
-    "64",
-    "--max_target_length",
-    "16",
-    "--warmup_steps",
-    "0",
-]
+QUICK = quick_run_args(
+    disable_tqdm=True,
+    max_steps=1,
+    eval_strategy="no",
+    **FIXED_STEPS,
+    save_strategy="no",
+    per_device_train_batch_size=4,
+    max_source_length=64,
+    max_target_length=16,
+    warmup_steps=0,
+)
 SAMSUM_FIELDS = ["id", "summary", "dialogue"]
 
 

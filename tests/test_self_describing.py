@@ -20,7 +20,7 @@ from peft_hybrid import HybridConfig
 from peft_hybrid.cli import main as cli
 from peft_hybrid.config import InferenceSettings
 from peft_hybrid.inference import generation_settings, model_inputs, source_length
-from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences, write_samsum_csv
+from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences, write_samsum_csv, write_sst2_tsv
 from test_malformed_input import QUICK
 
 N_VALIDATION = 40
@@ -43,9 +43,8 @@ def _samsum(folder: Path) -> list[str]:
 
 def _sst2(folder: Path) -> list[str]:
     rows = sentiment_sentences(N_VALIDATION + 16, 2)
-    for name, part in (("train.tsv", rows[N_VALIDATION:]), ("dev.tsv", rows[:N_VALIDATION])):
-        lines = "".join(f"{r['sentence']}\t{r['label']}\n" for r in part)
-        (folder / name).write_text("sentence\tlabel\n" + lines, encoding="utf-8")
+    write_sst2_tsv(folder / "train.tsv", rows[N_VALIDATION:])
+    write_sst2_tsv(folder / "dev.tsv", rows[:N_VALIDATION])
     return ["--train_file", str(folder / "train.tsv"), "--validation_file", str(folder / "dev.tsv")]
 
 

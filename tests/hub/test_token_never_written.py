@@ -12,52 +12,30 @@ import logging
 
 import pytest
 
+from helpers import FIXED_STEPS, quick_run_args
 from peft_hybrid.cli import main as cli
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 
 # Shaped like a real user access token, so any code that logs "what looks like a token" is caught too.
 TOKEN = "hf_" + "TkN9xQ2" * 5
-RUN = [
+RUN = quick_run_args(
     "train",
     "--task",
     "samsum",
-    "--model_preset",
-    "tiny",
-    "--use_cpu",
-    "true",
-    "--bf16",
-    "false",
-    "--report_to",
-    "none",
-    "--max_steps",
-    "2",
-    "--warmup_steps",
-    "0",
-    "--logging_steps",
-    "1",
-    "--save_strategy",
-    "steps",
-    "--save_steps",
-    "1",
-    "--eval_strategy",
-    "steps",
-    "--eval_steps",
-    "2",
-    "--load_best_model_at_end",
-    "false",
-    "--early_stopping_patience",
-    "0",
-    "--per_device_train_batch_size",
-    "4",
-    "--per_device_eval_batch_size",
-    "2",
-    "--max_source_length",
-    "48",
-    "--max_target_length",
-    "16",
-    "--hub_token",
-    TOKEN,
-]
+    max_steps=2,
+    warmup_steps=0,
+    logging_steps=1,
+    save_strategy="steps",
+    save_steps=1,
+    eval_strategy="steps",
+    eval_steps=2,
+    **FIXED_STEPS,
+    per_device_train_batch_size=4,
+    per_device_eval_batch_size=2,
+    max_source_length=48,
+    max_target_length=16,
+    hub_token=TOKEN,
+)
 
 
 @pytest.mark.slow

@@ -4,12 +4,9 @@ push from HybridTrainer, loading by repo id in a fresh process, and every failur
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -24,6 +21,7 @@ pytest.importorskip("uvicorn")
 
 from huggingface_hub import HfApi  # noqa: E402
 
+from helpers import FAST_TRAINING, run_child  # noqa: E402
 from peft_hybrid import HybridConfig, HybridModel  # noqa: E402
 from peft_hybrid.cli import main as cli_main  # noqa: E402
 from peft_hybrid.hub.upload import HubAccessError, HubAuthenticationError, HubUnavailableError, push_folder  # noqa: E402
@@ -127,12 +125,8 @@ def test_trainer_pushes_and_a_fresh_process_loads_the_same_model(hub_online, tmp
     args = HybridTrainingArguments(
         output_dir=str(tmp_path / "run"),
         task="samsum",
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        disable_tqdm=True,
+        **FAST_TRAINING,
         max_steps=4,
-        warmup_steps=0,
         per_device_train_batch_size=8,
         per_device_eval_batch_size=8,
         logging_steps=1,
@@ -178,16 +172,8 @@ def test_trainer_pushes_and_a_fresh_process_loads_the_same_model(hub_online, tmp
 
     out = tmp_path / "child.json"
     env = server.subprocess_env(token=alice, HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
-    run = subprocess.run(
-        [sys.executable, "-c", CHILD, repo_id, str(tmp_path / "cache"), str(out), WRONG_TOKEN, bob],
-        input=json.dumps([PROMPTS, GENERATE]),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    child = json.loads(out.read_text())
+    args = [repo_id, str(tmp_path / "cache"), str(out), WRONG_TOKEN, bob]
+    child, child_stderr = run_child(CHILD, args, [PROMPTS, GENERATE], out, env, timeout=180)
     assert child["ids"] == expected_ids
     assert child["offline_cached"] == expected_ids  # HF_HUB_OFFLINE with a warm cache: no network needed
 
@@ -217,7 +203,7 @@ def test_trainer_pushes_and_a_fresh_process_loads_the_same_model(hub_online, tmp
     captured = capsys.readouterr()
     secrets = [alice, bob, WRONG_TOKEN]
     _assert_no_secret(
-        tmp_path / "run", [caplog.text, captured.out, captured.err, run.stderr, child["card_text"]], secrets
+        tmp_path / "run", [caplog.text, captured.out, captured.err, child_stderr, child["card_text"]], secrets
     )
 
 

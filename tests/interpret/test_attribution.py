@@ -25,16 +25,6 @@ TEXT = "Amy: see you at 5? Bob: sure."
 N_PROMPT = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine the threads' spinning
-    makes them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _hybrid(seed: int = 1):
     """Tiny hybrid model whose LoRA B matrices are random, so LoRA changes the outputs."""
     base, tokenizer = t5_from_preset("tiny")

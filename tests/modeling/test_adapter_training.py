@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import datasets
-import pytest
 import torch
 
+from helpers import FAST_TRAINING as FAST
+from helpers import RESUME_RUN
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs
 from peft_hybrid.training.data import Seq2SeqCollator, tokenize_dataset
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
-
-FAST = dict(use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, warmup_steps=0, dataloader_num_workers=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _two_adapter_model():
@@ -53,13 +44,7 @@ def _run(out, train, resume=None):
         eval_strategy="no",
         load_best_model_at_end=False,
         early_stopping_patience=None,
-        max_steps=9,
-        save_strategy="steps",
-        save_steps=7,
-        logging_steps=1,
-        save_total_limit=None,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
+        **RESUME_RUN,
         **FAST,
     )
     trainer = HybridTrainer(

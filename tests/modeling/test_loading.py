@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from helpers import run_child
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.modeling import loading
 from peft_hybrid.modeling.loading import BaseRevisionWarning, BaseSource, base_source, load_base, record_base
@@ -136,16 +137,7 @@ def test_a_hub_base_is_pinned_and_the_cli_predicts_offline_from_the_cache(hub_se
     env["OMP_NUM_THREADS"] = "1"
     out = tmp_path / "child.json"
     args = [str(tmp_path / "base"), str(tmp_path / "base2"), base_id, adapter_id, str(out)]
-    run = subprocess.run(
-        [sys.executable, "-c", HUB_CHILD, *args],
-        input=json.dumps(TEXTS),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    child = json.loads(out.read_text())
+    child, _ = run_child(HUB_CHILD, args, TEXTS, out, env, timeout=300)
     assert child["first"] != child["second"]
     assert child["recorded"] == [base_id, child["first"]]  # by id, with the commit it resolved to
     assert child["reloaded_revision"] == child["first"] and child["again"] == child["expected"]

@@ -14,6 +14,26 @@ from peft_hybrid.serve.requests import GenerateRequest, Limits, RequestError, pa
 LIMITS = Limits(max_input_tokens=64, max_new_tokens_limit=32)
 
 
+def _runner(tmp_path: Path, **cache_options):
+    """A `Runner` over the tiny preset with adapters "summ" and "lora" saved under ``tmp_path``;
+    without ``cache_options`` both are loaded at startup, with them (``allow``, ``max_adapters``)
+    none is and the cache loads on demand. Returns the runner and the adapters' folders."""
+    from peft_hybrid import HybridConfig, HybridModel
+    from peft_hybrid.modeling.loading import load_base
+    from peft_hybrid.serve.adapters import IDLE_ADAPTER, AdapterCache
+    from peft_hybrid.serve.engine import Runner
+
+    paths = save_adapters(tmp_path, names=("summ", "lora"))
+    base, tokenizer = load_base("preset:tiny")
+    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER).eval()
+    if cache_options:
+        cache = AdapterCache(model, {}, **cache_options)
+    else:
+        cache = AdapterCache(model, {name: str(path) for name, path in paths.items()})
+        cache.load_configured()
+    return Runner(model, tokenizer, cache, LIMITS), paths
+
+
 def test_nulls_are_defaults_as_inference_client_sends_them():
     params = {name: None for name in ("adapter_id", "best_of", "details", "do_sample", "grammar", "max_new_tokens")}
     params.update({"seed": None, "stop": None, "temperature": None, "top_k": None, "watermark": False})
@@ -91,17 +111,7 @@ def test_a_full_queue_refuses_with_503():
 
 
 def test_one_failing_row_never_fails_the_others(tmp_path):
-    from peft_hybrid import HybridConfig, HybridModel
-    from peft_hybrid.modeling.loading import load_base
-    from peft_hybrid.serve.adapters import IDLE_ADAPTER, AdapterCache
-    from peft_hybrid.serve.engine import Runner
-
-    paths = save_adapters(tmp_path, names=("summ", "lora"))
-    base, tokenizer = load_base("preset:tiny")
-    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER).eval()
-    cache = AdapterCache(model, {name: str(path) for name, path in paths.items()})
-    cache.load_configured()
-    runner = Runner(model, tokenizer, cache, LIMITS)
+    runner, paths = _runner(tmp_path)
     generate = runner._generate
 
     def poisoned(held):  # a row whose generation raises, inside a batch and alone
@@ -132,17 +142,8 @@ def test_one_failing_row_never_fails_the_others(tmp_path):
 
 def test_a_group_of_one_adapter_runs_merged_and_a_mixed_one_per_row(tmp_path, monkeypatch):
     import peft_hybrid.speed
-    from peft_hybrid import HybridConfig, HybridModel
-    from peft_hybrid.modeling.loading import load_base
-    from peft_hybrid.serve.adapters import IDLE_ADAPTER, AdapterCache
-    from peft_hybrid.serve.engine import Runner
 
-    paths = save_adapters(tmp_path, names=("summ", "lora"))
-    base, tokenizer = load_base("preset:tiny")
-    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER).eval()
-    cache = AdapterCache(model, {name: str(path) for name, path in paths.items()})
-    cache.load_configured()
-    runner = Runner(model, tokenizer, cache, LIMITS)
+    runner, _ = _runner(tmp_path)
     merged = []
     real = peft_hybrid.speed.merged_layers
 
@@ -177,16 +178,7 @@ def test_docstring_examples_run(module):
 
 
 def test_more_adapters_in_a_group_than_slots_run_in_rounds_never_evicting_one_in_use(tmp_path):
-    from peft_hybrid import HybridConfig, HybridModel
-    from peft_hybrid.modeling.loading import load_base
-    from peft_hybrid.serve.adapters import IDLE_ADAPTER, AdapterCache
-    from peft_hybrid.serve.engine import Runner
-
-    paths = save_adapters(tmp_path, names=("summ", "lora"))
-    base, tokenizer = load_base("preset:tiny")
-    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER).eval()
-    cache = AdapterCache(model, {}, allow=[f"{tmp_path}/*"], max_adapters=1)
-    runner = Runner(model, tokenizer, cache, LIMITS)
+    runner, paths = _runner(tmp_path, allow=[f"{tmp_path}/*"], max_adapters=1)
     batches = []
     generate = runner._generate
     runner._generate = lambda held: batches.append([name for _, name in held]) or generate(held)
@@ -207,4 +199,4 @@ def test_more_adapters_in_a_group_than_slots_run_in_rounds_never_evicting_one_in
     finals = asyncio.run(scenario())
     assert [len(b) for b in batches] == [2, 1]  # both summ rows first; lora once summ was released
     assert finals == [offline(Path(a), [TEXTS[1]], 5)[0] for a in adapters]
-    assert cache.loaded() == [str(paths["lora"])]
+    assert runner.cache.loaded() == [str(paths["lora"])]

@@ -4,8 +4,8 @@ direct evaluation of each saved adapter."""
 import json
 
 import pytest
-import torch
 
+from helpers import FIXED_STEPS, quick_run_args
 from peft_hybrid.cli import main as cli_main
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.inference import evaluate_rows, load_for_inference
@@ -18,60 +18,31 @@ from peft_hybrid.training.ablation import AblationResult, AblationRow, ablation_
 EXPECTED_TRAINABLE = {"none": 0, "prompt": 1_920, "lora": 6_144, "hybrid": 8_064}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_ablate_table_counts_and_metrics_equal_direct_evaluation(tmp_path, one_thread, capsys):
+def test_ablate_table_counts_and_metrics_equal_direct_evaluation(tmp_path, capsys):
     records = dialogue_summary_pairs(40, seed=5)
     train = str(write_samsum_csv(tmp_path / "train.csv", records[:32]))
     validation = str(write_samsum_csv(tmp_path / "validation.csv", records[32:]))
     out = tmp_path / "ablation"
     code = cli_main(
-        [
+        quick_run_args(
             "ablate",
             "--task",
             "samsum",
-            "--model_preset",
-            "tiny",
-            "--train_file",
-            train,
-            "--validation_file",
-            validation,
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "3",
-            "--learning_rate",
-            "0.05",
-            "--warmup_steps",
-            "0",
-            "--per_device_train_batch_size",
-            "8",
-            "--per_device_eval_batch_size",
-            "4",
-            "--use_cpu",
-            "true",
-            "--eval_strategy",
-            "no",
-            "--save_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "0",
-            "--report_to",
-            "none",
-            "--disable_tqdm",
-            "true",
-            "--max_source_length",
-            "64",
-        ]
+            train_file=train,
+            validation_file=validation,
+            output_dir=out,
+            max_steps=3,
+            learning_rate=0.05,
+            warmup_steps=0,
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=4,
+            eval_strategy="no",
+            save_strategy="no",
+            **FIXED_STEPS,
+            disable_tqdm=True,
+            max_source_length=64,
+        )
     )
     assert code == 0
     printed = capsys.readouterr().out

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from test_recipes import RECIPES, REPO, samsum_csv
+from test_recipes import RECIPES, REPO
 
+from helpers import FIXED_STEPS, quick_run_args, samsum_csv
 from peft_hybrid.cli import main as cli
 
 pytestmark = pytest.mark.slow
@@ -56,46 +57,23 @@ def test_two_process_evaluation_equals_one_process_evaluation(tmp_path):
     val = samsum_csv(tmp_path / "val.csv", 10, seed=1)
     out = tmp_path / "ddp"
     done = launch_two_processes(
-        [
+        quick_run_args(
             "--config",
             str(RECIPES / "configs" / "samsum.yaml"),
-            "--model_preset",
-            "tiny",
-            "--use_cpu",
-            "true",
-            "--bf16",
-            "false",
-            "--ddp_backend",
-            "gloo",
-            "--report_to",
-            "none",
-            "--max_steps",
-            "2",
-            "--warmup_steps",
-            "0",
-            "--eval_strategy",
-            "no",
-            "--load_best_model_at_end",
-            "false",
-            "--early_stopping_patience",
-            "0",
-            "--save_strategy",
-            "no",
-            "--per_device_train_batch_size",
-            "8",
-            "--per_device_eval_batch_size",
-            "4",
-            "--max_source_length",
-            "128",
-            "--max_target_length",
-            "32",
-            "--train_file",
-            str(train),
-            "--validation_file",
-            str(val),
-            "--output_dir",
-            str(out),
-        ]
+            ddp_backend="gloo",
+            max_steps=2,
+            warmup_steps=0,
+            eval_strategy="no",
+            **FIXED_STEPS,
+            save_strategy="no",
+            per_device_train_batch_size=8,
+            per_device_eval_batch_size=4,
+            max_source_length=128,
+            max_target_length=32,
+            train_file=train,
+            validation_file=val,
+            output_dir=out,
+        )
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())

@@ -10,49 +10,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import quick_run_args, samsum_csv
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.inference import evaluate_rows, load_for_inference
 from peft_hybrid.offline import t5_from_preset
-from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 from peft_hybrid.tasks import get_task
 from peft_hybrid.training.recipe import RESULTS_NAME, main, parse_args
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 # A quick CPU run: fp32, a couple of steps, one evaluation at the end.
-QUICK = [
-    "--model_preset",
-    "tiny",
-    "--use_cpu",
-    "true",
-    "--bf16",
-    "false",
-    "--report_to",
-    "none",
-    "--max_steps",
-    "2",
-    "--warmup_steps",
-    "0",
-    "--eval_strategy",
-    "steps",
-    "--eval_steps",
-    "2",
-    "--save_strategy",
-    "steps",
-    "--save_steps",
-    "2",
-    "--logging_steps",
-    "1",
-    "--per_device_train_batch_size",
-    "8",
-    "--per_device_eval_batch_size",
-    "8",
-]
-
-
-def samsum_csv(path: Path, n: int, seed: int) -> Path:
-    """A SAMSum-format CSV of ``n`` synthetic dialogues."""
-    return write_samsum_csv(path, dialogue_summary_pairs(n, seed))
+QUICK = quick_run_args(
+    max_steps=2,
+    warmup_steps=0,
+    eval_strategy="steps",
+    eval_steps=2,
+    save_strategy="steps",
+    save_steps=2,
+    logging_steps=1,
+    per_device_train_batch_size=8,
+    per_device_eval_batch_size=8,
+)
 
 
 def _rescored(task, written_rows):

@@ -17,6 +17,7 @@ import pytest
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
+from helpers import FAST_TRAINING
 from kill_resume_driver import KillResumeRun
 from peft_hybrid import AdapterLoadError, HybridConfig, HybridModel
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME
@@ -75,11 +76,7 @@ def _trainer(out: Path) -> tuple[HybridTrainer, HybridModel]:
     train, _ = tokenize_dataset(rows, tokenizer, 48, 16)
     args = HybridTrainingArguments(
         output_dir=str(out),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        disable_tqdm=True,
-        warmup_steps=0,
+        **FAST_TRAINING,
         eval_strategy="no",
         load_best_model_at_end=False,
         early_stopping_patience=None,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tiny_model
+from helpers import FIXED_STEPS, quick_run_args, samsum_csv, tiny_model
 from peft_hybrid import AdapterLoadError, HybridConfig
 from peft_hybrid.cli import main as cli
-from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences
+from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
 from peft_hybrid.training.run_folder import (
     MANIFEST_NAME,
     RunFolderBusy,
@@ -26,27 +26,16 @@ from peft_hybrid.training.run_folder import (
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-QUICK = [
-    *("--model_preset", "tiny", "--use_cpu", "true", "--bf16", "false", "--report_to", "none"),
-    *("--disable_tqdm", "true", "--eval_strategy", "no", "--load_best_model_at_end", "false"),
-    *("--early_stopping_patience", "0", "--per_device_train_batch_size", "4", "--warmup_steps", "0"),
-    *("--max_source_length", "64", "--max_target_length", "16", "--num_virtual_tokens", "4"),
-]
-
-
-def _samsum_csv(path: Path, seed: int = 0) -> Path:
-    lines = ["id,summary,dialogue"]
-    for i, row in enumerate(dialogue_summary_pairs(4, seed)):
-        dialogue = row["dialogue"].replace('"', '""')
-        lines.append(f'{i},"{row["summary"]}","{dialogue}"')
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _sst2_tsv(path: Path) -> Path:
-    rows = [f"{r['sentence']}\t{r['label']}" for r in sentiment_sentences(4, 0)]
-    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
+QUICK = quick_run_args(
+    disable_tqdm=True,
+    eval_strategy="no",
+    **FIXED_STEPS,
+    per_device_train_batch_size=4,
+    warmup_steps=0,
+    max_source_length=64,
+    max_target_length=16,
+    num_virtual_tokens=4,
+)
 
 
 def _train(out: Path, train_file: Path, *extra: str, task: str = "samsum", steps: int = 1) -> list[str]:
@@ -70,7 +59,7 @@ def _last_error(capsys) -> str:
 def first_run(tmp_path_factory) -> tuple[Path, Path]:
     """One finished tiny samsum run: (its output_dir, its training file)."""
     tmp = tmp_path_factory.mktemp("first_run")
-    data = _samsum_csv(tmp / "train.csv")
+    data = samsum_csv(tmp / "train.csv")
     assert cli(_train(tmp / "out", data)) == 0
     return tmp / "out", data
 
@@ -101,7 +90,7 @@ def test_the_runs_own_folder_is_reused_and_records_the_run(first_run, capsys):
 
 # --- another run's folder -------------------------------------------------------------------
 def test_a_folder_holding_another_run_is_refused_untouched_then_overwritten_on_request(tmp_path, capsys):
-    data = _samsum_csv(tmp_path / "train.csv")
+    data = samsum_csv(tmp_path / "train.csv")
     out = tmp_path / "out"
     assert cli(_train(out, data)) == 0
     before = {p.name: _sha(p) for p in out.rglob("*") if p.is_file()}
@@ -116,7 +105,7 @@ def test_a_folder_holding_another_run_is_refused_untouched_then_overwritten_on_r
 
 
 def test_a_non_empty_folder_without_a_manifest_is_refused(tmp_path, capsys):
-    data = _samsum_csv(tmp_path / "train.csv")
+    data = samsum_csv(tmp_path / "train.csv")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine\n")
     assert cli(_train(tmp_path / "out", data)) == 2
@@ -129,7 +118,7 @@ def test_a_non_empty_folder_without_a_manifest_is_refused(tmp_path, capsys):
 # --- two processes --------------------------------------------------------------------------
 @pytest.mark.slow  # the child process imports torch and transformers: about 10 s
 def test_a_second_process_is_refused_naming_the_lock_holder(tmp_path):
-    data = _samsum_csv(tmp_path / "train.csv")
+    data = samsum_csv(tmp_path / "train.csv")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     with claim_run_folder(out, run_manifest(HybridConfig(task="samsum"), {})):
@@ -167,14 +156,19 @@ def test_resuming_another_runs_checkpoint_is_refused_naming_the_difference(
     checkpoint = out / "checkpoint-1"
     args = _train(tmp_path / "out", data, "--resume_from_checkpoint", str(checkpoint), steps=2)
     if change == "task":
-        args = _train(tmp_path / "out", _sst2_tsv(tmp_path / "t.tsv"), "--resume_from_checkpoint", str(checkpoint))
+        args = _train(
+            tmp_path / "out",
+            write_sst2_tsv(tmp_path / "t.tsv", sentiment_sentences(4, 0)),
+            "--resume_from_checkpoint",
+            str(checkpoint),
+        )
         args[args.index("samsum")] = "sst2"
     elif change == "adapter":
         args += ["--lora_alpha", "8"]
     elif change == "base":
         args[args.index("tiny")] = "flan-t5-small"
     else:
-        other = _samsum_csv(tmp_path / "train.csv", seed=1)
+        other = samsum_csv(tmp_path / "train.csv", seed=1)
         args[args.index(str(data))] = str(other)
     assert cli(args) == 2
     message = _last_error(capsys)

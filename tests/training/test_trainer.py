@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+from helpers import FAST_TRAINING as FAST
+from helpers import RESUME_RUN
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME
@@ -21,18 +23,6 @@ from peft_hybrid.speed import compile_model
 from peft_hybrid.tasks import Task, get_task, register_task, unregister_task
 from peft_hybrid.training.data import Seq2SeqCollator, tokenize_dataset
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
-
-# Fast settings shared by every run: CPU, fp32, no progress bars, no integrations.
-FAST = dict(use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, warmup_steps=0, dataloader_num_workers=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads spin against each other (50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(mode: str = "hybrid", seed: int = 0):
@@ -337,16 +327,7 @@ def test_early_stopping_ends_training_when_the_metric_stalls(tmp_path):
 # --- exact resume --------------------------------------------------------------------------
 def _resume_run(out: Path, train, resume: str | None = None):
     model, tokenizer = _model()
-    args = _no_eval_args(
-        out,
-        max_steps=9,
-        save_strategy="steps",
-        save_steps=7,
-        logging_steps=1,
-        save_total_limit=None,
-        per_device_train_batch_size=8,
-        learning_rate=1e-2,
-    )
+    args = _no_eval_args(out, **RESUME_RUN)
     trainer = _trainer(model, args, train_dataset=train, tokenizer=tokenizer)
     trainer.train(resume_from_checkpoint=resume)
     return _snapshot(model.adapter_tensors())

@@ -1,4 +1,4 @@
-"""Arguments shared by the commands that load a saved adapter for generation (evaluate, predict)."""
+"""Arguments shared by the commands that load a saved adapter (evaluate, predict, attribute; serves ``--device``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,22 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Base override (``--base``/``--model_preset``), batching, generation cap, input prefix, device, progress."""
+def add_base_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--base`` or ``--model_preset``: a base other than the one the adapter config names."""
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--base", default=None, help="base model id or folder (default: the one in the adapter config)")
     base.add_argument(
         "--model_preset", "--model-preset", default=None, help="random offline base: tiny, flan-t5-small, flan-t5-base"
     )
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Base override (``--base``/``--model_preset``), batching, generation cap, input prefix, device, progress."""
+    add_base_arguments(parser)
     parser.add_argument(
         "--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)"
     )
@@ -46,7 +55,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     tags.add_argument(
         "--task_prefix", "--task-prefix", default=None, help="input prefix (default: the run's prefix or tag rule)"
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(parser)
     parser.add_argument(
         "--fast", action="store_true", help="static KV cache + compiled decoding: same outputs, compiles once first"
     )

@@ -17,6 +17,8 @@ import argparse
 import shlex
 import sys
 
+from peft_hybrid.cli.train import add_passthrough_parser
+
 
 def _own_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peft-hybrid ablate", add_help=False, allow_abbrev=False)
@@ -31,11 +33,9 @@ def _own_parser() -> argparse.ArgumentParser:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     # Everything after "ablate" is parsed in run(): ours first, the rest by the recipe's parser.
-    parser = subparsers.add_parser(
-        "ablate", help="run the none/prompt/lora/hybrid ablation on one task", add_help=False, prefix_chars="+"
+    return add_passthrough_parser(
+        subparsers, "ablate", "ablate_args", "--modes, --include_full and the recipe's arguments"
     )
-    parser.add_argument("ablate_args", nargs="*", help="--modes, --include_full and the recipe's arguments")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

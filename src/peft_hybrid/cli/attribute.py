@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from peft_hybrid.cli._inference_args import add_adapter_arguments, add_base_arguments, add_device_argument
 from peft_hybrid.interpret.attribution import BASELINES, attribute
 from peft_hybrid.interpret.heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
 
@@ -41,14 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("model")
-    source.add_argument("--adapter", required=True, help="Adapter folder saved by save_pretrained, or a Hub repo id.")
-    source.add_argument("--revision", default=None, help="Hub revision of the adapter.")
-    base = source.add_mutually_exclusive_group()
-    base.add_argument(
-        "--base", default=None, help="Base model folder or Hub id (default: the one named in the adapter config)."
-    )
-    base.add_argument("--model-preset", default=None, help="Random offline base: tiny, flan-t5-small, flan-t5-base.")
-    source.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+    add_adapter_arguments(source)
+    add_base_arguments(source)
+    add_device_argument(source)
     inputs = parser.add_argument_group("input and output text")
     inputs.add_argument("--text", required=True, help="Input text to explain.")
     inputs.add_argument(

@@ -14,14 +14,20 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    # Everything after "train" goes to the recipe's own parser: a prefix character no argument
-    # uses keeps argparse from reading "--task" and friends here.
-    parser = subparsers.add_parser(
-        "train", help="train an adapter on a task (the recipes' logic)", add_help=False, prefix_chars="+"
-    )
-    parser.add_argument("recipe_args", nargs="*", help="the recipe's arguments (see peft-hybrid train --help)")
+def add_passthrough_parser(subparsers, name: str, dest: str, dest_help: str) -> argparse.ArgumentParser:
+    """Subcommand ``name`` whose arguments are all collected unread into ``dest``, for the recipe's
+    own parser: a prefix character no argument uses keeps argparse from reading "--task" and friends."""
+    from peft_hybrid.cli import COMMANDS
+
+    parser = subparsers.add_parser(name, help=COMMANDS[name][1], add_help=False, prefix_chars="+")
+    parser.add_argument(dest, nargs="*", help=dest_help)
     return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    return add_passthrough_parser(
+        subparsers, "train", "recipe_args", "the recipe's arguments (see peft-hybrid train --help)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

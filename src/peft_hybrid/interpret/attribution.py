@@ -86,17 +86,7 @@ class AttributionResult:
         text: the input text; output_text: the decoded output.
         baseline, n_steps, method: how the attribution was computed.
 
-    Example:
-        >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.interpret.attribution import attribute
-        >>> from peft_hybrid.offline import t5_from_preset
-        >>> base, tokenizer = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
-        >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
-        >>> result.scores.shape == (len(result.input_tokens), len(result.output_tokens))
-        True
-        >>> result.to_json("attribution.json").name
-        'attribution.json'
+    `attribute` returns one; its example shows the fields and `to_json`.
     """
 
     input_tokens: list[str]
@@ -212,8 +202,8 @@ def attribute(
         >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
         >>> result.input_tokens[:4]
         ['P1', 'P2', 'P3', 'P4']
-        >>> len(result.output_tokens) == result.scores.shape[1]
-        True
+        >>> result.scores.shape == (len(result.input_tokens), len(result.output_tokens)), result.to_json("a.json").name
+        (True, 'a.json')
     """
     ig_module = require_interpret("captum.attr")
     _check_arguments(text, target, n_steps, baseline, internal_batch_size)

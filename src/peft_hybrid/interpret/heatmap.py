@@ -10,11 +10,15 @@ Example:
     >>> base, tokenizer = t5_from_preset("tiny")
     >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
     >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
-    >>> from peft_hybrid.interpret.heatmap import plot_heatmap, save_heatmaps
+    >>> from peft_hybrid.interpret.heatmap import add_heatmap_to_card, plot_heatmap, save_heatmaps
     >>> fig = plot_heatmap(result, aggregate_prompt=True)  # a matplotlib Figure
     >>> fig.savefig("heatmap.png")
     >>> [p.name for p in save_heatmaps(result, "heatmaps.png", aggregate_prompt=True)]
     ['heatmaps.png']
+    >>> _ = model.save_pretrained("my-adapter")
+    >>> card = add_heatmap_to_card("my-adapter", "heatmaps.png")
+    >>> "Integrated Gradients attribution" in card.read_text(encoding="utf-8")
+    True
 """
 
 from __future__ import annotations
@@ -175,19 +179,7 @@ def add_heatmap_to_card(adapter_dir: str | Path, png_path: str | Path, *, captio
     adds (or replaces) an "Integrated Gradients attribution" section that shows it.
 
     Running it again replaces the section rather than adding a second one. Returns the README path.
-
-    Example:
-        >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.interpret.attribution import attribute
-        >>> from peft_hybrid.offline import t5_from_preset
-        >>> base, tokenizer = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(num_virtual_tokens=4), tokenizer=tokenizer)
-        >>> result = attribute(model, tokenizer, "Amy: see you at 5?", max_new_tokens=3, progress=False)
-        >>> _ = model.save_pretrained("my-adapter")
-        >>> _ = save_heatmaps(result, "heatmap.png")
-        >>> card = add_heatmap_to_card("my-adapter", "heatmap.png")
-        >>> "Integrated Gradients attribution" in card.read_text(encoding="utf-8")
-        True
+    Example: the last lines of the module docstring.
     """
     adapter_dir, png_path = Path(adapter_dir), Path(png_path)
     if not adapter_dir.is_dir():

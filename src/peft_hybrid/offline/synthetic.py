@@ -1,4 +1,5 @@
-"""Synthetic text the project writes itself: dialogue -> summary pairs and a tokenizer corpus.
+"""Synthetic text the project writes itself: dialogue -> summary pairs, sentiment sentences, files
+of both in the benchmarks' layouts, and a tokenizer corpus.
 
 Deterministic for a given seed. Used by the offline tokenizer, the demo and the tests, so that
 nothing needs the network or a third party's data.
@@ -131,6 +132,28 @@ def sentiment_sentences(n: int, seed: int = 0) -> list[dict[str, object]]:
         phrase, label = rng.choice(FEELINGS)
         out.append({"sentence": f"it is {phrase} .", "label": 1 if label == "positive" else 0})
     return out
+
+
+def write_sst2_tsv(path: str | Path, records: Iterable[Mapping[str, object]]) -> Path:
+    """Write records in GLUE SST-2's TSV layout (header ``sentence<TAB>label``, one example a
+    line); other keys of the records are ignored.
+
+    Example:
+        >>> from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
+        >>> path = write_sst2_tsv("dev.tsv", sentiment_sentences(2, seed=0))
+        >>> path.read_text(encoding="utf-8").splitlines()[0].split("\\t")
+        ['sentence', 'label']
+    """
+    lines = ["sentence\tlabel"]
+    for row, record in enumerate(records, start=1):
+        sentence = str(record["sentence"])
+        if "\t" in sentence or "\n" in sentence or "\r" in sentence:
+            raise ValueError(f"record {row}: the sentence holds a tab or line break; one TSV line cannot hold it.")
+        lines.append(f"{sentence}\t{record['label']}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def tokenizer_corpus(seed: int = 0) -> list[str]:

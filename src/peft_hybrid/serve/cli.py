@@ -15,6 +15,8 @@ import argparse
 import os
 import re
 
+from peft_hybrid.cli._inference_args import add_device_argument
+
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VAR",
         help="environment variable holding the API key; then every route but /health needs 'Bearer <key>'",
     )
-    where.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(where)
     where.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     where.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     limits = parser.add_argument_group("batching and limits")

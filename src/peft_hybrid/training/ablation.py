@@ -13,11 +13,9 @@ instruction that the other rows keep.
 Example:
     >>> from peft_hybrid.training.recipe import parse_args
     >>> from peft_hybrid.training.ablation import run_ablation
-    >>> from peft_hybrid.offline.synthetic import sentiment_sentences
+    >>> from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
     >>> rows = sentiment_sentences(8, seed=0)
-    >>> for name, part in (("train.tsv", rows[:4]), ("dev.tsv", rows[4:])):
-    ...     lines = ["sentence\\tlabel"] + [f"{r['sentence']}\\t{r['label']}" for r in part]
-    ...     _ = open(name, "w").write("\\n".join(lines) + "\\n")
+    >>> train, dev = write_sst2_tsv("train.tsv", rows[:4]), write_sst2_tsv("dev.tsv", rows[4:])
     >>> script_args, hybrid_config, training_args = parse_args([
     ...     "--model_preset", "tiny", "--train_file", "train.tsv", "--validation_file", "dev.tsv",
     ...     "--output_dir", "runs/ablation", "--max_steps", "1", "--use_cpu", "true", "--disable_tqdm", "true"],

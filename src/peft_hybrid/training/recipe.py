@@ -13,12 +13,10 @@ Three argument groups, parsed by one `transformers.HfArgumentParser`:
 ``--config file.yaml`` gives defaults for any of them; the command line wins.
 
 Example:
-    >>> from peft_hybrid.offline.synthetic import sentiment_sentences
+    >>> from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
     >>> from peft_hybrid.training.recipe import parse_args
     >>> rows = sentiment_sentences(8, seed=0)
-    >>> for name, part in (("train.tsv", rows[:4]), ("dev.tsv", rows[4:])):
-    ...     lines = ["sentence\\tlabel"] + [f"{r['sentence']}\\t{r['label']}" for r in part]
-    ...     _ = open(name, "w").write("\\n".join(lines) + "\\n")
+    >>> train, dev = write_sst2_tsv("train.tsv", rows[:4]), write_sst2_tsv("dev.tsv", rows[4:])
     >>> script_args, hybrid_config, training_args = parse_args(
     ...     ["--model_preset", "tiny", "--mode", "lora", "--train_file", "train.tsv", "--validation_file", "dev.tsv",
     ...      "--max_steps", "2", "--output_dir", "runs/sst2", "--use_cpu", "true", "--disable_tqdm", "true"],
