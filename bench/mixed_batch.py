@@ -8,6 +8,11 @@ reps of the per-rep time ratio; > 1 means faster). The mixed variants check that
 equal the sub-batch variant's, row for row.
 
     python bench/mixed_batch.py --shape small --reps 5 --out bench/results/mixed_batch_small_cpu.json
+
+The ``, fast_generation`` variant times ``with fast_generation(model): model.generate(...)`` whole
+(static KV cache, compiled encoder and decoder step with the per-row LoRA inside) against the eager
+mixed batch; its tokens must equal the eager mixed batch's. ``--fast-geometry`` runs the fast
+path's target geometry instead (small: batch 16, source 256, 32 new tokens).
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from _common import write_results as write
 from peft import LoraConfig, get_peft_model
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.speed import dynamo_counters, fast_generation
 
 # The issue's geometry at the small CPU shape: batch 32, source 128, 32 new tokens, 8 adapters.
 GEOMETRY = {
     "tiny": dataclasses.replace(SHAPES["tiny"], batch=16, src=32, new_tokens=4),
     "small": dataclasses.replace(SHAPES["small"], batch=32, src=128, new_tokens=32),
 }
+# The fast-generation target's geometry (issue: small shape, batch 16, 256 -> 32 greedy).
+FAST_GEOMETRY = {"tiny": GEOMETRY["tiny"], "small": dataclasses.replace(SHAPES["small"], new_tokens=32)}
 ADAPTERS = 8
 COLUMNS = ["variant", "median_s", "min_s", "new_tokens_per_s", "paired_ratio", "target", "same_tokens", "error"]
 # (variant, reference, target): the variant's paired throughput ratio over the reference must reach it.
@@ -37,6 +45,7 @@ TARGETS = [
     ("ours hybrid mixed", "ours hybrid one adapter (unmerged)", 0.85),
     ("ours hybrid mixed", "ours hybrid 8 sub-batches (set_adapter)", 2.5),
     ("ours lora mixed", "stock PEFT lora mixed (adapter_names)", 1.1),
+    ("ours hybrid mixed, fast_generation", "ours hybrid mixed", 1.3),
     # The anchor, remeasured: stock PEFT's own mixed batch against its one-adapter and sub-batch runs.
     ("stock PEFT lora mixed (adapter_names)", "stock PEFT lora one adapter", None),
     ("stock PEFT lora mixed (adapter_names)", "stock PEFT lora 8 sub-batches (set_adapter)", None),
@@ -69,8 +78,9 @@ def stock(base: torch.nn.Module) -> torch.nn.Module:
 
 
 def prepare(library: str, mode: str, how: str, shape: Shape, device: str) -> tuple[Callable[[], Any], dict]:
-    """``how``: ``mixed`` (one batch, a name per row), ``one`` (every row adapter t0, unmerged),
-    ``sub`` (each adapter's rows as a batch of their own, after ``set_adapter``)."""
+    """``how``: ``mixed`` (one batch, a name per row), ``fast`` (the same inside ``fast_generation``),
+    ``one`` (every row adapter t0, unmerged), ``sub`` (each adapter's rows as a batch of their own,
+    after ``set_adapter``)."""
     base, _ = build_base(shape, device)
     model = ours(base, mode) if library == "ours" else stock(base)
     batch = make_batch(shape, device)
@@ -92,16 +102,23 @@ def prepare(library: str, mode: str, how: str, shape: Shape, device: str) -> tup
             out[i::ADAPTERS] = model.generate(input_ids=ids[i::ADAPTERS], attention_mask=mask[i::ADAPTERS], **settings)
         return out
 
-    call = {"mixed": mixed, "one": one, "sub": sub}[how]
+    def fast() -> torch.Tensor:
+        with fast_generation(model):  # compiled on the first call, reused by every later block
+            return mixed()
+
+    call = {"mixed": mixed, "fast": fast, "one": one, "sub": sub}[how]
 
     def timed() -> torch.Tensor:
         with torch.no_grad():
             return call()
 
     info: dict[str, Any] = {}
-    if how == "mixed":
+    if how in ("mixed", "fast"):
         with torch.no_grad():
-            info["same_tokens"] = bool(torch.equal(mixed(), sub()))
+            start = time.perf_counter()
+            info["same_tokens"] = bool(torch.equal(call(), mixed() if how == "fast" else sub()))
+            if how == "fast":
+                info["compile_and_first_call_s"] = time.perf_counter() - start
     return timed, info
 
 
@@ -111,6 +128,7 @@ def variants(shape: Shape, device: str) -> dict[str, Callable[[], tuple]]:
 
     return {
         "ours hybrid mixed": v("ours", "hybrid", "mixed"),
+        "ours hybrid mixed, fast_generation": v("ours", "hybrid", "fast"),
         "ours hybrid one adapter (unmerged)": v("ours", "hybrid", "one"),
         "ours hybrid 8 sub-batches (set_adapter)": v("ours", "hybrid", "sub"),
         "ours lora mixed": v("ours", "lora", "mixed"),
@@ -142,17 +160,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.set_defaults(shape="small")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the benches' 2).")
     parser.add_argument("--only", default=None, help="Run only the variants whose name contains this text.")
+    parser.add_argument("--fast-geometry", action="store_true", help="The fast-generation target's geometry.")
     args = parser.parse_args(argv)
     if args.shape not in GEOMETRY:
         parser.error(f"--shape {args.shape}: this bench runs at {sorted(GEOMETRY)}.")
     setup(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    shape = GEOMETRY[args.shape]
+    shape = (FAST_GEOMETRY if args.fast_geometry else GEOMETRY)[args.shape]
     result = run(shape, args.device, args.warmup, args.reps, time.monotonic() + args.budget, args.only)
     log(
         f"mixed batches, shape={args.shape} {shape}, {ADAPTERS} adapters\n{result['table']}\n\n{result['ratio_table']}"
     )
+    result["dynamo"] = dynamo_counters()  # graph breaks and graphs compiled over the run (the fast variant's)
+    log(f"dynamo: {result['dynamo']}")
     write(args.out, {"shape": args.shape, "geometry": dataclasses.asdict(shape), "adapters": ADAPTERS, **result})
     return result
 

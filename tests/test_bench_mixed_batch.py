@@ -35,7 +35,8 @@ def test_every_variant_runs_and_the_mixed_tokens_equal_the_sub_batches(bench_run
         assert "error" not in row, row
         assert len(row["times_s"]) == 2 and row["new_tokens_per_s"] > 0
     mixed = [name for name in rows if "mixed" in name]
-    assert len(mixed) == 3 and all(rows[name]["same_tokens"] is True for name in mixed)
+    assert len(mixed) == 4 and all(rows[name]["same_tokens"] is True for name in mixed)
+    assert results["dynamo"]["graph_breaks"] == 0
     assert results["geometry"]["batch"] == 16 and results["adapters"] == module.ADAPTERS
 
 

@@ -14,12 +14,15 @@ what makes the decoder step one graph for every token. Each call is padded up to
 the batch generate longer), extra source positions get attention mask 0 (T5's attention gives
 them weight exactly 0, so the real rows' tokens are unchanged), and the self-attention cache is
 sized to the generation cap rounded up. Two batches in one bucket reuse the same graphs; a new
-bucket compiles once more, and after that dynamo's automatic dynamic shapes cover further
-buckets without compiling again.
+bucket compiles once more, then dynamo's automatic dynamic shapes cover further buckets.
 
-The compiled callables are cached per model (a weak registry keyed by the transformers model),
-so a second ``with fast_generation(model)`` block reuses the first one's compile. On exit the
-model's ``generate`` and the modules' call paths are put back as they were.
+Mixed batches (``generate(..., adapter_names=[...])``) compile too: the per-row LoRA hooks
+(`peft_hybrid.modeling.mixed.RowLora`) run inside the graphs on tensors gathered before them,
+shaped by the model's adapters, not the batch's mix; the encoder input is padded to the source
+bucket plus the longest loaded soft prompt, whichever prompts the rows carry.
+
+The compiled callables are cached per model (weakly), so a second block reuses the compile. On
+exit the model's ``generate`` and the modules' call paths are put back as they were.
 
 Example:
     >>> import torch
@@ -125,15 +128,14 @@ def fast_generation(
 ) -> Iterator[nn.Module]:
     """Inside the block, ``model.generate`` runs a static KV cache and compiled encoder/decoder steps.
 
-    Tokens equal the eager ``generate``'s in fp32, greedy and beam search alike (what compiling
-    changes is how the same arithmetic is scheduled). The first decoder step of each call (the
-    prefill, which fills the cross-attention cache) runs eagerly, as transformers' own compiled
-    generation does; every later step runs the compiled graph.
+    Tokens equal the eager ``generate``'s in fp32, greedy and beam search alike. The first decoder
+    step of each call (the prefill, which fills the cross-attention cache) runs eagerly, as
+    transformers' own compiled generation does; every later step runs the compiled graph.
 
     Args:
         model: a `HybridModel`, a stock PEFT seq2seq model or a transformers encoder-decoder.
-            Combine with `peft_hybrid.speed.merged_lora` (outside or inside) to decode with plain
-            Linears; unmerged LoRA layers compile too.
+            Combine with `peft_hybrid.speed.merged_lora` to decode with plain Linears; unmerged
+            LoRA layers and mixed batches (``generate(..., adapter_names=[...])``) compile too.
         backend: ``torch.compile`` backend; ``"eager"`` only traces (quick, for tests).
         mode: ``torch.compile`` mode; default ``"reduce-overhead"`` (CUDA graphs) on a GPU, the
             default mode elsewhere.
@@ -166,7 +168,7 @@ def fast_generation(
     encoder._compiled_call_impl = functools.partial(_dispatch_encoder, state, encoder, compiled.encoder)
     decoder._compiled_call_impl = None  # a compile_model'd stack: the step graph already covers it
     model.generate = functools.wraps(model.generate)(
-        functools.partial(_fast_generate, model.generate, generator, buckets, state)
+        functools.partial(_fast_generate, model, model.generate, generator, buckets, state)
     )
     try:
         yield model
@@ -189,9 +191,8 @@ class _Compiled:
     encoder: Callable[..., Any]
 
 
-# transformers model -> {(backend, mode): compiled callables}. The callables are compiled from the
-# unbound ``nn.Module._call_impl`` (the module is an argument), so they hold no reference to the
-# model and the entry goes when the model does.
+# transformers model -> {(backend, mode): callables compiled from the unbound ``nn.Module._call_impl``}:
+# they hold no reference to the model, so the entry goes when the model does.
 _REGISTRY: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str | None], _Compiled]] = weakref.WeakKeyDictionary()
 
 
@@ -202,10 +203,7 @@ def _compiled_for(generator: nn.Module, backend: str, mode: str | None) -> _Comp
         # dynamic=None: each bucket starts as a static graph; a second bucket marks the dimension
         # that changed as dynamic, so further buckets need no compile at all.
         options = dict(backend=backend, mode=mode, dynamic=None, fullgraph=False)
-        per_model[key] = _Compiled(
-            step=torch.compile(nn.Module._call_impl, **options),
-            encoder=torch.compile(nn.Module._call_impl, **options),
-        )
+        per_model[key] = _Compiled(*(torch.compile(nn.Module._call_impl, **options) for _ in range(2)))
     return per_model[key]
 
 
@@ -228,12 +226,11 @@ def _dispatch_step(state: _CallState, module: nn.Module, compiled: Callable, *ar
 
 
 def _dispatch_encoder(state: _CallState, module: nn.Module, compiled: Callable, *args: Any, **kwargs: Any) -> Any:
-    if not state.active:
-        return module._call_impl(*args, **kwargs)
-    return compiled(module, *args, **kwargs)
+    return compiled(module, *args, **kwargs) if state.active else module._call_impl(*args, **kwargs)
 
 
 def _fast_generate(
+    model: nn.Module,
     original: Callable[..., torch.Tensor],
     generator: nn.Module,
     buckets: GenerationBuckets,
@@ -247,15 +244,13 @@ def _fast_generate(
     padded_rows = buckets.batch(rows)
     ids, mask = _pad(input_ids, attention_mask, padded_rows, buckets.source_length(length), _pad_id(generator))
     if kwargs.get("adapter_names") is not None:  # per-row adapters: padded rows use the first row's
-        names = list(kwargs["adapter_names"])
-        kwargs["adapter_names"] = names + names[:1] * (padded_rows - rows)
+        kwargs["adapter_names"] = [*kwargs["adapter_names"], *kwargs["adapter_names"][:1] * (padded_rows - rows)]
     cache_len = buckets.cache_length(_generation_cap(generator, kwargs))
     state.active, state.prefill_pending = True, True
-    # Every model of one architecture shares one code cache (parameters are graph inputs, not
-    # constants), so dynamo's default of 8 entries is too few for a few models x buckets in one
-    # process; each entry here is a bucket, not a runaway recompile.
+    # Models of one architecture share one code cache (parameters are graph inputs), so dynamo's
+    # default of 8 entries is too few for a few models x buckets; each entry is a bucket.
     try:
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT), _fixed_encoder(model, generator, ids):
             out = original(
                 input_ids=ids,
                 attention_mask=mask,
@@ -268,6 +263,37 @@ def _fast_generate(
         state.active = state.prefill_pending = False
     per_row = kwargs.get("num_return_sequences") or _config(generator, kwargs).num_return_sequences or 1
     return _trim(out[: rows * per_row], _eos_ids(generator, kwargs))
+
+
+@contextlib.contextmanager
+def _fixed_encoder(model: nn.Module, generator: nn.Module, ids: torch.Tensor) -> Iterator[None]:
+    """The encoder input reaching the generator padded to the source bucket plus the longest soft prompt.
+
+    A mixed batch's rows carry their own prompts (`peft_hybrid.modeling.prompt.prepend_per_row`),
+    so its encoder input is as long as its longest row, which changes batch to batch, and every
+    graph with it. The extra positions go at the end with attention mask 0, like the source padding.
+    """
+    longest = max((p.num_virtual_tokens for p in getattr(model, "prompts", {}).values()), default=0)
+    if not longest or model is generator or "generate" in vars(generator):
+        yield
+        return
+    target = ids.shape[1] + longest
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("input_ids") is not None:  # no row has a prompt: embedded, to share the graph
+            kwargs["inputs_embeds"] = generator.get_input_embeddings()(kwargs.pop("input_ids"))
+        inputs, mask = kwargs["inputs_embeds"], kwargs["attention_mask"]
+        extra = target - inputs.shape[1]
+        if extra > 0:
+            kwargs["inputs_embeds"] = torch.cat([inputs, inputs.new_zeros((len(inputs), extra, inputs.shape[2]))], 1)
+            kwargs["attention_mask"] = torch.cat([mask, mask.new_zeros((len(mask), extra))], 1)
+        return type(generator).generate(generator, *args, **kwargs)
+
+    generator.generate = generate
+    try:
+        yield
+    finally:
+        del generator.generate
 
 
 def _check_arguments(generator: nn.Module, input_ids: Any, attention_mask: Any, kwargs: dict[str, Any]) -> None:

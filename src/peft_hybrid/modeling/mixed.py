@@ -53,7 +53,9 @@ class RowLora:
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         self.model = model
         self.names = names
-        self.used = sorted(set(names) - {BASE_ADAPTER})
+        # Every adapter the layers hold, not only the ones this batch names: the per-row tensors
+        # then have one shape per model and batch size, so a compiled graph serves every mix.
+        self.used = sorted({n for m in model.modules() if isinstance(m, LoraLayer) for n in m.lora_A})
         # slot 0 is "no LoRA here": __base__ rows and adapters without LoRA in a layer gather zeros
         self.slots = torch.tensor([1 + self.used.index(n) if n in self.used else 0 for n in names])
         self._gathered: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -67,6 +69,9 @@ class RowLora:
             for layer in layers:
                 set_active(layer, [])  # the layer returns its base output; the hook adds each row's LoRA
                 handles.append(layer.register_forward_hook(self._hook))
+                # Gathered here, eagerly, so that a compiled encoder reads them as tensor inputs
+                # instead of tracing (and guarding on) the Python that builds them.
+                self._rows(layer, 1, layer.get_base_layer().weight.device)
             yield
         finally:
             for handle in handles:
