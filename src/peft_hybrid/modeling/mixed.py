@@ -197,12 +197,7 @@ def forward_keywords(model_class: type) -> frozenset[str]:
     """Keywords the base model's forward takes: its named parameters plus transformers' typed kwargs."""
     from transformers.utils.generic import TransformersKwargs
 
-    named = {
-        name
-        for name, p in inspect.signature(model_class.forward).parameters.items()
-        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
-    }
-    return frozenset(named | set(TransformersKwargs.__annotations__))
+    return frozenset(_named_parameters(model_class.forward) | set(TransformersKwargs.__annotations__))
 
 
 @cache
@@ -210,11 +205,7 @@ def generate_keywords(model_class: type) -> frozenset[str]:
     """Keywords ``generate`` takes: its parameters, every GenerationConfig field, and model kwargs."""
     from transformers import GenerationConfig
 
-    named = {
-        name
-        for name, p in inspect.signature(model_class.generate).parameters.items()
-        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
-    }
+    named = _named_parameters(model_class.generate)
     # generate pops these from **kwargs itself (stop strings and assisted decoding need tokenizers).
     popped = {"tokenizer", "assistant_tokenizer", "use_model_defaults"}
     config_fields = {k for k in GenerationConfig().to_dict() if not k.startswith("_")}
@@ -229,3 +220,12 @@ def check_keywords(kwargs: dict, allowed: frozenset[str], where: str) -> None:
             f"HybridModel.{where}() got unexpected keyword argument(s) {unknown}: the base model would ignore "
             f"them. Check the spelling (mixed-task batches take adapter_names=[...], one name per row)."
         )
+
+
+def _named_parameters(function) -> set[str]:
+    """The parameters ``function`` takes by name (not ``self``, ``*args`` or ``**kwargs``)."""
+    return {
+        name
+        for name, p in inspect.signature(function).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+    }
