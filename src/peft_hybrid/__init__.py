@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MODES": "config",
     "HybridConfig": "config",
+    "InferenceSettings": "config",
     "HybridModel": "modeling.model",
     "BaseRevisionWarning": "modeling.loading",
     "AdapterLoadError": "modeling.serialization",
