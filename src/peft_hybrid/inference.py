@@ -38,9 +38,10 @@ import torch
 from peft_hybrid.config import HybridConfig, InferenceSettings
 from peft_hybrid.hub.access import require_hub
 from peft_hybrid.hub.download import resolve_folder
-from peft_hybrid.modeling.loading import load_base
+from peft_hybrid.modeling.loading import load_base, load_base_model
 from peft_hybrid.modeling.model import HybridModel
 from peft_hybrid.modeling.serialization import AdapterLoadError, adapter_path_problem
+from peft_hybrid.offline.presets import preset_id
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "spiece.model", "tokenizer.json")
 _TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -83,21 +84,20 @@ def load_for_inference(
         require_hub(f"adapter {str(adapter)!r}", str(adapter), revision=revision)
     folder = resolve_folder(adapter, revision=revision, token=token)
     config = HybridConfig.load(folder)
+    # The tokenizer saved beside the adapter wins; the base's is fetched only when there is none.
+    tokenizer = _saved_tokenizer(folder) if any((folder / name).is_file() for name in _TOKENIZER_FILES) else None
     if config.trains_base:
         model = HybridModel.from_pretrained(folder, adapter_name=adapter_name)
-        tokenizer = None
     else:
-        base_model, tokenizer = load_base(
-            base or config.base_model_name_or_path,
-            revision=None if base else config.revision,
-            preset=preset,
-            token=token,
-        )
+        name = preset_id(preset) if preset is not None else base or config.base_model_name_or_path
+        revision = None if (base or preset) else config.revision
+        if tokenizer is None:
+            base_model, tokenizer = load_base(name, revision=revision, token=token)
+        else:
+            base_model = load_base_model(name, revision=revision, token=token)
         model = HybridModel.from_pretrained(
             folder, base_model=base_model, tokenizer=tokenizer, adapter_name=adapter_name
         )
-    if any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        tokenizer = _saved_tokenizer(folder)
     if tokenizer is None:
         raise ValueError(
             f"{folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model."
