@@ -39,7 +39,8 @@ from _common import (
 from train_step import STOCK_HYBRID, stock_hybrid
 
 from peft_hybrid import HybridConfig, HybridModel
-from peft_hybrid.speed import cast_frozen_base_, compile_model, dynamo_counters, fast_generation, merged_lora
+from peft_hybrid.inference import fast_generation, merged_lora
+from peft_hybrid.training.speed import cast_frozen_base_, compile_model, dynamo_counters
 
 PROMPT_TOKENS = HybridConfig().num_virtual_tokens
 PLAIN_LONGER = f"plain base, source + {PROMPT_TOKENS} tokens"

@@ -29,7 +29,8 @@ from _common import write_results as write
 from peft import LoraConfig, get_peft_model
 
 from peft_hybrid import HybridConfig, HybridModel
-from peft_hybrid.speed import dynamo_counters, fast_generation
+from peft_hybrid.inference import fast_generation
+from peft_hybrid.training.speed import dynamo_counters
 
 # The geometry at the small CPU shape: batch 32, source 128, 32 new tokens, 8 adapters.
 GEOMETRY = {

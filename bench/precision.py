@@ -3,7 +3,7 @@
 Trains peft_hybrid ``hybrid`` on synthetic dialogue→summary pairs for ``--steps`` AdamW steps
 (lr 1e-3, wd 1e-3 as in the paper), from the same initial weights and batches, as:
 ``fp32`` (no autocast: the reference), ``fp32 master + bf16 autocast`` (the usual mixed
-precision) and ``bf16 frozen base + bf16 autocast`` (`peft_hybrid.speed.cast_frozen_base_`;
+precision) and ``bf16 frozen base + bf16 autocast`` (`peft_hybrid.training.speed.cast_frozen_base_`;
 LoRA and prompt stay fp32). Dropout is off so that only precision differs between runs.
 
     python bench/precision.py --shape tiny --steps 150 --out bench/results/precision_tiny.json
@@ -18,7 +18,7 @@ from _common import SHAPES, autocast, build_base, log, make_parser, setup, write
 
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs
-from peft_hybrid.speed import cast_frozen_base_
+from peft_hybrid.training.speed import cast_frozen_base_
 
 VARIANTS = {
     "fp32": (False, False),

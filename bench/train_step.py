@@ -34,7 +34,7 @@ from _common import (
 from peft import LoraConfig, PromptTuningConfig, get_peft_model, inject_adapter_in_model
 
 from peft_hybrid import HybridConfig, HybridModel
-from peft_hybrid.speed import cast_frozen_base_, compile_model, dynamo_counters
+from peft_hybrid.training.speed import cast_frozen_base_, compile_model, dynamo_counters
 
 PAPER_LORA = dict(r=4, lora_alpha=4, target_modules=["q", "v"], lora_dropout=0.05)
 COLUMNS = [

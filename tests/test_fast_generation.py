@@ -12,10 +12,12 @@ from peft import LoraConfig, PromptTuningConfig, get_peft_model, inject_adapter_
 from peft.tuners.lora import LoraLayer
 
 from helpers import tiny_model
-from peft_hybrid import HybridConfig, HybridTrainer, HybridTrainingArguments, generate_texts, speed_generation
+from peft_hybrid import HybridConfig, HybridTrainer, HybridTrainingArguments, generate_texts
+from peft_hybrid.inference import GenerationBuckets, fast_generation, merged_lora
+from peft_hybrid.inference import fast as fast_decoding
 from peft_hybrid.offline import t5_from_preset
-from peft_hybrid.speed import GenerationBuckets, dynamo_counters, fast_generation, merged_lora
 from peft_hybrid.training.data import Seq2SeqCollator
+from peft_hybrid.training.speed import dynamo_counters
 
 TEXTS = [
     "Amy: see you at 5?\nTom: sure, at the cafe",
@@ -182,7 +184,7 @@ def test_nesting_and_models_without_an_encoder_decoder_are_refused():
 
 def test_generate_texts_fast_equals_eager(monkeypatch):
     model, tokenizer = tiny_model("hybrid")
-    monkeypatch.setattr(speed_generation, "fast_generation", fast_eager)
+    monkeypatch.setattr(fast_decoding, "fast_generation", fast_eager)
     expected = generate_texts(model, tokenizer, TEXTS, batch_size=4, max_new_tokens=10, progress=False)
     got = generate_texts(model, tokenizer, TEXTS, batch_size=4, max_new_tokens=10, progress=False, fast=True)
     assert got == expected and len(got) == len(TEXTS)
@@ -198,7 +200,7 @@ def test_predict_fast_flag_prints_the_same_outputs(tmp_path, monkeypatch, capsys
     tokenizer.save_pretrained(tmp_path / "adapter")
     inputs = tmp_path / "inputs.txt"
     inputs.write_text("".join(text.replace("\n", " ") + "\n" for text in TEXTS), encoding="utf-8")
-    monkeypatch.setattr(speed_generation, "fast_generation", fast_eager)
+    monkeypatch.setattr(fast_decoding, "fast_generation", fast_eager)
     printed = []
     for flag in ([], ["--fast"]):
         command = ["predict", "--adapter", str(tmp_path / "adapter"), "--input", str(inputs), "--batch-size", "4"]
@@ -217,7 +219,7 @@ def test_trainer_evaluation_with_fast_generation_scores_the_same(tmp_path, monke
     enc = tokenizer(sentences, truncation=True)
     targets = tokenizer(labels).input_ids
     data = Dataset.from_dict({**enc, "labels": targets})
-    monkeypatch.setattr(speed_generation, "fast_generation", fast_eager)
+    monkeypatch.setattr(fast_decoding, "fast_generation", fast_eager)
     scores = []
     for fast in (False, True):
         args = HybridTrainingArguments(
@@ -288,7 +290,7 @@ def test_mixed_batches_compile_once_per_bucket():
 
 def test_generate_texts_fast_mixed_equals_eager(monkeypatch):
     model, tokenizer = _mixed_model()
-    monkeypatch.setattr(speed_generation, "fast_generation", fast_eager)
+    monkeypatch.setattr(fast_decoding, "fast_generation", fast_eager)
     # Batches of 4 and 3 rows; the second has no soft-prompted row (its encoder input is token ids,
     # embedded by the fast path so that it runs the same graph).
     settings = dict(batch_size=4, max_new_tokens=10, progress=False, adapter_names=MIX_7)

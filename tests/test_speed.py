@@ -5,8 +5,9 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.inference import merged_lora
 from peft_hybrid.offline import t5_from_preset
-from peft_hybrid.speed import cast_frozen_base_, compile_model, dynamo_counters, merged_lora
+from peft_hybrid.training.speed import cast_frozen_base_, compile_model, dynamo_counters
 
 
 def _trained_looking(mode: str = "hybrid", dropout: float = 0.0) -> tuple[HybridModel, object]:

@@ -141,17 +141,17 @@ def test_one_failing_row_never_fails_the_others(tmp_path):
 
 
 def test_a_group_of_one_adapter_runs_merged_and_a_mixed_one_per_row(tmp_path, monkeypatch):
-    import peft_hybrid.speed
+    import peft_hybrid.modeling.lora
 
     runner, _ = _runner(tmp_path)
     merged = []
-    real = peft_hybrid.speed.merged_layers
+    real = peft_hybrid.modeling.lora.merged_layers
 
     def counting(model):
         merged.append(True)
         return real(model)
 
-    monkeypatch.setattr(peft_hybrid.speed, "merged_layers", counting)
+    monkeypatch.setattr(peft_hybrid.modeling.lora, "merged_layers", counting)
 
     def run(adapters):
         async def scenario():

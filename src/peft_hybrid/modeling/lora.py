@@ -7,8 +7,11 @@ PEFT's, without the adapter name, so a folder does not depend on the name it was
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -147,7 +150,7 @@ class LoraPart:
 def merged_weight(layer: LoraLayer, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
     """``W + scale · B @ A`` for one adapter of one layer: computed in fp32, stored in W's dtype.
 
-    The one merge of the package: `LoraPart.merge_and_unload` and `peft_hybrid.speed.merged_lora`
+    The one merge of the package: `LoraPart.merge_and_unload` and `peft_hybrid.inference.merged_lora`
     both use it, so merged and unmerged generation cannot drift apart.
     """
     a = layer.lora_A[adapter_name].weight.float()
@@ -176,3 +179,42 @@ def save_peft_lora(folder: Path, config: HybridConfig, tensors: dict[str, torch.
     peft_lora_config(config).save_pretrained(str(folder))
     write_safetensors(folder / WEIGHTS_NAME, tensors)
     return folder
+
+
+@contextlib.contextmanager
+def merged_layers(model: nn.Module) -> Iterator[nn.Module]:
+    """`merged_lora` without the bookkeeping: merge whatever adapter each LoRA layer has active."""
+    swaps = []
+    try:
+        with torch.no_grad():
+            for parent, child, layer in _lora_layers(model):
+                linear = layer.get_base_layer()
+                original = linear.weight
+                merged = original
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        merged = merged_weight(layer, adapter, merged)
+                linear.weight = nn.Parameter(merged, requires_grad=False)
+                setattr(parent, child, linear)
+                swaps.append((parent, child, layer, linear, original))
+        yield model
+    finally:
+        for parent, child, layer, linear, original in reversed(swaps):
+            linear.weight = original
+            setattr(parent, child, layer)
+
+
+def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            if getattr(module, "merged", False):
+                raise RuntimeError(f"LoRA layer {name} is already merged in place; unmerge it before merged_lora().")
+            if not isinstance(module.get_base_layer(), nn.Linear):
+                raise TypeError(
+                    f"merged_lora supports LoRA on nn.Linear only; {name} wraps "
+                    f"{type(module.get_base_layer()).__name__}."
+                )
+            parent_name, _, child = name.rpartition(".")
+            found.append((model.get_submodule(parent_name), child, module))
+    return found

@@ -192,9 +192,9 @@ class HybridModel(AdapterRegistry, nn.Module):
 
         With ``adapter_names`` (one per row, ``"__base__"`` for none), each row uses its own
         adapter; when all rows name the same one, its LoRA is merged for the call
-        (`peft_hybrid.speed.merged_lora`), otherwise LoRA runs per row.
+        (`peft_hybrid.inference.merged_lora`), otherwise LoRA runs per row.
         """
-        from peft_hybrid.speed import merged_layers
+        from peft_hybrid.modeling.lora import merged_layers
 
         check_keywords(kwargs, generate_keywords(type(self.base_model)), "generate")
         rows = batch_rows(input_ids, inputs_embeds)
@@ -240,7 +240,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         if others:
             raise ValueError(
                 f"merge_and_unload folds one adapter into the base, but {others} also hold LoRA; "
-                "delete_adapter() them first, or use peft_hybrid.speed.merged_lora() to merge for a block only."
+                "delete_adapter() them first, or use peft_hybrid.inference.merged_lora() to merge for a block only."
             )
         adapter = self._adapters[self._active]
         if adapter.lora is not None:

@@ -112,7 +112,7 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
     write_predictions: bool = field(
         default=True, metadata={"help": "Write predictions and metrics of each evaluation into output_dir."}
     )
-    # Speed (peft_hybrid.speed)
+    # Speed (peft_hybrid.training.speed)
     bf16_frozen_base: bool = field(
         default=False,
         metadata={
@@ -136,7 +136,7 @@ class HybridTrainingArguments(Seq2SeqTrainingArguments):
         default=False,
         metadata={
             "help": "Generate in evaluate/predict with a static KV cache and compiled decoder steps "
-            "(peft_hybrid.speed.fast_generation): the same tokens in fp32, after a one-off compile per shape bucket."
+            "(peft_hybrid.inference.fast_generation): the same tokens in fp32, after one compile per shape bucket."
         },
     )
     hub_endpoint: str | None = field(

@@ -50,9 +50,10 @@ from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peft_hybrid import speed_generation
 from peft_hybrid.config import CONFIG_NAME, InferenceSettings
 from peft_hybrid.hub.trainer_push import HubPushMixin
+from peft_hybrid.inference import fast as fast_decoding
+from peft_hybrid.inference.merged import merged_lora
 from peft_hybrid.modeling.model import HybridModel
 from peft_hybrid.modeling.serialization import (
     AdapterLoadError,
@@ -61,13 +62,13 @@ from peft_hybrid.modeling.serialization import (
     load_full_base_weights,
     staged_save,
 )
-from peft_hybrid.speed import cast_frozen_base_, compile_model, merged_lora
 from peft_hybrid.tasks import Task, get_task
 from peft_hybrid.training.arguments import HybridTrainingArguments, as_hybrid_arguments
 from peft_hybrid.training.callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, decoded_rows
 from peft_hybrid.training.checkpoints import resolve_resume_checkpoint
 from peft_hybrid.training.data import EpochSeededLengthGroupedSampler
 from peft_hybrid.training.run_folder import first_difference, require_writable_dir, run_identity
+from peft_hybrid.training.speed import cast_frozen_base_, compile_model
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
             if self.args.merged_eval:
                 stack.enter_context(merged_lora(model))
             if self.args.fast_generation:
-                stack.enter_context(speed_generation.fast_generation(model))
+                stack.enter_context(fast_decoding.fast_generation(model))
             yield
 
     # --- metrics ----------------------------------------------------------------------------

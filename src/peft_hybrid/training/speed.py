@@ -1,4 +1,4 @@
-"""Fast paths for training and evaluating a `HybridModel`: one home for every speed trick.
+"""Training speed switches for a `HybridModel`: a bf16 frozen base and compiled stacks.
 
 - `cast_frozen_base_`: store the frozen base in bf16 while LoRA and the soft prompt stay fp32
   master weights. Under bf16 autocast the base weights are cast to bf16 for every matmul anyway;
@@ -6,39 +6,28 @@
 - `compile_model`: ``torch.compile`` of the encoder and decoder stacks only. The soft prompt is
   joined to the input embeddings *before* the compiled encoder, so it cannot cause graph breaks,
   and the same compiled stacks serve training and generation (the decoder with its KV cache).
-- `merged_lora`: a context manager for evaluation that runs plain Linears with
-  ``W + scale * B @ A`` and puts the original weight tensors back on exit, bit-identical.
-- `fast_generation` (in `peft_hybrid.speed_generation`): decoding with a static encoder-decoder KV
-  cache and the encoder and decoder step compiled, shapes bucketed so that batches reuse them.
 - `dynamo_counters`: compile/graph-break/recompile counts, to check that shapes stay stable.
 
-Length-grouped batching with dynamic padding lives in `peft_hybrid.training.data`.
+Generation speed (`merged_lora`, `fast_generation`) lives in `peft_hybrid.inference`;
+length-grouped batching with dynamic padding in `peft_hybrid.training.data`.
 
 Example:
     >>> import torch
     >>> from peft_hybrid import HybridConfig, HybridModel
-    >>> from peft_hybrid.speed import cast_frozen_base_, merged_lora
+    >>> from peft_hybrid.training.speed import cast_frozen_base_
     >>> from peft_hybrid.offline import t5_from_preset
     >>> base, tokenizer = t5_from_preset("tiny")
     >>> model = cast_frozen_base_(HybridModel(base, HybridConfig()), torch.bfloat16)
     >>> model.prompt.weight.dtype, model.base_model.shared.weight.dtype
     (torch.float32, torch.bfloat16)
-    >>> batch = tokenizer(["Amy: see you at 5?"], return_tensors="pt")
-    >>> with merged_lora(model):
-    ...     ids = model.generate(**batch, max_new_tokens=3)
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
-
 import torch
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
-__all__ = ["cast_frozen_base_", "compile_model", "dynamo_counters", "merged_lora"]
+__all__ = ["cast_frozen_base_", "compile_model", "dynamo_counters"]
 
 
 def cast_frozen_base_(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
@@ -150,88 +139,3 @@ def dynamo_counters() -> dict[str, int]:
         "graphs": int(counters["stats"].get("unique_graphs", 0)),
         "graph_breaks": int(sum(counters["graph_break"].values())),
     }
-
-
-@contextlib.contextmanager
-def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block, every LoRA layer is replaced by its base Linear holding ``W + s·B·A``.
-
-    Only the adapter in use is merged: the active adapter of a `HybridModel` holding several
-    (the others stay out of the weights, and a mixed-adapter call inside the block is refused).
-    Unlike PEFT's ``merge()`` + ``unmerge()`` (which adds and later subtracts ``s·B·A`` in place,
-    so the base weights drift by rounding each time), the merged weight is a *new* tensor, and
-    on exit the original weight ``Parameter`` objects and LoRA layers are put back untouched:
-    the base stays bit-identical, the adapter keeps training afterwards. Generation inside runs
-    plain Linears, without LoRA's extra matmuls and dropout calls.
-
-    The merge is `peft_hybrid.modeling.lora.merged_weight` (fp32, stored in the weight's own
-    dtype). Leaving the block by an exception restores the model too. With `compile_model`, the
-    first merged generation may compile once more (the modules inside the compiled stacks
-    changed). A model without LoRA (modes ``prompt``/``none``/``full`` or after
-    ``merge_and_unload``) is yielded unchanged.
-
-    Example:
-        >>> import torch
-        >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.offline import t5_from_preset
-        >>> base, tokenizer = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig()).eval()
-        >>> batch = tokenizer(["Tom: late again"], return_tensors="pt")
-        >>> with merged_lora(model):
-        ...     fast = model.generate(**batch, max_new_tokens=4)
-        >>> torch.equal(fast, model.generate(**batch, max_new_tokens=4))
-        True
-    """
-    flag = hasattr(model, "active_adapter")
-    if flag:
-        model._merged_adapter = model.active_adapter
-    try:
-        with merged_layers(model):
-            yield model
-    finally:
-        if flag:
-            model._merged_adapter = None
-
-
-@contextlib.contextmanager
-def merged_layers(model: nn.Module) -> Iterator[nn.Module]:
-    """`merged_lora` without the bookkeeping: merge whatever adapter each LoRA layer has active."""
-    from peft_hybrid.modeling.lora import merged_weight
-
-    swaps = []
-    try:
-        with torch.no_grad():
-            for parent, child, layer in _lora_layers(model):
-                linear = layer.get_base_layer()
-                original = linear.weight
-                merged = original
-                for adapter in layer.active_adapters:
-                    if adapter in layer.lora_A:
-                        merged = merged_weight(layer, adapter, merged)
-                linear.weight = nn.Parameter(merged, requires_grad=False)
-                setattr(parent, child, linear)
-                swaps.append((parent, child, layer, linear, original))
-        yield model
-    finally:
-        for parent, child, layer, linear, original in reversed(swaps):
-            linear.weight = original
-            setattr(parent, child, layer)
-
-
-def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            if getattr(module, "merged", False):
-                raise RuntimeError(f"LoRA layer {name} is already merged in place; unmerge it before merged_lora().")
-            if not isinstance(module.get_base_layer(), nn.Linear):
-                raise TypeError(
-                    f"merged_lora supports LoRA on nn.Linear only; {name} wraps "
-                    f"{type(module.get_base_layer()).__name__}."
-                )
-            parent_name, _, child = name.rpartition(".")
-            found.append((model.get_submodule(parent_name), child, module))
-    return found
-
-
-from peft_hybrid.speed_generation import GenerationBuckets, fast_generation  # noqa: E402, F401 (re-exported)

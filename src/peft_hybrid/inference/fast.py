@@ -134,7 +134,7 @@ def fast_generation(
 
     Args:
         model: a `HybridModel`, a stock PEFT seq2seq model or a transformers encoder-decoder.
-            Combine with `peft_hybrid.speed.merged_lora` to decode with plain Linears; unmerged
+            Combine with `peft_hybrid.inference.merged_lora` to decode with plain Linears; unmerged
             LoRA layers and mixed batches (``generate(..., adapter_names=[...])``) compile too.
         backend: ``torch.compile`` backend; ``"eager"`` only traces (quick, for tests).
         mode: ``torch.compile`` mode; default ``"reduce-overhead"`` (CUDA graphs) on a GPU, the
