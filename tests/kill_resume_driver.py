@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import FIXED_STEPS, quick_run_args
-from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
+from peft_hybrid.serialization import WEIGHTS_NAME
 
 # The child is the installed ``peft-hybrid`` entry point, started through the current interpreter.
 _ENTRY = "import sys; from peft_hybrid.cli import main; sys.exit(main())"

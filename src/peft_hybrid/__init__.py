@@ -22,7 +22,7 @@ _EXPORTS = {
     "InferenceSettings": "config",
     "HybridModel": "modeling.model",
     "BaseRevisionWarning": "modeling.loading",
-    "AdapterLoadError": "modeling.serialization",
+    "AdapterLoadError": "serialization",
     "DataError": "tasks",
     "Task": "tasks",
     "get_task": "tasks",

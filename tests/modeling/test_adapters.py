@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from helpers import tiny_model
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.inference import merged_lora
-from peft_hybrid.modeling.serialization import AdapterLoadError
 from peft_hybrid.offline import t5_from_preset
+from peft_hybrid.serialization import AdapterLoadError
 
 
 def _same_file(a, b):

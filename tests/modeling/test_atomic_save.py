@@ -100,7 +100,7 @@ def test_kill_after_the_weights_before_the_config_is_refused_as_interrupted(tmp_
 
 def _crash_before_config(monkeypatch):
     """Make saves die (like a killed process) after the weights and before the config."""
-    import peft_hybrid.modeling.serialization as serialization
+    import peft_hybrid.serialization as serialization
 
     real_write = serialization.atomic_write_bytes
 

@@ -9,8 +9,8 @@ from helpers import FIXED_STEPS, quick_run_args
 from peft_hybrid.cli import main as cli_main
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.inference import evaluate_rows, load_for_inference
-from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
+from peft_hybrid.serialization import WEIGHTS_NAME
 from peft_hybrid.tasks import get_task
 from peft_hybrid.training.ablation import AblationResult, AblationRow, ablation_modes
 

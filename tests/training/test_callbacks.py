@@ -10,6 +10,7 @@ import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.inference.decoding import decoded_rows
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.training.callbacks import (
     SUMMARY_NAME,
@@ -17,7 +18,6 @@ from peft_hybrid.training.callbacks import (
     EvalRecord,
     TrainingSummary,
     TrainingSummaryCallback,
-    decoded_rows,
 )
 
 
@@ -131,8 +131,3 @@ def test_writer_stays_quiet_on_other_ranks(args, tmp_path):
     writer.pending = EvalRecord("eval", [])
     writer.on_evaluate(args, state, TrainerControl(), metrics={"eval_loss": 1.0})
     assert list(tmp_path.iterdir()) == [] and writer.pending is None
-
-
-def test_decoded_rows_refuses_unequal_lengths():
-    with pytest.raises(ValueError):
-        decoded_rows(["a", "b"], ["x"], ["y", "z"])

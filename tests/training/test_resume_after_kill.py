@@ -20,9 +20,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from helpers import FAST_TRAINING
 from kill_resume_driver import KillResumeRun
 from peft_hybrid import AdapterLoadError, HybridConfig, HybridModel
-from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs
+from peft_hybrid.serialization import WEIGHTS_NAME
 from peft_hybrid.training.checkpoints import latest_complete_checkpoint, resolve_resume_checkpoint
 from peft_hybrid.training.data import Seq2SeqCollator, tokenize_dataset
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments

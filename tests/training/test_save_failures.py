@@ -20,7 +20,7 @@ import torch
 from helpers import tiny_model
 from peft_hybrid.cli import main as cli
 from peft_hybrid.inference import load_for_inference
-from peft_hybrid.modeling.serialization import SaveError
+from peft_hybrid.serialization import SaveError
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
 
 ARGS = dict(

@@ -16,9 +16,9 @@ from helpers import FAST_TRAINING as FAST
 from helpers import RESUME_RUN
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
-from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, sentiment_sentences
+from peft_hybrid.serialization import WEIGHTS_NAME
 from peft_hybrid.tasks import Task, get_task, register_task, unregister_task
 from peft_hybrid.training.data import Seq2SeqCollator, tokenize_dataset
 from peft_hybrid.training.speed import compile_model

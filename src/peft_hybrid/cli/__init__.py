@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("peft_hybrid.cli.demo", "the offline end-to-end demo on a tiny model"),
     "push": ("peft_hybrid.cli.push", "push a saved adapter folder to the Hub"),
     "attribute": ("peft_hybrid.cli.attribute", "Integrated Gradients heatmap for one input"),
-    "serve": ("peft_hybrid.serve.cli", "serve adapters over a TGI-compatible HTTP API with cross-task batching"),
+    "serve": ("peft_hybrid.cli.serve", "serve adapters over a TGI-compatible HTTP API with cross-task batching"),
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -1,6 +1,6 @@
 """``peft-hybrid demo``: the offline end-to-end demo (pre-train, adapt, evaluate, save, reload).
 
-Needs no network and no GPU; about two minutes on two CPU cores. See `peft_hybrid.offline.demo`.
+Needs no network and no GPU; about two minutes on two CPU cores. See `peft_hybrid.training.demo`.
 
 Example::
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never needs the Hub; fail fast if anything asks
     import torch
 
-    from peft_hybrid.offline.demo import format_summary, run_demo
+    from peft_hybrid.training.demo import format_summary, run_demo
 
     if args.threads < 1:
         raise ValueError(f"--threads {args.threads}: pass 1 or more.")

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_hybrid.hub.access import require_hub
     from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import evaluate_rows, load_for_inference
-    from peft_hybrid.modeling.serialization import atomic_write_bytes
+    from peft_hybrid.serialization import atomic_write_bytes
     from peft_hybrid.training.run_folder import require_writable_dir
 
     for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_length", "max_eval_samples"):

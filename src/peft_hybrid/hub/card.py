@@ -40,7 +40,7 @@ from peft_hybrid.hub.card_tables import (
     strip_prefix,
     task_of,
 )
-from peft_hybrid.modeling.serialization import atomic_write_bytes
+from peft_hybrid.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from peft_hybrid.hub.errors import (
     scrub,
     token_secrets,
 )
-from peft_hybrid.modeling.serialization import AdapterLoadError, adapter_path_problem
+from peft_hybrid.serialization import AdapterLoadError, adapter_path_problem
 
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
 

@@ -10,7 +10,7 @@ probe, the CLI) raises these, so ``except HubError`` catches them all::
         └── HubUnreachableError                        offline (HF_HUB_OFFLINE=1, local_files_only) or no answer
 
 A repo id that does not exist (or a private repo without a token) is bad input, not a Hub
-failure: downloads raise `peft_hybrid.modeling.serialization.AdapterLoadError` for it.
+failure: downloads raise `peft_hybrid.serialization.AdapterLoadError` for it.
 
 Example:
     >>> err = HubUnreachableError("the Hub cannot be used (HF_HUB_OFFLINE=1)", "me/tiny")

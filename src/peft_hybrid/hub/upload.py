@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,7 +35,6 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 from huggingface_hub.utils import httpx as hub_http
 
 from peft_hybrid.config import CONFIG_NAME
-from peft_hybrid.hub.card import CardData
 from peft_hybrid.hub.errors import (
     LOGIN_HINT,
     UNAVAILABLE_STATUS,
@@ -50,12 +48,10 @@ from peft_hybrid.hub.errors import (
     short_reason,
     token_secrets,
 )
-from peft_hybrid.modeling.serialization import WEIGHTS_NAME
+from peft_hybrid.serialization import WEIGHTS_NAME
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
-
-    from peft_hybrid.modeling.model import HybridModel
 
 logger = logging.getLogger(__name__)
 
@@ -168,48 +164,6 @@ def create_repo(
         return api.create_repo(repo_id, private=private, exist_ok=True).repo_id
 
     return _with_retries(attempt, repo_id, api.endpoint, token_secrets(token), retries, backoff, None)
-
-
-def push_model(
-    model: HybridModel,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | bool | None = None,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    card: CardData | str | None = None,
-    endpoint: str | None = None,
-    retries: int = DEFAULT_RETRIES,
-    backoff: float = DEFAULT_BACKOFF,
-    adapter_names: list[str] | str | None = None,
-) -> CommitInfo:
-    """Save ``model`` to a temporary folder and push it (see `push_folder`); `HybridModel.push_to_hub`.
-
-    ``card`` defaults to the model's own card data with ``repo_id`` in the usage snippet.
-    ``adapter_names`` (a list or ``"all"``) pushes several adapters as ``save_pretrained`` lays
-    them out: the first at the root, each other in its ``<name>/`` subfolder.
-
-    Example:
-        >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.offline import t5_from_preset
-        >>> base, tok = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
-        >>> push_model(model, "me/tiny-hybrid", private=True)  # doctest: +SKIP
-    """
-    if card is None:
-        card = CardData.from_model(model, repo_id=repo_id)
-    elif isinstance(card, CardData) and card.repo_id is None:
-        card.repo_id = repo_id
-    with tempfile.TemporaryDirectory(prefix="peft-hybrid-push-") as tmp:
-        model.save_pretrained(tmp, card=card, adapter_names=adapter_names)
-        settings = dict(
-            token=token, revision=revision, commit_message=commit_message, endpoint=endpoint, retries=retries
-        )
-        subfolders = sorted(p for p in Path(tmp).iterdir() if (p / CONFIG_NAME).is_file())
-        for sub in subfolders:  # the other adapters first: the root commit then finds them all in place
-            push_folder(sub, repo_id, private=private, path_in_repo=sub.name, backoff=backoff, **settings)
-        return push_folder(tmp, repo_id, private=private, backoff=backoff, **settings)
 
 
 # --- internals ------------------------------------------------------------------------------

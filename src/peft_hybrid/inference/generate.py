@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from peft_hybrid.inference.decoding import decode_texts, decoded_rows
 from peft_hybrid.inference.settings import generation_settings, model_inputs, source_length
 from peft_hybrid.modeling.model import HybridModel
 
@@ -62,8 +63,7 @@ def generate_texts(
             if adapter_names is not None:
                 generation_kwargs["adapter_names"] = list(adapter_names[start : start + batch_size])
             generated = model.generate(**encoded, **generation_kwargs)
-            decoded = tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-            outputs.extend(text.strip() for text in decoded)
+            outputs.extend(decode_texts(tokenizer, generated))
             bar.update(len(batch))
     bar.close()
     return outputs
@@ -91,8 +91,6 @@ def evaluate_rows(
     Returns ``(metrics, predictions)``: the task's metrics and one ``{"source", "reference",
     "prediction"}`` row per example, in order.
     """
-    from peft_hybrid.training.callbacks import decoded_rows
-
     rows = list(rows)
     config = model.hybrid_config
     texts = model_inputs(config, rows, task=task, task_prefix=task_prefix, use_task_tags=use_task_tags)

@@ -13,8 +13,8 @@ from peft_hybrid.hub.access import require_hub
 from peft_hybrid.hub.download import resolve_folder
 from peft_hybrid.modeling.loading import load_base, load_base_model
 from peft_hybrid.modeling.model import HybridModel
-from peft_hybrid.modeling.serialization import AdapterLoadError, adapter_path_problem
 from peft_hybrid.offline.presets import preset_id
+from peft_hybrid.serialization import AdapterLoadError, adapter_path_problem
 
 _TOKENIZER_FILES = ("tokenizer_config.json", "spiece.model", "tokenizer.json")
 _TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_hybrid.inference.decoding import decode_texts
 from peft_hybrid.interpret._model_io import (
     _base_of,
     _baseline_embeddings,
@@ -233,7 +234,7 @@ def attribute(
             input_ids=in_ids,
             output_ids=out_ids,
             text=text,
-            output_text=tokenizer.decode(out_ids, skip_special_tokens=True),
+            output_text=decode_texts(tokenizer, [out_ids])[0],
             baseline=baseline,
             n_steps=n_steps,
             method=method,

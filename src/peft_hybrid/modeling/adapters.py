@@ -31,13 +31,13 @@ from peft_hybrid.modeling.lora import LoraPart, lora_layers, read_peft_lora_conf
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt
-from peft_hybrid.modeling.serialization import (
+from peft_hybrid.serialization import (
     WEIGHTS_NAME,
     AdapterLoadError,
     check_tensors,
     load_adapter_tensors_file,
 )
-from peft_hybrid.modeling.serialization import load_adapter as read_adapter_folder
+from peft_hybrid.serialization import load_adapter as read_adapter_folder
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -173,7 +173,7 @@ def read_peft_lora_config(folder: str | Path) -> LoraConfig:
 
 def save_peft_lora(folder: Path, config: HybridConfig, tensors: dict[str, torch.Tensor]) -> Path:
     """Write a vanilla PEFT LoRA adapter folder (loadable by ``peft.PeftModel.from_pretrained``)."""
-    from peft_hybrid.modeling.serialization import WEIGHTS_NAME, write_safetensors
+    from peft_hybrid.serialization import WEIGHTS_NAME, write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     peft_lora_config(config).save_pretrained(str(folder))

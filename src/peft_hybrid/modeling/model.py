@@ -29,7 +29,7 @@ from peft_hybrid.modeling.mixed import (
     row_plan,
 )
 from peft_hybrid.modeling.prompt import SoftPrompt, prepend_per_row, save_peft_prompt
-from peft_hybrid.modeling.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
+from peft_hybrid.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
 
 DEFAULT_ADAPTER = "default"
 __all__ = ["DEFAULT_ADAPTER", "SUPPORTED_MODEL_TYPES", "HybridModel", "base_shape"]
@@ -287,7 +287,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         ``adapter_names=[...]`` (or ``"all"``) pushes several adapters in ``save_pretrained``'s
         layout. The repo is created when missing (``private`` applies then); ``token`` defaults
         to HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.errors.HubError`
-        subclasses; see `peft_hybrid.hub.upload.push_model` for the retry settings in ``kwargs``.
+        subclasses; see `peft_hybrid.modeling.saving.push_model` for the retry settings in ``kwargs``.
 
         Example:
             >>> from peft_hybrid import HybridConfig, HybridModel
@@ -297,7 +297,7 @@ class HybridModel(AdapterRegistry, nn.Module):
             >>> model.push_to_hub("me/flan-t5-samsum-hybrid", private=True)  # doctest: +SKIP
             >>> model.push_to_hub("me/flan-t5-tasks", adapter_names="all")  # doctest: +SKIP
         """
-        from peft_hybrid.hub.upload import push_model
+        from peft_hybrid.modeling.saving import push_model
 
         if adapter_names is not None:
             kwargs["adapter_names"] = adapter_names

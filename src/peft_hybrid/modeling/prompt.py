@@ -145,7 +145,7 @@ def save_peft_prompt(folder, prompt: SoftPrompt, base_config, base_model_name_or
     """Write a vanilla PEFT prompt-tuning adapter (encoder only: num_transformer_submodules=1)."""
     from peft import PromptTuningConfig
 
-    from peft_hybrid.modeling.serialization import WEIGHTS_NAME, write_safetensors
+    from peft_hybrid.serialization import WEIGHTS_NAME, write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     PromptTuningConfig(

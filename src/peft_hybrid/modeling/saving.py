@@ -1,18 +1,25 @@
-"""Saving one or several named adapters of a `HybridModel` into a folder.
+"""Saving one or several named adapters of a `HybridModel` into a folder, or pushing them to the Hub.
 
 One adapter: today's folder (``hybrid_config.json``, ``adapter_model.safetensors``, ``README.md``).
 Several: PEFT's layout, the first at the root and each other in a ``<name>/`` subfolder, each a
 complete folder of its own; the root card gains a table of every adapter and the shared base.
+`push_model` saves that folder and uploads it with `peft_hybrid.hub.upload.push_folder`.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peft_hybrid.modeling.serialization import save_adapter
+from peft_hybrid.config import CONFIG_NAME
+from peft_hybrid.hub.card import CardData, render_card, write_card
+from peft_hybrid.hub.upload import DEFAULT_BACKOFF, DEFAULT_RETRIES, push_folder
+from peft_hybrid.serialization import save_adapter
 
 if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+
     from peft_hybrid.modeling.model import HybridModel
 
 
@@ -34,8 +41,6 @@ def adapter_names_to_save(model: HybridModel, adapter_names: list[str] | str | N
 
 
 def save_adapters(model: HybridModel, directory: Path, card: Any, adapter_names: list[str] | str | None) -> Path:
-    from peft_hybrid.hub.card import CardData, render_card, write_card
-
     names = adapter_names_to_save(model, adapter_names)
     active = model.active_adapter
     try:
@@ -74,3 +79,45 @@ def adapters_table(model: HybridModel, names: list[str]) -> str:
         where = "(root)" if position == 0 else f"`{name}/`"
         lines.append(f"| {name} | {where} | {config.mode} | {config.task or '-'} | {count:,} |")
     return "\n".join(lines)
+
+
+def push_model(
+    model: HybridModel,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    card: CardData | str | None = None,
+    endpoint: str | None = None,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
+    adapter_names: list[str] | str | None = None,
+) -> CommitInfo:
+    """Save ``model`` to a temporary folder and push it (see `push_folder`); `HybridModel.push_to_hub`.
+
+    ``card`` defaults to the model's own card data with ``repo_id`` in the usage snippet.
+    ``adapter_names`` (a list or ``"all"``) pushes several adapters as ``save_pretrained`` lays
+    them out: the first at the root, each other in its ``<name>/`` subfolder.
+
+    Example:
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.offline import t5_from_preset
+        >>> base, tok = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
+        >>> push_model(model, "me/tiny-hybrid", private=True)  # doctest: +SKIP
+    """
+    if card is None:
+        card = CardData.from_model(model, repo_id=repo_id)
+    elif isinstance(card, CardData) and card.repo_id is None:
+        card.repo_id = repo_id
+    with tempfile.TemporaryDirectory(prefix="peft-hybrid-push-") as tmp:
+        model.save_pretrained(tmp, card=card, adapter_names=adapter_names)
+        settings = dict(
+            token=token, revision=revision, commit_message=commit_message, endpoint=endpoint, retries=retries
+        )
+        subfolders = sorted(p for p in Path(tmp).iterdir() if (p / CONFIG_NAME).is_file())
+        for sub in subfolders:  # the other adapters first: the root commit then finds them all in place
+            push_folder(sub, repo_id, private=private, path_in_repo=sub.name, backoff=backoff, **settings)
+        return push_folder(tmp, repo_id, private=private, backoff=backoff, **settings)

@@ -26,6 +26,7 @@ from typing import Any
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.inference import DEFAULT_MAX_SOURCE_LENGTH, generation_settings, model_inputs, source_length
+from peft_hybrid.inference.decoding import decode_texts
 
 
 def format_request(adapter_config: HybridConfig | None, text: str) -> str:
@@ -61,5 +62,4 @@ def generation_defaults(adapter_config: HybridConfig | None) -> dict[str, Any]:
 
 def decode_output(tokenizer: Any, token_ids: list[int]) -> str:
     """The text of generated ``token_ids``, decoded exactly as offline generation decodes it."""
-    text = tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-    return text.strip()
+    return decode_texts(tokenizer, [token_ids])[0]

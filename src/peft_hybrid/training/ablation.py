@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from peft_hybrid.config import MODES, HybridConfig
-from peft_hybrid.modeling.serialization import atomic_write_bytes
 from peft_hybrid.offline.presets import preset_id
+from peft_hybrid.serialization import atomic_write_bytes
 from peft_hybrid.training.callbacks import plain_json
 
 ABLATION_MODES = ("none", "prompt", "lora", "hybrid")

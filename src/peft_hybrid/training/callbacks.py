@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from peft_hybrid.modeling.serialization import atomic_write_bytes
+from peft_hybrid.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -259,13 +258,3 @@ def plain_json(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy / torch scalars
         return plain_json(value.item())
     return str(value)
-
-
-def decoded_rows(
-    sources: Sequence[str], references: Sequence[str], predictions: Sequence[str]
-) -> list[dict[str, str]]:
-    """Pair sources, references and predictions into the rows `EvalOutputWriter` writes."""
-    return [
-        {"source": s, "reference": r, "prediction": p}
-        for s, r, p in zip(sources, references, predictions, strict=True)
-    ]

@@ -36,7 +36,7 @@ import zipfile
 from pathlib import Path
 
 from peft_hybrid.config import CONFIG_NAME
-from peft_hybrid.modeling.serialization import AdapterLoadError, load_adapter
+from peft_hybrid.serialization import AdapterLoadError, load_adapter
 
 logger = logging.getLogger(__name__)
 

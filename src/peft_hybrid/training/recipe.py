@@ -43,7 +43,7 @@ from typing import Any
 
 from peft_hybrid.config import HybridConfig, InferenceSettings
 from peft_hybrid.hub.errors import HubError
-from peft_hybrid.modeling.serialization import DISK_ERRORS, SaveError, save_failure
+from peft_hybrid.serialization import DISK_ERRORS, SaveError, save_failure
 from peft_hybrid.training import config_file
 from peft_hybrid.training.trainer import HybridTrainingArguments
 
@@ -246,7 +246,7 @@ def _train_in_folder(
 ) -> dict[str, Any]:
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.modeling.model import HybridModel
-    from peft_hybrid.modeling.serialization import atomic_write_bytes
+    from peft_hybrid.serialization import atomic_write_bytes
     from peft_hybrid.training.data import Seq2SeqCollator
     from peft_hybrid.training.splits import load_splits, wanted_splits
     from peft_hybrid.training.trainer import HybridTrainer

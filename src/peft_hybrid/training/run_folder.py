@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_hybrid.config import CONFIG_NAME, HybridConfig, read_config_dict
-from peft_hybrid.modeling.serialization import atomic_write_bytes, prepare_output_dir
+from peft_hybrid.serialization import atomic_write_bytes, prepare_output_dir
 
 try:
     import fcntl

@@ -44,7 +44,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
@@ -53,9 +52,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from peft_hybrid.config import CONFIG_NAME, InferenceSettings
 from peft_hybrid.hub.trainer_push import HubPushMixin
 from peft_hybrid.inference import fast as fast_decoding
+from peft_hybrid.inference.decoding import decode_texts, decoded_rows
 from peft_hybrid.inference.merged import merged_lora
 from peft_hybrid.modeling.model import HybridModel
-from peft_hybrid.modeling.serialization import (
+from peft_hybrid.serialization import (
     AdapterLoadError,
     atomic_write_bytes,
     load_adapter,
@@ -64,7 +64,7 @@ from peft_hybrid.modeling.serialization import (
 )
 from peft_hybrid.tasks import Task, get_task
 from peft_hybrid.training.arguments import HybridTrainingArguments, as_hybrid_arguments
-from peft_hybrid.training.callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback, decoded_rows
+from peft_hybrid.training.callbacks import EvalOutputWriter, EvalRecord, TrainingSummaryCallback
 from peft_hybrid.training.checkpoints import resolve_resume_checkpoint
 from peft_hybrid.training.data import EpochSeededLengthGroupedSampler
 from peft_hybrid.training.run_folder import first_difference, require_writable_dir, run_identity
@@ -277,9 +277,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         tokenizer = self.processing_class
         if tokenizer is None:
             raise ValueError("HybridTrainer needs processing_class=<the tokenizer> to decode generated predictions.")
-        token_ids = np.where(np.asarray(token_ids) < 0, tokenizer.pad_token_id, token_ids)
-        texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        return [t.strip() for t in texts]
+        return decode_texts(tokenizer, token_ids)
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         # Trainer's 6 * tokens * parameters estimate, over the base's non-embedding weights (the

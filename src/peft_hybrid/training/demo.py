@@ -15,7 +15,7 @@ Everything runs on CPU in about two minutes, without network:
 5. ``<output_dir>/summary.json`` records paths, ROUGE before/after, timings and the sample.
 
 Example:
-    >>> from peft_hybrid.offline.demo import run_demo
+    >>> from peft_hybrid.training.demo import run_demo
     >>> summary = run_demo("demo-out", pretrain_steps=2, train_steps=2, train_examples=8, eval_examples=2,
     ...                    progress=False)  # a miniature run (the Trainer prints its logs)
     {'eval_loss': ...}
@@ -23,7 +23,7 @@ Example:
     ['adapter', 'base', 'gain']
 
 With the defaults, ``summary["rouge"]["adapter"]["rougeL"]`` beats ``summary["rouge"]["base"]["rougeL"]``
-(tests/offline/test_demo.py checks it).
+(tests/training/test_demo.py checks it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from peft_hybrid.modeling.serialization import atomic_write_bytes
+from peft_hybrid.inference.decoding import decode_texts
+from peft_hybrid.serialization import atomic_write_bytes
 
 SUMMARY_NAME = "summary.json"
 DEMO_TASK = "samsum"
@@ -254,7 +255,7 @@ def _reload_and_predict(model_class: Any, adapter_dir: Path, source: str) -> tup
     batch = tokenizer([source], return_tensors="pt")
     with torch.inference_mode():
         ids = model.generate(**batch, **get_task(DEMO_TASK).generation_kwargs)
-    return model, tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)[0].strip()
+    return model, decode_texts(tokenizer, ids)[0]
 
 
 def format_summary(summary: dict[str, Any]) -> str:

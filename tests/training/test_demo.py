@@ -7,7 +7,7 @@ import torch
 
 from peft_hybrid import HybridModel
 from peft_hybrid.cli import main as cli_main
-from peft_hybrid.modeling.serialization import WEIGHTS_NAME
+from peft_hybrid.serialization import WEIGHTS_NAME
 
 
 @pytest.mark.slow
@@ -48,7 +48,7 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 
 def test_demo_refuses_a_non_empty_output_dir(tmp_path):
-    from peft_hybrid.offline.demo import run_demo
+    from peft_hybrid.training.demo import run_demo
 
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
