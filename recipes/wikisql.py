@@ -27,6 +27,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from peft_hybrid.cli.train import run_recipe
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.training import recipe
 from peft_hybrid.training.recipe import ScriptArguments
@@ -48,4 +49,4 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(recipe.run(sys.argv[1:], task=TASK))
+    sys.exit(run_recipe(sys.argv[1:], task=TASK))

@@ -4,7 +4,15 @@ import json
 import pytest
 
 from peft_hybrid import HybridConfig
-from peft_hybrid.config import ADAPTER_FIELDS, FORMAT_VERSION, InferenceSettings
+from peft_hybrid.config import (
+    ADAPTER_FIELDS,
+    ARGUMENT_FIELDS,
+    FORMAT_VERSION,
+    IDENTITY_FIELDS,
+    ROLES,
+    InferenceSettings,
+    fields_of_role,
+)
 
 
 def test_paper_defaults():
@@ -141,3 +149,24 @@ def test_bad_inference_settings_are_refused_naming_the_key(inference, words):
     with pytest.raises(ValueError) as err:
         HybridConfig.from_dict(data, source="adapter/hybrid_config.json")
     assert words in str(err.value) and "adapter/hybrid_config.json" in str(err.value)
+
+
+def test_every_field_declares_its_role_once_and_every_reader_asks_it():
+    from peft_hybrid.training.recipe import AdapterArguments
+    from peft_hybrid.training.run_folder import run_identity
+
+    undeclared = [f.name for f in dataclasses.fields(HybridConfig) if f.metadata.get("role") not in ROLES]
+    assert undeclared == [], f"give each HybridConfig field metadata={{'role': ...}}, one of {ROLES}: {undeclared}"
+    assert fields_of_role("init") == ("prompt_init_text",) and fields_of_role("run") == ("seed",)
+    assert IDENTITY_FIELDS == ADAPTER_FIELDS + ("prompt_init_text", "seed")
+    assert ARGUMENT_FIELDS == ADAPTER_FIELDS + ("prompt_init_text",)
+    # The readers: cards and summaries, a run folder's identity, the recipes' arguments.
+    config = HybridConfig(mode="lora", r=8, task="sst2", base_model_name_or_path="google/flan-t5-base")
+    assert tuple(config.adapter_settings()) == ADAPTER_FIELDS
+    identity = run_identity(config)
+    assert set(identity["adapter"]) == set(IDENTITY_FIELDS)
+    assert identity["task"] == "sst2" and identity["base"]["model"] == "google/flan-t5-base"
+    assert tuple(f.name for f in dataclasses.fields(AdapterArguments)) == ARGUMENT_FIELDS
+    with pytest.raises(ValueError, match="unknown field role"):
+        fields_of_role("settings")
+

@@ -24,18 +24,17 @@ FORMAT_VERSION = 2
 CONFIG_NAME = "hybrid_config.json"
 # Written beside the fields; `weights_sha256` ties the config to the weights saved with it.
 _METADATA_KEYS = ("format_version", "library", "library_version", "peft_type", "weights_sha256")
-# Fields that are not adapter settings: how the prompt was initialised and where the adapter came
-# from. Every other field is a setting (`ADAPTER_FIELDS`), so a new field shows up in cards,
-# training summaries and ablation tables unless it is listed here on purpose.
-_NOT_SETTINGS = (
-    "prompt_init_text",
-    "seed",
-    "base_model_name_or_path",
-    "revision",
-    "base_model_shape",
-    "task",
-    "inference",
-)
+# Each HybridConfig field declares its role once (``metadata["role"]``); every reader asks the
+# role, never a list of names of its own:
+# - "setting": what the adapter computes. Shown in cards, training summaries and ablation tables
+#   (`ADAPTER_FIELDS`), part of a run's identity (`IDENTITY_FIELDS`), a recipe argument
+#   (`ARGUMENT_FIELDS`). A field that declares no role is a setting.
+# - "init": how the adapter's tensors started. Identity and a recipe argument, not shown.
+# - "run": taken from the training run (the seed is the training seed). Identity only.
+# - "provenance": where the adapter came from and how it is used (task, base, inference), filled
+#   in by the model and the trainer. Compared by a run folder as its task and base, not as the
+#   adapter; never a recipe argument.
+ROLES = ("setting", "init", "run", "provenance")
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -114,28 +113,44 @@ class HybridConfig:
         False
     """
 
-    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}."})
+    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}.", "role": "setting"})
     # LoRA
-    r: int = field(default=4, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    r: int = field(default=4, metadata={"help": "LoRA rank.", "role": "setting"})
+    lora_alpha: float = field(
+        default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r).", "role": "setting"}
+    )
     target_modules: list[str] = field(
-        default_factory=lambda: ["q", "v"], metadata={"help": "Names of the Linear modules that get LoRA."}
+        default_factory=lambda: ["q", "v"],
+        metadata={"help": "Names of the Linear modules that get LoRA.", "role": "setting"},
     )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input.", "role": "setting"})
     # Soft prompt
-    num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (encoder side)."})
-    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}."})
-    prompt_init_text: str | None = field(default=None, metadata={"help": "Text for prompt_init='text'."})
-    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation."})
-    # Provenance
-    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Base model Hub id or folder."})
-    revision: str | None = field(default=None, metadata={"help": "Revision of the base model."})
-    base_model_shape: dict[str, int] | None = field(
-        default=None, metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base."}
+    num_virtual_tokens: int = field(
+        default=30, metadata={"help": "Soft prompt length (encoder side).", "role": "setting"}
     )
-    task: str | None = field(default=None, metadata={"help": "Task the adapter was trained for, if any."})
+    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}.", "role": "setting"})
+    prompt_init_text: str | None = field(
+        default=None, metadata={"help": "Text for prompt_init='text'.", "role": "init"}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation.", "role": "run"})
+    # Provenance
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base model Hub id or folder.", "role": "provenance"}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Revision of the base model.", "role": "provenance"})
+    base_model_shape: dict[str, int] | None = field(
+        default=None,
+        metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base.", "role": "provenance"},
+    )
+    task: str | None = field(
+        default=None, metadata={"help": "Task the adapter was trained for, if any.", "role": "provenance"}
+    )
     inference: InferenceSettings | None = field(
-        default=None, metadata={"help": "How the saving run formatted inputs and generated (filled by the trainer)."}
+        default=None,
+        metadata={
+            "help": "How the saving run formatted inputs and generated (filled by the trainer).",
+            "role": "provenance",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -263,8 +278,25 @@ class HybridConfig:
         return cls.from_dict(read_config_dict(path), source=str(path))
 
 
-# The settings that define what an adapter computes, in field order.
-ADAPTER_FIELDS = tuple(f.name for f in fields(HybridConfig) if f.name not in _NOT_SETTINGS)
+def fields_of_role(*roles: str) -> tuple[str, ...]:
+    """The names of the `HybridConfig` fields whose role is one of ``roles``, in field order.
+
+    Example:
+        >>> fields_of_role("provenance")
+        ('base_model_name_or_path', 'revision', 'base_model_shape', 'task', 'inference')
+    """
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown field role(s) {unknown}; the roles are {ROLES}.")
+    return tuple(f.name for f in fields(HybridConfig) if f.metadata.get("role", "setting") in roles)
+
+
+# What an adapter computes, in field order: shown in cards, training summaries and ablation tables.
+ADAPTER_FIELDS = fields_of_role("setting")
+# What makes two runs the same run (beside their task, base and data): compared by run folders.
+IDENTITY_FIELDS = fields_of_role("setting", "init", "run")
+# What the recipes and `peft-hybrid train` take as arguments.
+ARGUMENT_FIELDS = fields_of_role("setting", "init")
 
 
 def config_path(path: str | Path) -> Path:

@@ -11,10 +11,10 @@ import pytest
 from huggingface_hub import constants
 
 from peft_hybrid.cli import main as cli
+from peft_hybrid.cli.train import run_recipe
 from peft_hybrid.hub import access as hub_access
 from peft_hybrid.hub.access import require_hub
 from peft_hybrid.hub.errors import HubError, HubUnreachableError
-from peft_hybrid.training.recipe import run as run_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE_OPTIONS = ("--train_file", "--model_name_or_path", "--model_preset tiny", "peft-hybrid demo")

@@ -4,7 +4,8 @@ Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``ru
 modules are imported only when their command runs, so ``peft-hybrid --help`` is quick.
 
 Exit codes: 0 success, 1 the work failed (a clear message on stderr; every
-`peft_hybrid.hub.errors.HubError`), 2 bad arguments or input.
+`peft_hybrid.hub.errors.HubError`), 2 bad arguments or input; the one table is
+`peft_hybrid.cli.errors`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attribute": ("peft_hybrid.cli.attribute", "Integrated Gradients heatmap for one input"),
     "serve": ("peft_hybrid.cli.serve", "serve adapters over a TGI-compatible HTTP API with cross-task batching"),
 }
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -49,30 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = make_parser(argv)
     args = parser.parse_args(argv)
+    from peft_hybrid.cli.errors import EXIT_USAGE, report_failures
+
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     module = importlib.import_module(COMMANDS[args.command][0])
-    from peft_hybrid.hub.errors import HubError
-
-    try:
-        return int(module.run(args) or EXIT_OK)
-    except HubError as err:
-        # Offline, unreachable, a rejected token or a refused repo: the message says what to do.
-        print(f"peft-hybrid {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as err:
-        # Errors the library raises for bad input carry the file/row/field and what to do.
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"peft-hybrid {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except ConnectionError as err:
-        # A connection failure outside the Hub client (e.g. datasets' own download).
-        print(f"peft-hybrid {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"peft-hybrid {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return report_failures(f"peft-hybrid {args.command}", lambda: module.run(args))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.training.ablation import ablation_modes, run_ablation
     from peft_hybrid.training.recipe import make_parser, parse_args
 
@@ -56,13 +55,9 @@ def run(args: argparse.Namespace) -> int:
     script_args, hybrid_config, training_args = parse_args(rest, prog="peft-hybrid ablate")
     if not training_args.task:
         raise ValueError("--task is required: the task whose metrics the table reports (e.g. sst2, samsum, wikisql).")
-    try:
-        result = run_ablation(
-            script_args, hybrid_config, training_args, modes=modes, command="peft-hybrid ablate " + shlex.join(argv)
-        )
-    except HubError as err:
-        print(f"peft-hybrid ablate: error: {err}", file=sys.stderr)
-        return 1
+    result = run_ablation(
+        script_args, hybrid_config, training_args, modes=modes, command="peft-hybrid ablate " + shlex.join(argv)
+    )
     print(result.markdown(), end="")
     print(f"table and adapters in {training_args.output_dir}", file=sys.stderr)
     return 0

@@ -11,7 +11,6 @@ Writes ``attribution.json`` (raw scores, token strings, completeness gaps) and
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from peft_hybrid.cli._inference_args import add_adapter_arguments, add_base_arguments, add_device_argument
@@ -80,24 +79,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
-    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import generation_settings, load_for_inference, model_inputs
 
     adapter_dir = Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
-        print(
-            f"error: --add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; "
-            "download it or save it first.",
-            file=sys.stderr,
+        raise ValueError(
+            f"--add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; "
+            "download it or save it first."
         )
-        return 2
-    try:
-        model, tokenizer = load_for_inference(
-            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
-        )
-    except HubError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    model, tokenizer = load_for_inference(
+        args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+    )
 
     # As the adapter's run formatted its inputs and generated (saved with it); flags override.
     text = model_inputs(model.hybrid_config, [args.text], task=args.task)[0]

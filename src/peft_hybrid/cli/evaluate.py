@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
 
@@ -68,7 +67,6 @@ def resolve_task(name: str | None, model) -> object:
 
 def run(args: argparse.Namespace) -> int:
     from peft_hybrid.hub.access import require_hub
-    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import evaluate_rows, load_for_inference
     from peft_hybrid.serialization import atomic_write_bytes
     from peft_hybrid.training.run_folder import require_writable_dir
@@ -77,24 +75,20 @@ def run(args: argparse.Namespace) -> int:
         check_positive(name, getattr(args, name))
     # Before any generation: a place that cannot be written would otherwise fail after all of it.
     out = require_writable_dir(args.out, "--out")
-    try:
-        model, tokenizer = load_for_inference(
-            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
-        )
-        task = resolve_task(args.task, model)
-        if args.data_file is None:
-            repo = args.dataset_id or task.hub_dataset.id
-            require_hub(f"the {task.name} dataset {repo!r}", repo, repo_type="dataset", revision=args.dataset_revision)
-        rows = task.load(
-            args.split,
-            data_file=args.data_file,
-            tables_file=args.tables_file,
-            dataset_id=args.dataset_id,
-            revision=args.dataset_revision,
-        )
-    except HubError as err:
-        print(f"peft-hybrid evaluate: error: {err}", file=sys.stderr)
-        return 1
+    model, tokenizer = load_for_inference(
+        args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+    )
+    task = resolve_task(args.task, model)
+    if args.data_file is None:
+        repo = args.dataset_id or task.hub_dataset.id
+        require_hub(f"the {task.name} dataset {repo!r}", repo, repo_type="dataset", revision=args.dataset_revision)
+    rows = task.load(
+        args.split,
+        data_file=args.data_file,
+        tables_file=args.tables_file,
+        dataset_id=args.dataset_id,
+        revision=args.dataset_revision,
+    )
     if args.max_eval_samples is not None and args.max_eval_samples < len(rows):
         rows = rows.select(range(args.max_eval_samples))
     metrics, predictions = evaluate_rows(

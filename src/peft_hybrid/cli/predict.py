@@ -143,7 +143,6 @@ def _line_adapters(records, adapters: dict[str, str], source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import generate_texts, load_for_inference, model_inputs
 
     for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_length"):
@@ -154,20 +153,16 @@ def run(args: argparse.Namespace) -> int:
     records = read_records(args.input, args.field)
     names = _line_adapters(records, adapters, args.input)
     first, *others = adapters.items()
-    try:
-        model, tokenizer = load_for_inference(
-            first[1],
-            base=args.base,
-            preset=args.model_preset,
-            revision=args.revision,
-            device=args.device,
-            adapter_name=first[0],
-        )
-        for name, where in others:
-            model.load_adapter(where, name)
-    except HubError as err:
-        print(f"peft-hybrid predict: error: {err}", file=sys.stderr)
-        return 1
+    model, tokenizer = load_for_inference(
+        first[1],
+        base=args.base,
+        preset=args.model_preset,
+        revision=args.revision,
+        device=args.device,
+        adapter_name=first[0],
+    )
+    for name, where in others:
+        model.load_adapter(where, name)
     model.to(model.device).eval()
     settings = _settings(model, adapters, args)
     inputs = [

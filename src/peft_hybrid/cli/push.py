@@ -11,12 +11,8 @@ repeated push sends only files that changed.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from peft_hybrid.hub.errors import HubError
 from peft_hybrid.hub.upload import DEFAULT_RETRIES, push_folder
-
-EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,19 +34,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        commit = push_folder(
-            args.dir,
-            args.repo_id,
-            token=args.token,
-            private=args.private or None,
-            revision=args.revision,
-            commit_message=args.commit_message,
-            endpoint=args.endpoint,
-            retries=args.retries,
-        )
-    except HubError as err:
-        print(f"peft-hybrid push: error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    commit = push_folder(
+        args.dir,
+        args.repo_id,
+        token=args.token,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        endpoint=args.endpoint,
+        retries=args.retries,
+    )
     print(commit.commit_url)
-    return EXIT_OK
+    return 0

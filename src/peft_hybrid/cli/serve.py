@@ -16,6 +16,7 @@ import os
 import re
 
 from peft_hybrid.cli._inference_args import add_device_argument
+from peft_hybrid.cli.errors import MissingExtraError
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -115,7 +116,7 @@ def _require_extra() -> None:
 
     missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
     if missing:
-        raise SystemExit(
+        raise MissingExtraError(
             f"peft-hybrid serve needs the serve extra: pip install 'peft-hybrid[serve]' (missing: {missing})"
         )
 

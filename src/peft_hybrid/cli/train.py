@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from peft_hybrid.cli.errors import EXIT_OK, report_failures
+
 
 def add_passthrough_parser(subparsers, name: str, dest: str, dest_help: str) -> argparse.ArgumentParser:
     """Subcommand ``name`` whose arguments are all collected unread into ``dest``, for the recipe's
@@ -31,6 +33,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.training.recipe import run as run_recipe
+    from peft_hybrid.training.recipe import run as train
 
-    return run_recipe(args.recipe_args, prog="peft-hybrid train")
+    train(args.recipe_args, prog="peft-hybrid train")
+    return EXIT_OK
+
+
+def run_recipe(argv: list[str] | None = None, task: str | None = None, prog: str | None = None) -> int:
+    """What ``recipes/<task>.py`` runs: the recipe with ``--task task``, failures as one line and an exit code.
+
+    Exit codes as every command's (`peft_hybrid.cli.errors`): 0 done, 1 a Hub failure or a full or
+    read-only disk, 2 bad arguments or input.
+    """
+    from peft_hybrid.training.recipe import run as train
+
+    prog = prog or (f"recipes/{task}.py" if task else "recipe")
+
+    def work() -> None:
+        train(argv, task=task, prog=prog)
+
+    return report_failures(prog, work)

@@ -41,9 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peft_hybrid.config import HybridConfig, InferenceSettings
-from peft_hybrid.hub.errors import HubError
-from peft_hybrid.serialization import DISK_ERRORS, SaveError, save_failure
+from peft_hybrid.config import ARGUMENT_FIELDS, HybridConfig, InferenceSettings
 from peft_hybrid.training import config_file
 from peft_hybrid.training.trainer import HybridTrainingArguments
 
@@ -51,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "google/flan-t5-base"
 RESULTS_NAME = "results.json"
-# Filled from the script/training arguments, not set by hand on the command line.
-_DERIVED_CONFIG_FIELDS = ("seed", "task", "base_model_name_or_path", "revision", "base_model_shape", "inference")
 
 
 @dataclass
@@ -130,11 +126,11 @@ def _adapter_arguments() -> type:
     """A dataclass with `HybridConfig`'s user-facing fields (same types, defaults and help)."""
     specs = []
     for f in dataclasses.fields(HybridConfig):
-        if f.name in _DERIVED_CONFIG_FIELDS:
+        if f.name not in ARGUMENT_FIELDS:  # the rest is filled from the script and training arguments
             continue
-        specs.append(
-            (f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata))
-        )
+        # HfArgumentParser hands every metadata key to argparse: keep the help, not the role.
+        metadata = {k: v for k, v in f.metadata.items() if k != "role"}
+        specs.append((f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=metadata)))
     adapter_arguments = dataclasses.make_dataclass("AdapterArguments", specs)
     adapter_arguments.__module__ = __name__
     adapter_arguments.__doc__ = "The user-facing fields of `HybridConfig`, for the recipes' argument parser."
@@ -312,30 +308,15 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
-def run(argv: Sequence[str] | None = None, task: str | None = None, prog: str | None = None) -> int:
-    """Parse ``argv``, run `main`, and turn failures into one-line messages and exit codes.
+def run(argv: Sequence[str] | None = None, task: str | None = None, prog: str | None = None) -> dict[str, Any]:
+    """Parse ``argv`` and run `main`; returns the run summary and raises on failure.
 
-    Exit codes: 0 done, 1 a Hub failure (any `peft_hybrid.hub.errors.HubError`) or a full/read-only disk,
-    2 bad arguments or input.
-    This is what ``recipes/<task>.py`` and ``peft-hybrid train`` run.
+    ``recipes/<task>.py`` and ``peft-hybrid train`` run this through `peft_hybrid.cli.train.run_recipe`,
+    which turns failures into one-line messages and the CLI's exit codes (`peft_hybrid.cli.errors`).
     """
     prog = prog or (f"recipes/{task}.py" if task else "recipe")
-    try:
-        script_args, hybrid_config, training_args = parse_args(argv, task=task, prog=prog)
-        summary = main(script_args, hybrid_config, training_args)
-    except HubError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full or read-only disk; the Trainer's own files (optimizer state) too
-        if not isinstance(err, SaveError) and err.errno not in DISK_ERRORS:
-            raise
-        message = err if isinstance(err, SaveError) else save_failure(err.filename or "the run folder", err)
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 1
+    script_args, hybrid_config, training_args = parse_args(argv, task=task, prog=prog)
+    summary = main(script_args, hybrid_config, training_args)
     metrics = {k: v for k, v in (summary.get("eval") or {}).items() if not k.endswith(("_runtime", "_per_second"))}
     logger.info("%s: adapter saved to %s; validation %s", prog, summary["adapter_dir"], metrics)
-    return 0
+    return summary

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from peft_hybrid.config import CONFIG_NAME, HybridConfig, read_config_dict
+from peft_hybrid.config import CONFIG_NAME, IDENTITY_FIELDS, HybridConfig, read_config_dict
 from peft_hybrid.serialization import atomic_write_bytes, prepare_output_dir
 
 try:
@@ -49,9 +49,6 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "run_manifest.json"
 LOCK_NAME = ".peft_hybrid.lock"
 MANIFEST_FORMAT = 1
-# Where the run came from rather than what the adapter is: compared under "task" and "base".
-# Not the adapter's identity: provenance (compared as task and base), and how it is run for inference.
-_PROVENANCE_FIELDS = ("task", "base_model_name_or_path", "revision", "base_model_shape", "inference")
 # Files that say nothing about a run's results: a folder holding only these counts as empty.
 _BOOKKEEPING = {MANIFEST_NAME, LOCK_NAME}
 
@@ -103,9 +100,8 @@ def run_identity(config: HybridConfig) -> dict[str, Any]:
     return {
         "task": fields.get("task"),
         "base": {"model": fields.get("base_model_name_or_path"), "revision": fields.get("revision")},
-        "adapter": {
-            name: fields[name] for name in sorted(HybridConfig.__dataclass_fields__) if name not in _PROVENANCE_FIELDS
-        },
+        # Provenance is compared above as task and base; the adapter is the fields of its identity.
+        "adapter": {name: fields[name] for name in sorted(IDENTITY_FIELDS)},
     }
 
 
