@@ -11,6 +11,10 @@ from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.offline.synthetic import dialogue_summary_pairs, write_samsum_csv
 
+# A LoRA whose scale alpha / r is 4, not 1: every test of a merge uses it, so that a merge which
+# dropped the scaling would change the outputs those tests compare.
+SCALED_LORA = dict(r=4, lora_alpha=16)
+
 TEXTS = ["Amy: Hi Ben! Are you free tomorrow?\r\nBen: Sure.", "Sam: I'll be 10 minutes late."]
 TARGETS = ["Amy and Ben meet tomorrow.", "Sam is late."]
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_model
+from helpers import SCALED_LORA, tiny_model
 from peft_hybrid.cli import main as cli
 from peft_hybrid.inference import generate_texts, load_for_inference
 from peft_hybrid.offline.synthetic import sentiment_sentences, write_sst2_tsv
@@ -18,7 +18,7 @@ N = 10
 def saved(tmp_path_factory):
     """A perturbed tiny sst2 adapter saved with its tokenizer, the in-memory model, and a GLUE TSV."""
     folder = tmp_path_factory.mktemp("adapter")
-    model, tokenizer = tiny_model("hybrid", task="sst2")
+    model, tokenizer = tiny_model("hybrid", task="sst2", **SCALED_LORA)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     rows = sentiment_sentences(N, seed=3)

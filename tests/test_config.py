@@ -169,4 +169,3 @@ def test_every_field_declares_its_role_once_and_every_reader_asks_it():
     assert tuple(f.name for f in dataclasses.fields(AdapterArguments)) == ARGUMENT_FIELDS
     with pytest.raises(ValueError, match="unknown field role"):
         fields_of_role("settings")
-

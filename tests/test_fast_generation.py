@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
-from helpers import tiny_model
+from helpers import SCALED_LORA, tiny_model
 from peft_hybrid import HybridConfig, HybridTrainer, HybridTrainingArguments, generate_texts
 from peft_hybrid.inference import GenerationBuckets, fast_generation, merged_lora
 from peft_hybrid.inference import fast as fast_decoding
@@ -54,10 +54,11 @@ def _eager_and_fast(model, tokenizer, texts, **generation):
 
 @pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
 def test_greedy_tokens_equal_eager(merged):
-    model, tokenizer = tiny_model("hybrid")
+    model, tokenizer = tiny_model("hybrid", **SCALED_LORA)
+    unmerged = model.generate(**_encode(tokenizer, TEXTS[:5]), max_new_tokens=12)
     with merged_lora(model) if merged else torch.no_grad():
         eager, fast = _eager_and_fast(model, tokenizer, TEXTS[:5], max_new_tokens=12)
-    assert fast.shape == eager.shape and torch.equal(fast, eager)
+    assert fast.shape == eager.shape and torch.equal(fast, eager) and torch.equal(eager, unmerged)
     assert dynamo_counters()["graph_breaks"] == 0
 
 
@@ -245,7 +246,7 @@ def _mixed_model():
     """Four ways a row can run: a 4-token hybrid, a 2-token hybrid, LoRA only, the bare base."""
     model, tokenizer = tiny_model("hybrid", num_virtual_tokens=4)
     model.add_adapter("short", HybridConfig(mode="hybrid", num_virtual_tokens=2, lora_dropout=0.0, seed=3))
-    model.add_adapter("lora", HybridConfig(mode="lora", lora_dropout=0.0, seed=4))
+    model.add_adapter("lora", HybridConfig(mode="lora", lora_dropout=0.0, seed=4, **SCALED_LORA))
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for t in model.all_adapter_tensors():

@@ -4,6 +4,7 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
+from helpers import SCALED_LORA
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.inference import merged_lora
 from peft_hybrid.offline import t5_from_preset
@@ -12,7 +13,7 @@ from peft_hybrid.training.speed import cast_frozen_base_, compile_model, dynamo_
 
 def _trained_looking(mode: str = "hybrid", dropout: float = 0.0) -> tuple[HybridModel, object]:
     base, tokenizer = t5_from_preset("tiny")
-    model = HybridModel(base, HybridConfig(mode=mode, lora_dropout=dropout), tokenizer=tokenizer)
+    model = HybridModel(base, HybridConfig(mode=mode, lora_dropout=dropout, **SCALED_LORA), tokenizer=tokenizer)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for key, p in model.adapter_tensors().items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import tiny_model
+from helpers import SCALED_LORA, tiny_model
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.inference import merged_lora
 from peft_hybrid.offline import t5_from_preset
@@ -196,7 +196,7 @@ def test_adapter_for_another_base_is_refused_and_the_model_is_unchanged(tmp_path
 
 
 def test_merged_lora_merges_only_the_active_adapter():
-    model, tok = tiny_model("lora")
+    model, tok = tiny_model("lora", **SCALED_LORA)
     plain = copy.deepcopy(model)
     model.add_adapter("b", HybridConfig(mode="lora", r=2, lora_dropout=0.0))
     with torch.no_grad():

@@ -1,8 +1,11 @@
+import copy
+
 import peft
 import torch
 
-from helpers import batch, tiny_model
+from helpers import SCALED_LORA, batch, tiny_model
 from peft_hybrid import HybridConfig, HybridModel
+from peft_hybrid.modeling.lora import lora_layers, merged_weight
 from peft_hybrid.offline import t5_from_preset
 
 
@@ -41,3 +44,17 @@ def test_start_a_hybrid_from_a_peft_lora_adapter(tmp_path):
     inputs = batch(tok)
     with torch.no_grad():
         assert torch.equal(lora_only(**inputs).logits, lora_model(**inputs).logits)
+
+
+def test_the_merge_is_peft_s_own_and_scales_by_alpha_over_r():
+    model, _ = tiny_model("lora", **SCALED_LORA)
+    vanilla = copy.deepcopy(model)
+    for (name, layer), (_, theirs) in zip(lora_layers(model).items(), lora_layers(vanilla).items(), strict=True):
+        weight = layer.get_base_layer().weight
+        ours = merged_weight(layer, "default", weight)
+        theirs.merge(adapter_names=["default"])  # PEFT's own merge, in place
+        assert torch.equal(ours, theirs.get_base_layer().weight), name
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert layer.scaling["default"] == 16 / 4
+        assert torch.allclose(ours, weight + 4 * b @ a, atol=1e-6), name
+        assert not torch.allclose(ours, weight + b @ a, atol=1e-3), name  # the scale matters here

@@ -12,7 +12,7 @@ from peft_hybrid.offline import t5_from_preset
 CONFIGS = {
     "prompt10": HybridConfig(mode="prompt", num_virtual_tokens=10, seed=1),
     "lora2": HybridConfig(mode="lora", r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q", "k", "v", "o"]),
-    "hybrid4": HybridConfig(mode="hybrid", r=4, num_virtual_tokens=30, lora_dropout=0.0, seed=2),
+    "hybrid4": HybridConfig(mode="hybrid", r=4, lora_alpha=16, num_virtual_tokens=30, lora_dropout=0.0, seed=2),
 }
 NAMES = ["hybrid4", "__base__", "prompt10", "lora2", "lora2", "hybrid4", "prompt10", "__base__"]
 TEXTS = [

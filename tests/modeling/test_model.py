@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
-from helpers import batch, tiny_model
+from helpers import SCALED_LORA, batch, tiny_model
 from peft_hybrid import MODES, HybridConfig, HybridModel
 from peft_hybrid.offline import t5_from_preset
 
@@ -91,7 +91,7 @@ def test_inputs_embeds_and_input_ids_agree():
 
 
 def test_merge_keeps_outputs():
-    model, tok = tiny_model("hybrid")
+    model, tok = tiny_model("hybrid", **SCALED_LORA)
     inputs = batch(tok)
     logits = model(**inputs).logits
     generated = model.generate(

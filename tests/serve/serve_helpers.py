@@ -22,7 +22,7 @@ from peft_hybrid.serve.server import READY_MESSAGE
 
 ADAPTERS = {
     # a SAMSum adapter: its task formats the input as in training and prediction
-    "summ": HybridConfig(mode="hybrid", task="samsum", num_virtual_tokens=5, lora_dropout=0.0),
+    "summ": HybridConfig(mode="hybrid", task="samsum", num_virtual_tokens=5, lora_dropout=0.0, lora_alpha=16),
     "lora": HybridConfig(mode="lora", r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q", "k", "v", "o"]),
     "prompt": HybridConfig(mode="prompt", num_virtual_tokens=7),
 }

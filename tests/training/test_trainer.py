@@ -13,7 +13,7 @@ import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
 from helpers import FAST_TRAINING as FAST
-from helpers import RESUME_RUN
+from helpers import RESUME_RUN, SCALED_LORA
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.offline import t5_from_preset
@@ -25,9 +25,9 @@ from peft_hybrid.training.speed import compile_model
 from peft_hybrid.training.trainer import HybridTrainer, HybridTrainingArguments
 
 
-def _model(mode: str = "hybrid", seed: int = 0):
+def _model(mode: str = "hybrid", seed: int = 0, **config):
     base, tokenizer = t5_from_preset("tiny", seed=seed)
-    return HybridModel(base, HybridConfig(mode=mode, num_virtual_tokens=4), tokenizer=tokenizer), tokenizer
+    return HybridModel(base, HybridConfig(mode=mode, num_virtual_tokens=4, **config), tokenizer=tokenizer), tokenizer
 
 
 def _sst2_rows(n: int, seed: int) -> datasets.Dataset:
@@ -406,7 +406,7 @@ def test_task_metrics_need_the_task_rows(tmp_path):
 
 # --- speed options ---------------------------------------------------------------------------
 def test_merged_evaluation_scores_like_unmerged_and_restores_the_base(tmp_path):
-    model, tokenizer = _model("hybrid", seed=3)
+    model, tokenizer = _model("hybrid", seed=3, **SCALED_LORA)
     with torch.no_grad():
         for p in model.adapter_tensors().values():
             p.add_(torch.randn_like(p) * 0.3)

@@ -50,9 +50,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_hybrid.inference import _internals
+
 __all__ = ["GenerationBuckets", "fast_generation"]
 
-_UNSET = object()
 _RECOMPILE_LIMIT = 64
 
 # Arguments the fast path sets itself or cannot pad per row; each is refused with what to do.
@@ -160,29 +161,20 @@ def fast_generation(
         mode = "reduce-overhead"
     compiled = _compiled_for(generator, backend, mode)
     encoder, decoder = generator.get_encoder(), generator.get_decoder()
-    modules = (generator, encoder, decoder)
-    saved = [vars(m).get("_compiled_call_impl", _UNSET) for m in modules]
-    saved_cache_len = vars(generator).get("_previous_max_cache_length", _UNSET)
     state = _CallState()
-    generator._compiled_call_impl = functools.partial(_dispatch_step, state, generator, compiled.step)
-    encoder._compiled_call_impl = functools.partial(_dispatch_encoder, state, encoder, compiled.encoder)
-    decoder._compiled_call_impl = None  # a compile_model'd stack: the step graph already covers it
+    routes = {
+        generator: functools.partial(_dispatch_step, state, generator, compiled.step),
+        encoder: functools.partial(_dispatch_encoder, state, encoder, compiled.encoder),
+        decoder: None,  # a compile_model'd stack: the step graph already covers it
+    }
     model.generate = functools.wraps(model.generate)(
         functools.partial(_fast_generate, model, model.generate, generator, buckets, state)
     )
     try:
-        yield model
+        with _internals.routed_calls(routes), _internals.static_cache_memo_kept(generator):
+            yield model
     finally:
         del model.generate
-        for module, impl in zip(modules, saved):
-            if impl is _UNSET:
-                vars(module).pop("_compiled_call_impl", None)
-            else:
-                module._compiled_call_impl = impl
-        if saved_cache_len is _UNSET:
-            vars(generator).pop("_previous_max_cache_length", None)
-        else:
-            generator._previous_max_cache_length = saved_cache_len
 
 
 @dataclass
@@ -191,7 +183,7 @@ class _Compiled:
     encoder: Callable[..., Any]
 
 
-# transformers model -> {(backend, mode): callables compiled from the unbound ``nn.Module._call_impl``}:
+# transformers model -> {(backend, mode): compiled module calls (`_internals.compile_module_call`)}:
 # they hold no reference to the model, so the entry goes when the model does.
 _REGISTRY: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str | None], _Compiled]] = weakref.WeakKeyDictionary()
 
@@ -203,7 +195,7 @@ def _compiled_for(generator: nn.Module, backend: str, mode: str | None) -> _Comp
         # dynamic=None: each bucket starts as a static graph; a second bucket marks the dimension
         # that changed as dynamic, so further buckets need no compile at all.
         options = dict(backend=backend, mode=mode, dynamic=None, fullgraph=False)
-        per_model[key] = _Compiled(*(torch.compile(nn.Module._call_impl, **options) for _ in range(2)))
+        per_model[key] = _Compiled(*(_internals.compile_module_call(**options) for _ in range(2)))
     return per_model[key]
 
 
@@ -221,12 +213,12 @@ def _dispatch_step(state: _CallState, module: nn.Module, compiled: Callable, *ar
     # to keep fixed addresses (what CUDA graphs replay against).
     if not state.active or state.prefill_pending:
         state.prefill_pending = False
-        return module._call_impl(*args, **kwargs)
+        return _internals.eager_call(module, *args, **kwargs)
     return compiled(module, *args, **kwargs)
 
 
 def _dispatch_encoder(state: _CallState, module: nn.Module, compiled: Callable, *args: Any, **kwargs: Any) -> Any:
-    return compiled(module, *args, **kwargs) if state.active else module._call_impl(*args, **kwargs)
+    return compiled(module, *args, **kwargs) if state.active else _internals.eager_call(module, *args, **kwargs)
 
 
 def _fast_generate(
@@ -250,7 +242,7 @@ def _fast_generate(
     # Models of one architecture share one code cache (parameters are graph inputs), so dynamo's
     # default of 8 entries is too few for a few models x buckets; each entry is a bucket.
     try:
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT), _fixed_encoder(model, generator, ids):
+        with _internals.recompile_limit(_RECOMPILE_LIMIT), _fixed_encoder(model, generator, ids):
             out = original(
                 input_ids=ids,
                 attention_mask=mask,

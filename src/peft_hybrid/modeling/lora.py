@@ -148,14 +148,14 @@ class LoraPart:
 
 
 def merged_weight(layer: LoraLayer, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
-    """``W + scale · B @ A`` for one adapter of one layer: computed in fp32, stored in W's dtype.
+    """``W + ΔW`` for one adapter of one layer, with PEFT's own ``ΔW = scale · B @ A`` (``get_delta_weight``).
 
-    The one merge of the package: `LoraPart.merge_and_unload` and `peft_hybrid.inference.merged_lora`
-    both use it, so merged and unmerged generation cannot drift apart.
+    Added in fp32 and stored in W's dtype (a bf16 frozen base stays bf16). The one merge of the
+    package: `LoraPart.merge_and_unload` and `peft_hybrid.inference.merged_lora` both use it, so
+    merged and unmerged generation cannot drift apart.
     """
-    a = layer.lora_A[adapter_name].weight.float()
-    b = layer.lora_B[adapter_name].weight.float()
-    return (weight.float() + (b @ a) * layer.scaling[adapter_name]).to(weight.dtype)
+    delta = layer.get_delta_weight(adapter_name)
+    return (weight.float() + delta.float()).to(weight.dtype)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

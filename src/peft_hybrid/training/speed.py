@@ -132,8 +132,9 @@ def dynamo_counters() -> dict[str, int]:
     where dynamo had to split a graph. Take them before and after some steps: equal numbers mean
     those steps reused compiled code.
     """
-    from torch._dynamo.utils import counters
+    from peft_hybrid.inference._internals import compile_counters
 
+    counters = compile_counters()
     return {
         "frames": int(counters["frames"].get("ok", 0)),
         "graphs": int(counters["stats"].get("unique_graphs", 0)),
