@@ -99,7 +99,8 @@ def test_merge_keeps_outputs():
     )
     merged = model.merge_and_unload()
     assert merged.lora is None and merged.prompt is not None
-    assert (merged(**inputs).logits - logits).abs().max().item() <= 1e-5
+    # Float rounding: W + 4·B·A against x·W + 4·(x·A)·B; dropping the scale would move logits by ~0.1.
+    assert (merged(**inputs).logits - logits).abs().max().item() <= 1e-4
     assert torch.equal(
         merged.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=8),
         generated,

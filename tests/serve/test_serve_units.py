@@ -162,10 +162,12 @@ def test_a_group_of_one_adapter_runs_merged_and_a_mixed_one_per_row(tmp_path, mo
 
         return asyncio.run(scenario())
 
-    run(["lora", "lora", "lora"])
+    uniform = run(["lora", "lora", "lora"])
     assert merged == [True]
-    run(["lora", "summ", "__base__"])
+    mixed = run(["lora", "summ", "__base__"])
     assert merged == [True]  # the mixed batch ran per-row LoRA, nothing merged
+    # "lora" scales by alpha / r = 2: the merged weights and the per-row LoRA give one answer.
+    assert uniform[0].final.generated_text == mixed[0].final.generated_text
 
 
 @pytest.mark.parametrize("module", ["formatting", "requests", "batcher"])
