@@ -89,8 +89,12 @@ def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, cli
         conn.request("POST", "/generate_stream", json.dumps(long_body), {"Content-Type": "application/json"})
         response = conn.getresponse()
         assert json.loads(response.readline()[5:])["index"] == 1  # the long row holds the only slot
+        batcher, queued = server.state.batcher, threading.Event()
+        submit = batcher.submit
+        batcher.submit = lambda job: (submit(job), queued.set())[0]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(client.text_generation, TEXTS[1], adapter_id="lora", max_new_tokens=3)
+            assert queued.wait(120)  # the second request waits: the long row holds the only slot
             conn.sock.close()  # the client leaves after its first token
             conn.close()
             answer = waiting.result(timeout=120)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import logging
 import threading
 import time
@@ -76,6 +77,11 @@ class ContinuousBatcher:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loader: ThreadPoolExecutor | None = None
+        # Tokenizing runs in its own thread with its own tokenizer (a fast tokenizer must not be
+        # shared between threads), off the event loop and off the worker's steps.
+        self._tokenizer_pool: ThreadPoolExecutor | None = None
+        self._request_tokenizer = copy.deepcopy(tokenizer)
+        self._tokenizing = 0
         self.rows: list[Row] = []
         self.batch: RowBatch | None = None
         self._next: torch.Tensor | None = None  # each row's newest token, the next step's input
@@ -83,6 +89,7 @@ class ContinuousBatcher:
     # --- the event loop's side ----------------------------------------------------------------
     async def start(self) -> None:
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="peft-hybrid-adapter-loader")
+        self._tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="peft-hybrid-tokenizer")
         self._thread = threading.Thread(target=self._run, name="peft-hybrid-serve", daemon=True)
         self._thread.start()
 
@@ -93,13 +100,17 @@ class ContinuousBatcher:
             self._cond.notify_all()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
-        if self._loader is not None:
-            self._loader.shutdown(wait=True)
+        for pool in (self._tokenizer_pool, self._loader):
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def depth(self) -> int:
         """Requests waiting to join the batch (their adapter's fetch included)."""
         with self._cond:
-            return len(self._waiting) + sum(len(jobs) for jobs in self._parked.values())
+            return self._depth()
+
+    def _depth(self) -> int:
+        return len(self._waiting) + self._tokenizing + sum(len(jobs) for jobs in self._parked.values())
 
     def in_flight(self) -> tuple[int, int]:
         """``(rows in the running batch, their token budget)``, for the metrics."""
@@ -107,17 +118,37 @@ class ContinuousBatcher:
         return len(rows), sum(row.cost for row in rows)
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``, or refuse it with 503 when ``max_queue`` requests are already waiting."""
+        """Queue ``job``, or refuse it with 503 when ``max_queue`` requests are already waiting.
+
+        A job for a loaded adapter is tokenized in the tokenizer thread first; one for an adapter
+        still to load waits for its fetch and is tokenized once its adapter's settings are known.
+        """
         with self._cond:
-            if len(self._waiting) + sum(len(j) for j in self._parked.values()) >= self.max_queue:
+            if self._depth() >= self.max_queue:
                 raise RequestError(
                     f"Model is overloaded: {self.max_queue} requests are already waiting; retry shortly.",
                     status=503,
                     error_type="overloaded",
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
-            self._waiting.append(job)
-            self._cond.notify_all()
+            if job.input_ids is not None or not self.cache.is_loaded(job.request.adapter_id):
+                self._waiting.append(job)
+                self._cond.notify_all()
+                return
+            self._tokenizing += 1
+        self._tokenizer_pool.submit(self._tokenize, job)
+
+    def _tokenize(self, job: Job) -> None:
+        try:
+            prepare(job, self.cache.config(job.request.adapter_id), self._request_tokenizer, self.limits)
+        except Exception as err:
+            job.send(err if isinstance(err, RequestError) else generation_error(err))
+        finally:
+            with self._cond:
+                self._tokenizing -= 1
+                if job.input_ids is not None and not job.finished:
+                    self._waiting.append(job)
+                self._cond.notify_all()
 
     # --- the worker thread ----------------------------------------------------------------------
     def _run(self) -> None:
