@@ -11,7 +11,7 @@ from serve_helpers import TEXTS, offline, save_adapters
 from peft_hybrid.serve.batcher import Job
 from peft_hybrid.serve.decoding import Detokenizer, RowDecoder
 from peft_hybrid.serve.formatting import decode_output
-from peft_hybrid.serve.requests import GenerateRequest, Limits
+from peft_hybrid.serve.requests import GenerateRequest, Limits, RequestError
 
 
 @pytest.fixture(scope="module")
@@ -75,45 +75,81 @@ class OneOf:
         return masked
 
 
-def test_a_rows_logits_processor_constrains_it_alone_from_the_first_step(tmp_path, tokenizer):
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory):
+    """The tiny base with adapter "lora" loaded, its cache, and the adapter's folder."""
     from peft_hybrid import HybridConfig, HybridModel
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.serve.adapters import IDLE_ADAPTER, AdapterCache
-    from peft_hybrid.serve.scheduler import ContinuousBatcher
 
-    paths = save_adapters(tmp_path, names=("lora",))
+    paths = save_adapters(tmp_path_factory.mktemp("adapters"), names=("lora",))
     base, tok = load_base("preset:tiny")
     model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tok, adapter_name=IDLE_ADAPTER).eval()
     cache = AdapterCache(model, {"lora": str(paths["lora"])})
     cache.load_configured()
-    processors = [OneOf(tok, ["positive", "negative"]) for _ in range(2)]
+    return model, tok, cache, paths["lora"]
+
+
+def _answers(served_model, requests, spy=None, **options):
+    """Each request's `Final` (or its `RequestError`) from a `ContinuousBatcher` run in this process."""
+    from peft_hybrid.serve.scheduler import ContinuousBatcher
+
+    model, tok, cache, _ = served_model
 
     async def run():
-        batcher = ContinuousBatcher(model, tok, cache, Limits(), max_batch_size=8, max_batch_total_tokens=4096)
+        options.setdefault("max_batch_size", 8)
+        options.setdefault("max_batch_total_tokens", 4096)
+        batcher = ContinuousBatcher(model, tok, cache, Limits(), **options)
+        if spy is not None:
+            spy(batcher)
         await batcher.start()
         loop = asyncio.get_running_loop()
-        requests = [
-            GenerateRequest(TEXTS[0], adapter_id="lora", max_new_tokens=10, logits_processor=processors[0]),
-            GenerateRequest(TEXTS[1], adapter_id="lora", max_new_tokens=6),
-            GenerateRequest(
-                TEXTS[2], adapter_id="lora", max_new_tokens=10, do_sample=True, seed=1, logits_processor=processors[1]
-            ),
-        ]
         jobs = [Job(request, loop) for request in requests]
         for job in jobs:
             batcher.submit(job)
-        finals = []
+        out = []
         for job in jobs:
             event = await job.events.get()
-            while event.final is None:
+            while not isinstance(event, RequestError) and event.final is None:
                 event = await job.events.get()
-            finals.append(event.final)
+            out.append(event if isinstance(event, RequestError) else event.final)
         await batcher.stop()
-        return finals
+        return out
 
-    constrained, plain, sampled = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_rows_logits_processor_constrains_it_alone_from_the_first_step(served_model):
+    tok, folder = served_model[1], served_model[3]
+    processors = [OneOf(tok, ["positive", "negative"]) for _ in range(2)]
+    requests = [
+        GenerateRequest(TEXTS[0], adapter_id="lora", max_new_tokens=10, logits_processor=processors[0]),
+        GenerateRequest(TEXTS[1], adapter_id="lora", max_new_tokens=6),
+        GenerateRequest(
+            TEXTS[2], adapter_id="lora", max_new_tokens=10, do_sample=True, seed=1, logits_processor=processors[1]
+        ),
+    ]
+    constrained, plain, sampled = _answers(served_model, requests)
     assert constrained.generated_text in ("positive", "negative") and constrained.finish_reason == "eos_token"
     assert sampled.generated_text in ("positive", "negative")
-    assert plain.generated_text == offline(paths["lora"], [TEXTS[1]], 6)[0]  # its neighbour is unconstrained
+    assert plain.generated_text == offline(folder, [TEXTS[1]], 6)[0]  # its neighbour is unconstrained
     for processor in processors:
         assert processor.calls[0] == []  # the first step is constrained too
+
+
+def test_the_token_budget_admits_a_request_only_when_it_fits(served_model):
+    tok, folder = served_model[1], served_model[3]
+    running = []  # rows in flight each time new rows joined
+
+    def spy(batcher):
+        join = batcher._join
+        batcher._join = lambda joining: (running.append(len(batcher.rows)), join(joining))[1]
+
+    one = len(tok(TEXTS[0])["input_ids"]) + 5  # one request's input + max_new_tokens
+    requests = [GenerateRequest(TEXTS[0], adapter_id="lora", max_new_tokens=5) for _ in range(3)]
+    too_big = GenerateRequest(TEXTS[0], adapter_id="lora", max_new_tokens=one)
+    answers = _answers(served_model, [*requests, too_big], spy=spy, max_batch_total_tokens=one + 1)
+    assert running == [0, 0, 0]  # room for one row: each joined an empty batch
+    want = offline(folder, [TEXTS[0]], 5)[0]
+    assert [a.generated_text for a in answers[:3]] == [want] * 3
+    assert isinstance(answers[3], RequestError) and "--max-batch-total-tokens" in answers[3].message

@@ -16,7 +16,7 @@ import urllib.parse
 
 import pytest
 from inprocess import InProcessServer
-from serve_helpers import TEXTS, client_online, metric, offline, save_adapters
+from serve_helpers import TEXTS, client_online, http, metric, offline, save_adapters
 
 from peft_hybrid.serve.rowbatch import RowBatch
 
@@ -129,6 +129,10 @@ def test_an_adapter_loading_lazily_does_not_stall_other_requests(paths, client_f
             gate.set()
             lazy_answer = slow.result(timeout=120)
         loads = metric(server.url, "peft_hybrid_serve_adapter_loads_total", adapter=str(lazy["lora"]))
+        listed = {row["id"]: row for row in http(server.url, "/info")[2]["adapters"]}
+        name = cache._loaded[str(lazy["lora"])]
+        held = sum(t.numel() * t.element_size() for t in cache.model.adapter_tensors(name).values())
+    assert listed[str(lazy["lora"])]["memory_bytes"] == held > 0
     assert quick == offline(paths["summ"], [TEXTS[1]], 6)[0]
     assert lazy_answer == offline(paths["lora"], [TEXTS[0]], 5)[0]
     assert loads == 1
