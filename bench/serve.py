@@ -29,7 +29,6 @@ import json
 import os
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -73,28 +72,22 @@ SIZES = {
 def save_model(preset_shape, folder: Path, count: int) -> tuple[Path, dict[str, Path]]:
     """The base (safetensors + tokenizer) and ``count`` distinct adapters, each in its own folder.
 
-    The first adapter is saved by `HybridModel.save_pretrained`; the others are its folder copied
-    with tensors moved off it (saving a thousand adapters one by one would take minutes).
+    Each adapter is the first one's tensors moved off by its own noise, written by the folder
+    format's own writer (without the model card ``save_pretrained`` renders: a thousand of them
+    would take minutes).
     """
-    from safetensors.torch import load_file, save_file
-
-    from peft_hybrid.modeling.serialization import WEIGHTS_NAME
+    from peft_hybrid.modeling.serialization import save_adapter
 
     base, tokenizer = build_base(preset_shape, "cpu")
     base.save_pretrained(folder / "base")
     tokenizer.save_pretrained(folder / "base")
     model = HybridModel(base, HybridConfig(mode="hybrid", lora_dropout=0.0), tokenizer=tokenizer, adapter_name="t")
-    first = model.save_pretrained(folder / "adapters" / "t0")
-    tensors = load_file(first / WEIGHTS_NAME)
+    config, tensors = model.adapters["t"], model.adapter_tensors()
     generator = torch.Generator().manual_seed(1)
     adapters = {}
     for i in range(count):
-        path = folder / "adapters" / f"t{i}"
-        if i:
-            shutil.copytree(first, path)
-        moved = {k: v + torch.randn(v.shape, generator=generator) * 0.05 for k, v in tensors.items()}
-        save_file(moved, path / WEIGHTS_NAME)
-        adapters[f"t{i}"] = path
+        moved = {k: v.detach() + torch.randn(v.shape, generator=generator) * 0.05 for k, v in tensors.items()}
+        adapters[f"t{i}"] = save_adapter(folder / "adapters" / f"t{i}", config, moved)
     return folder / "base", adapters
 
 
