@@ -245,6 +245,8 @@ def _fast_generate(
     ids, mask = _pad(input_ids, attention_mask, padded_rows, buckets.source_length(length), _pad_id(generator))
     if kwargs.get("adapter_names") is not None:  # per-row adapters: padded rows use the first row's
         kwargs["adapter_names"] = [*kwargs["adapter_names"], *kwargs["adapter_names"][:1] * (padded_rows - rows)]
+    if kwargs.get("prefix_allowed_tokens_fn") is not None:
+        kwargs["prefix_allowed_tokens_fn"] = _real_rows_only(kwargs["prefix_allowed_tokens_fn"], rows, generator)
     cache_len = buckets.cache_length(_generation_cap(generator, kwargs))
     state.active, state.prefill_pending = True, True
     # Models of one architecture share one code cache (parameters are graph inputs), so dynamo's
@@ -323,6 +325,16 @@ def _check_arguments(generator: nn.Module, input_ids: Any, attention_mask: Any, 
         raise ValueError(
             f"fast_generation: adapter_names has {len(names)} entries for {input_ids.shape[0]} rows; pass one per row."
         )
+
+
+def _real_rows_only(function: Callable, rows: int, generator: nn.Module) -> Callable:
+    """The user's per-row constraint for the real rows; a padding row (batch id >= ``rows``) is left free."""
+    every_token = list(range(generator.config.vocab_size))
+
+    def allowed(batch_id: int, input_ids: torch.Tensor) -> Any:
+        return function(batch_id, input_ids) if batch_id < rows else every_token
+
+    return allowed
 
 
 def _config(generator: nn.Module, kwargs: dict[str, Any]) -> Any:

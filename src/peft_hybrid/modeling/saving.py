@@ -99,13 +99,14 @@ def save_adapters(model: HybridModel, directory: Path, card: Any, adapter_names:
                 f"Cannot save adapter {name!r} into {target}: that folder holds files no earlier save of {directory} "
                 "wrote. Move it away, or save into another folder."
             )
-    with staged_save(directory) as staging:
-        _write_adapters(model, staging, card, names)
-        if len(names) > 1:
+    if len(names) == 1:  # one folder, whose config is written last: atomic as it is
+        _write_adapters(model, directory, card, names)
+        (directory / INDEX_NAME).unlink(missing_ok=True)
+    else:  # several folders: staged, so that a failure in any leaves every one as it was
+        with staged_save(directory) as staging:
+            _write_adapters(model, staging, card, names)
             index = {"root": names[0], "subfolders": names[1:]}
             atomic_write_bytes(staging / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
-    if len(names) == 1:
-        (directory / INDEX_NAME).unlink(missing_ok=True)
     for stale in sorted(set(previous) - set(names[1:])):
         _remove_saved(directory / stale)
     return directory
