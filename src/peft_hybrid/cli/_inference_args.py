@@ -21,7 +21,32 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", type=device_argument, default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+
+
+def device_argument(value: str) -> str:
+    """``--device``: a device this torch has, else an argparse error (exit 2) naming those that exist."""
+    import torch
+
+    present = ["cpu"]
+    if torch.cuda.is_available():
+        present += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        present.append("mps")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        device = None
+    fits = device is not None and (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+        or (device.type == "mps" and "mps" in present and not device.index)
+    )
+    if not fits:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device this machine's torch has; use one of {present}.")
+    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
