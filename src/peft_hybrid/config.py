@@ -139,7 +139,7 @@ def _generation_problem(key: str, value: Any) -> str | None:
     if key in _BOOLEANS and not isinstance(value, bool):
         return "must be true or false."
     if key == "early_stopping" and value not in (True, False, "never"):
-        return "must be true, false or \"never\"."
+        return 'must be true, false or "never".'
     return None
 
 

@@ -77,7 +77,9 @@ def test_a_96_character_adapter_name_saves_and_loads_back(tmp_path):
     model.save_pretrained(tmp_path, adapter_names="all")
     base, _ = t5_from_preset("tiny", seed=0)
     loaded = HybridModel.from_pretrained(tmp_path / name, base, adapter_name=name)
-    assert torch.equal(loaded.adapter_tensors(name)["prompt_embeddings"], model.adapter_tensors(name)["prompt_embeddings"])
+    assert torch.equal(
+        loaded.adapter_tensors(name)["prompt_embeddings"], model.adapter_tensors(name)["prompt_embeddings"]
+    )
 
 
 @pytest.mark.parametrize("name", ["y\n", "y\r", "a b", "é", "", "a/b", "..", "__base__"])

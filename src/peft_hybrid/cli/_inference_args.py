@@ -7,8 +7,19 @@ import argparse
 
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     """``--adapter`` (folder or Hub id) and its ``--revision``."""
-    parser.add_argument("--adapter", required=True, help="adapter folder (a training run's output_dir) or Hub repo id")
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        help="adapter folder (a training run's output_dir) or Hub repo id; owner/name:SUB for one of several",
+    )
     parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub")
+    add_subfolder_argument(parser)
+
+
+def add_subfolder_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--subfolder", default=None, help="the adapter's subfolder in a folder or repo of several (or owner/name:SUB)"
+    )
 
 
 def add_base_arguments(parser: argparse.ArgumentParser) -> None:
