@@ -64,7 +64,8 @@ def _use_local_hub(monkeypatch, server):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
 
 
 def test_a_rejected_token_after_a_newer_push_is_an_error_not_the_cached_commit(hub_online, tmp_path, monkeypatch):
@@ -121,8 +122,13 @@ def test_a_subfolder_adapter_of_a_hub_repo_predicts_with_the_colon_form_and_with
     (tmp_path / "in.txt").write_text("great film\n")
     outputs = []
     for flags in (["--adapter", f"{repo_id}:ner"], ["--adapter", repo_id, "--subfolder", "ner"]):
-        assert cli(["predict", *flags, "--model_preset", "tiny", "--input", str(tmp_path / "in.txt")]
-                   + ["--max_new_tokens", "4", "--no_progress", "--device", "cpu"]) == 0
+        assert (
+            cli(
+                ["predict", *flags, "--model_preset", "tiny", "--input", str(tmp_path / "in.txt")]
+                + ["--max_new_tokens", "4", "--no_progress", "--device", "cpu"]
+            )
+            == 0
+        )
         outputs.append(capsys.readouterr().out)
     batch = tok(["great film"], return_tensors="pt")
     want = tok.decode(model.generate(**batch, adapter_names=["ner"], max_new_tokens=4)[0], skip_special_tokens=True)
