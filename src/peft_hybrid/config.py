@@ -329,7 +329,10 @@ class HybridConfig:
             raise ValueError(f"{source} has unknown field(s) {unknown}; valid fields are {sorted(known)}.")
         if data.get("inference") is not None:
             data["inference"] = InferenceSettings.from_dict(data["inference"], source)
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as err:  # a field's own message, with the file it came from
+            raise ValueError(f"{source}: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> HybridConfig:

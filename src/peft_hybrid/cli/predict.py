@@ -72,6 +72,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def parse_adapters(values: list[str]) -> dict[str, str]:
     """``--adapter`` values as name → path or repo id; one unnamed adapter is named ``default``."""
+    empty = [value for value in values if not value.strip()]
+    if empty:
+        raise ValueError(f"--adapter {empty[0]!r}: pass an adapter folder or Hub repo id (or NAME=PATH_OR_REPO).")
     if len(values) == 1 and not _NAMED.fullmatch(values[0]):
         return {"default": values[0]}
     adapters: dict[str, str] = {}

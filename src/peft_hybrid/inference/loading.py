@@ -43,6 +43,8 @@ def load_for_inference(
 
     The tokenizer saved beside the adapter (training runs save it) wins over the base's.
     """
+    if not str(adapter).strip():  # Path("") is the current folder: never load that by accident
+        raise ValueError(f"adapter {str(adapter)!r}: pass an adapter folder or Hub repo id.")
     adapter, subfolder = split_subfolder(adapter, subfolder)
     if not Path(adapter).is_dir():
         problem = adapter_path_problem(adapter)
