@@ -245,8 +245,9 @@ def _fast_generate(
     ids, mask = _pad(input_ids, attention_mask, padded_rows, buckets.source_length(length), _pad_id(generator))
     if kwargs.get("adapter_names") is not None:  # per-row adapters: padded rows use the first row's
         kwargs["adapter_names"] = [*kwargs["adapter_names"], *kwargs["adapter_names"][:1] * (padded_rows - rows)]
-    if kwargs.get("prefix_allowed_tokens_fn") is not None:
-        kwargs["prefix_allowed_tokens_fn"] = _real_rows_only(kwargs["prefix_allowed_tokens_fn"], rows, generator)
+    if kwargs.get("prefix_allowed_tokens_fn") is not None:  # a padded row copies row 0: constrain it as row 0
+        allowed = kwargs["prefix_allowed_tokens_fn"]
+        kwargs["prefix_allowed_tokens_fn"] = lambda batch_id, ids: allowed(batch_id if batch_id < rows else 0, ids)
     cache_len = buckets.cache_length(_generation_cap(generator, kwargs))
     state.active, state.prefill_pending = True, True
     # Models of one architecture share one code cache (parameters are graph inputs), so dynamo's
@@ -327,16 +328,6 @@ def _check_arguments(generator: nn.Module, input_ids: Any, attention_mask: Any, 
         )
 
 
-def _real_rows_only(function: Callable, rows: int, generator: nn.Module) -> Callable:
-    """The user's per-row constraint for the real rows; a padding row (batch id >= ``rows``) is left free."""
-    every_token = list(range(generator.config.vocab_size))
-
-    def allowed(batch_id: int, input_ids: torch.Tensor) -> Any:
-        return function(batch_id, input_ids) if batch_id < rows else every_token
-
-    return allowed
-
-
 def _config(generator: nn.Module, kwargs: dict[str, Any]) -> Any:
     return kwargs.get("generation_config") or generator.generation_config
 
@@ -373,9 +364,7 @@ def _generation_cap(generator: nn.Module, kwargs: dict[str, Any]) -> int:
 
 def _eos_ids(generator: nn.Module, kwargs: dict[str, Any]) -> list[int]:
     eos = kwargs.get("eos_token_id", _config(generator, kwargs).eos_token_id)
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, Sequence | torch.Tensor) else [eos])]
+    return [] if eos is None else [int(e) for e in (eos if isinstance(eos, Sequence | torch.Tensor) else [eos])]
 
 
 def _trim(sequences: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:

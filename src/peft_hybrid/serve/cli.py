@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH_OR_REPO",
-        help="an adapter loaded at startup, served as adapter_id NAME (repeatable)",
+        help="an adapter loaded at startup, served as adapter_id NAME (repeatable; owner/name:SUB picks a subfolder)",
     )
     what.add_argument(
         "--lazy-adapters", action="store_true", help="also load adapters named by a request, on first use"
