@@ -102,7 +102,7 @@ def test_saving_all_again_after_delete_adapter_removes_its_subfolder_from_the_re
     model.delete_adapter("ner")
     model.push_to_hub(repo_id, token=token, adapter_names="all", endpoint=server.url)
     files = set(api.list_repo_files(repo_id))
-    assert "sst2/hybrid_config.json" in files and "adapters.json" in files
+    assert "sst2/hybrid_config.json" in files and "hybrid_adapters.json" in files
     assert {f for f in files if f.startswith("ner/")} == {"ner/notes.txt"}  # only what the push wrote went
     card = ModelCard.load(repo_id, token=token)
     assert "`ner/`" not in card.text and "| sst2 | `sst2/` |" in card.text
@@ -133,3 +133,17 @@ def test_a_subfolder_adapter_of_a_hub_repo_predicts_with_the_colon_form_and_with
     batch = tok(["great film"], return_tensors="pt")
     want = tok.decode(model.generate(**batch, adapter_names=["ner"], max_new_tokens=4)[0], skip_special_tokens=True)
     assert outputs == [want + "\n", want + "\n"]
+
+
+def test_load_adapter_takes_the_colon_form_of_a_hub_subfolder_as_serve_adapter_does(hub_online, tmp_path, monkeypatch):
+    server = hub_online
+    _use_local_hub(monkeypatch, server)
+    model, _ = _three_tasks()
+    repo_id, token = "alice/three-for-serve", server.token("alice")
+    model.push_to_hub(repo_id, token=token, adapter_names="all", endpoint=server.url)
+    base, tok = t5_from_preset("tiny", seed=0)
+    served = HybridModel(base, HybridConfig(mode="none"), tokenizer=tok, adapter_name="idle")
+    monkeypatch.setenv("HF_TOKEN", token)
+    served.load_adapter(f"{repo_id}:sst2", "sst2", cache_dir=str(tmp_path / "cache"))  # serve: sst2=repo:sst2
+    want, got = model.adapter_tensors("sst2"), served.adapter_tensors("sst2")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

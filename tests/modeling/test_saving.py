@@ -27,12 +27,13 @@ def test_saving_all_again_after_delete_adapter_removes_the_deleted_adapters_subf
     model = _model("b", "z")
     model.save_pretrained(tmp_path, adapter_names="all")
     assert (tmp_path / "z" / CONFIG_NAME).is_file()
-    assert json.loads((tmp_path / INDEX_NAME).read_text()) == {"root": "a", "subfolders": ["b", "z"]}
+    index = json.loads((tmp_path / INDEX_NAME).read_text())
+    assert index == {"library": "peft_hybrid", "root": "a", "subfolders": ["b", "z"]}
     model.delete_adapter("z")
     model.save_pretrained(tmp_path, adapter_names="all")
     assert not (tmp_path / "z").exists()
     assert (tmp_path / "b" / CONFIG_NAME).is_file()
-    assert json.loads((tmp_path / INDEX_NAME).read_text()) == {"root": "a", "subfolders": ["b"]}
+    assert json.loads((tmp_path / INDEX_NAME).read_text())["subfolders"] == ["b"]
     card = (tmp_path / "README.md").read_text()
     assert "| b | `b/` |" in card and "`z/`" not in card
 
@@ -92,6 +93,15 @@ def test_a_damaged_adapters_index_is_named(tmp_path):
     model = _model("b")
     model.save_pretrained(tmp_path, adapter_names="all")
     (tmp_path / INDEX_NAME).write_text("{not json")
-    with pytest.raises(ValueError, match=r"adapters.json is damaged"):
+    with pytest.raises(ValueError, match=r"hybrid_adapters.json is damaged"):
         model.save_pretrained(tmp_path, adapter_names="all")
     assert (tmp_path / "b" / WEIGHTS_NAME).is_file()
+
+
+def test_a_users_own_index_file_is_never_taken_as_a_record_of_what_to_remove(tmp_path):
+    model = _model("b")
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "README.md").write_text("my notes")
+    (tmp_path / INDEX_NAME).write_text(json.dumps({"subfolders": ["z"]}))  # not written by the library
+    model.save_pretrained(tmp_path, adapter_names="all")
+    assert (tmp_path / "z" / "README.md").read_text() == "my notes"

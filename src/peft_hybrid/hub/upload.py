@@ -236,7 +236,7 @@ def push_model(
 def _stale_files(api: HfApi, repo_id: str, revision: str | None, kept: list[str]) -> list[str]:
     """The files an earlier multi-adapter push wrote for adapters this push no longer holds.
 
-    Only subfolders that push recorded in its ``adapters.json``, and only the files a save writes:
+    Only subfolders that push recorded in its ``hybrid_adapters.json``, and only the files a save writes:
     anything else in the repo stays.
     """
     try:

@@ -3,12 +3,12 @@
 One adapter: today's folder (``hybrid_config.json``, ``adapter_model.safetensors``, ``README.md``).
 Several: PEFT's layout, the first at the root and each other in a ``<name>/`` subfolder, each a
 complete folder of its own; the root card gains a table of every adapter and the shared base, and
-``adapters.json`` records the subfolders this save wrote.
+``hybrid_adapters.json`` records the subfolders this save wrote.
 
 A save is checked whole before anything is written (a subfolder path that is a file, or a folder
 this library did not write, is refused) and written through `staged_save`, so a failure leaves the
 folder as it was. Saving again into the same folder makes it hold exactly the new save: subfolders
-the previous save recorded in ``adapters.json`` and this one does not write lose the files the
+the previous save recorded in ``hybrid_adapters.json`` and this one does not write lose the files the
 library wrote there (and go, when nothing else is left); nothing else is touched.
 """
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "adapters.json"
+INDEX_NAME = "hybrid_adapters.json"
 # What a save writes into an adapter's folder (mode ``full`` adds the base's own files).
 WRITTEN_FILES = (
     CONFIG_NAME,
@@ -65,6 +65,8 @@ def read_index(directory: Path) -> list[str]:
             f"{path} is damaged: it should list the adapter subfolders a save wrote. Delete it (the adapters "
             "themselves are unaffected) and save again."
         ) from None
+    if data.get("library") != "peft_hybrid":
+        return []  # not an index this library wrote: it records nothing to clean up
     if not isinstance(subfolders, list) or not all(isinstance(s, str) and "/" not in s for s in subfolders):
         raise AdapterLoadError(f"{path}: 'subfolders' must be a list of folder names.")
     return subfolders
@@ -105,7 +107,7 @@ def save_adapters(model: HybridModel, directory: Path, card: Any, adapter_names:
     else:  # several folders: staged, so that a failure in any leaves every one as it was
         with staged_save(directory) as staging:
             _write_adapters(model, staging, card, names)
-            index = {"root": names[0], "subfolders": names[1:]}
+            index = {"library": "peft_hybrid", "root": names[0], "subfolders": names[1:]}
             atomic_write_bytes(staging / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
     for stale in sorted(set(previous) - set(names[1:])):
         _remove_saved(directory / stale)
