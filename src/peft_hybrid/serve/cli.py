@@ -17,7 +17,7 @@ import re
 
 from peft_hybrid.cli._inference_args import add_device_argument
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,96}")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH_OR_REPO",
-        help="an adapter loaded at startup, served as adapter_id NAME (repeatable)",
+        help="an adapter loaded at startup, served as adapter_id NAME (repeatable; owner/name:SUB picks a subfolder)",
     )
     what.add_argument(
         "--lazy-adapters", action="store_true", help="also load adapters named by a request, on first use"
@@ -120,7 +120,7 @@ def check(args: argparse.Namespace) -> None:
     args.adapters = {}
     for value in args.adapter:
         name, sep, source = value.partition("=")
-        if not sep or not source or not _NAME.match(name) or name.startswith("__"):
+        if not sep or not source or not _NAME.fullmatch(name) or name.startswith("__"):
             raise ValueError(
                 f"--adapter {value!r}: expected NAME=PATH_OR_REPO, NAME of letters, digits, '_' and '-' "
                 "(not starting with '__')."
