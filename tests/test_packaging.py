@@ -114,3 +114,24 @@ def test_src_holds_no_symlink_and_the_template_has_one_real_copy():
     # The top-level model_cards/ is a link into the package, for finding the template from the top.
     top = REPO_ROOT / "model_cards"
     assert top.is_symlink() and top.resolve() == (SRC / TEMPLATE).parent
+
+
+def test_ci_installs_the_wheel_in_a_fresh_venv_after_the_suite():
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    suite = next(i for i, line in enumerate(ci) if line.startswith("python -m pytest"))
+    assert ".ci/wheel_smoke" in ci[suite + 1 :]
+    script = REPO_ROOT / ".ci" / "wheel_smoke"
+    smoke = script.read_text(encoding="utf-8")
+    steps = [
+        "set -euo pipefail",
+        'python3 -m venv "$work/venv"',
+        '"$work/venv/bin/python" -m pip install -q torch==2.13.0',  # pinned before the wheel pulls its own
+        '"$work/venv/bin/python" -m pip install -q "$wheel[serve]"',  # not editable
+        'cd "$work"',  # outside the checkout: the sources are not importable
+        'venv/bin/python "$checkout/tests/wheel_smoke.py"',
+        "venv/bin/peft-hybrid --help >/dev/null",
+        "venv/bin/python -m peft_hybrid.serve --help >/dev/null",
+    ]
+    lines = [line.strip() for line in smoke.splitlines()]
+    assert [lines.index(step) for step in steps] == sorted(lines.index(step) for step in steps)
+    assert os.access(script, os.X_OK)

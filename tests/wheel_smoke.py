@@ -1,6 +1,6 @@
 """Smoke test of an installed, not editable, peft_hybrid: save an adapter with its card, reload it.
 
-.ci/run runs it in a fresh venv that holds the built wheel and its dependencies only;
+.ci/wheel_smoke runs it in a fresh venv that holds the built wheel and its dependencies only;
 tests/test_packaging.py runs it on the wheel unpacked. Run it from a folder outside the checkout
 (so the sources are not importable): ``cd "$(mktemp -d)" && python /path/to/tests/wheel_smoke.py``.
 It exits non-zero, saying why, on any failure.
