@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.set_defaults(shape="small")
     parser.add_argument("--requests", type=int, default=64, help="requests per (mode, concurrency), about")
     parser.add_argument("--min-per-client", type=int, default=2, help="requests each client sends at least")
-    parser.add_argument("--threads", type=int, default=1, help="server CPU threads (default 1)")
+    parser.set_defaults(threads=1)  # the server's CPU threads (and this client's): one per process
     args = parser.parse_args(argv)
-    setup(args.device)
+    setup(args.device, args.threads)
     shape = GEOMETRY[args.shape]
     result = run(shape, args)
     table = markdown_table(result["rows"], COLUMNS)
