@@ -319,9 +319,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.set_defaults(shape="small")
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny: a quick check that it runs")
-    parser.add_argument("--threads", type=int, default=1, help="server CPU threads (default 1)")
+    parser.set_defaults(threads=1)  # the server's CPU threads (and this client's): one per process
     args = parser.parse_args(argv)
-    setup(args.device)
+    setup(args.device, args.threads)
     from _common import SHAPES
 
     sizes = SIZES[args.size]
