@@ -17,7 +17,12 @@ import argparse
 import json
 import sys
 
-from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
+from peft_hybrid.cli._inference_args import (
+    add_adapter_arguments,
+    add_model_arguments,
+    check_positive,
+    quantization_config,
+)
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.jsonl"
@@ -79,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
     out = require_writable_dir(args.out, "--out")
     try:
         model, tokenizer = load_for_inference(
-            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+            args.adapter,
+            base=args.base,
+            preset=args.model_preset,
+            revision=args.revision,
+            device=args.device,
+            quantization_config=quantization_config(args),
         )
         task = resolve_task(args.task, model)
         if args.data_file is None:

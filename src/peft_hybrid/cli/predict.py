@@ -23,7 +23,7 @@ import json
 import re
 import sys
 
-from peft_hybrid.cli._inference_args import add_model_arguments, check_positive
+from peft_hybrid.cli._inference_args import add_model_arguments, check_positive, quantization_config
 
 _NAMED = re.compile(r"^([A-Za-z0-9_-]+)=(.+)$")
 
@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             revision=args.revision,
             device=args.device,
             adapter_name=first[0],
+            quantization_config=quantization_config(args),
         )
         for name, where in others:
             model.load_adapter(where, name)

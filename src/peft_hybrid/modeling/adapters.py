@@ -30,6 +30,7 @@ from peft_hybrid.modeling.loading import record_base
 from peft_hybrid.modeling.lora import LoraPart, lora_layers, read_peft_lora_config, set_active
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
+from peft_hybrid.modeling.quantization import check_mode, record_quantization
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt
 from peft_hybrid.modeling.serialization import (
     WEIGHTS_NAME,
@@ -97,9 +98,12 @@ class AdapterRegistry:
             (['default', 'qa'], 'default')
         """
         self._check_new(adapter_name, config)
+        check_mode(self.base_model, config.mode, f"adapter {adapter_name!r}")
+        fresh = config.base_model_shape is None  # a loaded adapter has the shape of the base it was made on
         config = dataclasses.replace(config)  # the model fills in the base's shape and name
         config.base_model_shape = self._check_shape(config, f"adapter {adapter_name!r}")
         record_base(config, self.base_model)
+        record_quantization(config, self.base_model, fresh=fresh, source=f"adapter {adapter_name!r}")
         lora = LoraPart(self.base_model, config, adapter_name) if config.uses_lora else None
         prompt = None
         if config.uses_prompt:
