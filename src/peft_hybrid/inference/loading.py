@@ -40,7 +40,7 @@ def load_for_inference(
         revision: revision of ``adapter`` on the Hub.
         device: where to put the model (default: CUDA when available, else CPU).
         quantization_config: a ``BitsAndBytesConfig`` quantizing the base as it loads (see
-            `peft_hybrid.modeling.quantization`; `peft_hybrid.modeling.quantization.bnb_config` builds one from a TGI name).
+            `peft_hybrid.modeling.quantization`, whose ``bnb_config`` builds one from a TGI name).
 
     The tokenizer saved beside the adapter (training runs save it) wins over the base's.
     """

@@ -30,8 +30,8 @@ from peft_hybrid.modeling.loading import record_base
 from peft_hybrid.modeling.lora import LoraPart, lora_layers, read_peft_lora_config, set_active
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
-from peft_hybrid.modeling.quantization import check_mode, record_quantization
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt
+from peft_hybrid.modeling.quantization import check_mode, record_quantization
 from peft_hybrid.modeling.serialization import (
     WEIGHTS_NAME,
     AdapterLoadError,

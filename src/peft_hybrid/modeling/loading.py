@@ -127,7 +127,9 @@ def load_base_model(
         return model
     require_hub(f"base model {name!r}", name, revision=revision)
     commit = _resolve_commit(name, revision, token)
-    model = AutoModelForSeq2SeqLM.from_pretrained(name, revision=commit, token=token, use_safetensors=True, **quantized)
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        name, revision=commit, token=token, use_safetensors=True, **quantized
+    )
     _SOURCES[model] = BaseSource(name, commit)
     return model
 
