@@ -31,7 +31,7 @@ from peft_hybrid.modeling.lora import LoraPart, lora_layers, read_peft_lora_conf
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt
-from peft_hybrid.modeling.quantization import check_mode, record_quantization
+from peft_hybrid.modeling.quantization import check_mode, fp32_master_weights, record_quantization
 from peft_hybrid.modeling.serialization import (
     WEIGHTS_NAME,
     AdapterLoadError,
@@ -110,6 +110,8 @@ class AdapterRegistry:
             prompt = _build_prompt(self.base_model, config, tokenizer or getattr(self, "tokenizer", None))
             self.prompts[adapter_name] = prompt
         self._adapters[adapter_name] = _Adapter(config, lora, prompt, owns_base=config.trains_base)
+        if getattr(self, "quantization", None) is not None:
+            fp32_master_weights(self._adapters[adapter_name].tensors().values())
         self._freeze(adapter_name)
 
     def load_adapter(

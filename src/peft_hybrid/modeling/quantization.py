@@ -232,6 +232,16 @@ def _quiet_int8_cast_warning() -> None:
         target.addFilter(_Int8CastFilter())
 
 
+def fp32_master_weights(tensors: Any) -> None:
+    """PEFT makes a 4-bit layer's LoRA matrices in the layer's compute dtype; the optimizer needs fp32 ones
+    (as ``get_peft_model``'s ``autocast_adapter_dtype`` keeps them). The layer casts its input to match."""
+    import torch
+
+    for tensor in tensors:
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor.data = tensor.data.float()
+
+
 def check_mode(model: nn.Module, mode: str, source: str) -> None:
     """Refuse an adapter that trains the base itself (mode ``full``) on a quantized base."""
     if mode == "full" and is_quantized(model):
