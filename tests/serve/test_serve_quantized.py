@@ -8,13 +8,13 @@ pytest.importorskip("bitsandbytes")
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_helpers import TEXTS, save_adapters  # noqa: E402
 
 from peft_hybrid.inference import generate_texts, load_for_inference, model_inputs  # noqa: E402
 from peft_hybrid.modeling.quantization import QuantizationError, bnb_config  # noqa: E402
 from peft_hybrid.serve.app import create_app  # noqa: E402
 from peft_hybrid.serve.cli import add_arguments, check  # noqa: E402
 from peft_hybrid.serve.server import build_state  # noqa: E402
-from serve_helpers import TEXTS, save_adapters  # noqa: E402
 
 NEW = 6
 
