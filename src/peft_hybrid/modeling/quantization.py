@@ -16,8 +16,8 @@ another way, or not at all, with one log line. Names follow TGI's ``--quantize``
 
 Example:
     >>> from peft_hybrid.modeling.quantization import bnb_config
-    >>> config = bnb_config("bitsandbytes-nf4", compute_dtype="float32")  # doctest: +SKIP
-    >>> config.load_in_4bit, config.bnb_4bit_quant_type  # doctest: +SKIP
+    >>> config = bnb_config("bitsandbytes-nf4", compute_dtype="float32")
+    >>> config.load_in_4bit, config.bnb_4bit_quant_type
     (True, 'nf4')
 """
 
