@@ -150,10 +150,14 @@ def _bytes(model) -> dict:
     stored += sum(b.numel() * b.element_size() for b in model.buffers())
     constants = 0
     fp32 = {}
+    seen = set()  # the encoder's and decoder's embed_tokens share the weight of `shared`
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if weight is None or not hasattr(module, "in_features") and not hasattr(module, "num_embeddings"):
             continue
+        if id(weight) in seen:
+            continue
+        seen.add(id(weight))
         state = getattr(weight, "quant_state", None)
         if state is not None:  # 4-bit: per-block absmax (and, nested, its own constants) + the code book
             tensors = [state.absmax, state.code] + ([state.state2.absmax, state.state2.code] if state.nested else [])
