@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             revision=args.revision,
             device=args.device,
             quantization_config=quantization_config(args),
+            subfolder=args.subfolder,
         )
         task = resolve_task(args.task, model)
         if args.data_file is None:
