@@ -63,6 +63,7 @@ def test_adapter_settings_are_every_field_but_initialisation_and_provenance():
         "seed",
         "base_model_name_or_path",
         "revision",
+        "base_quantization",
         "base_model_shape",
         "task",
         "inference",

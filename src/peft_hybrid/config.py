@@ -33,6 +33,7 @@ _NOT_SETTINGS = (
     "base_model_name_or_path",
     "revision",
     "base_model_shape",
+    "base_quantization",
     "task",
     "inference",
 )
@@ -182,6 +183,10 @@ class HybridConfig:
     revision: str | None = field(default=None, metadata={"help": "Revision of the base model."})
     base_model_shape: dict[str, int] | None = field(
         default=None, metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base."}
+    )
+    base_quantization: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "How the base was quantized in training (None: full precision); filled in by HybridModel."},
     )
     task: str | None = field(default=None, metadata={"help": "Task the adapter was trained for, if any."})
     inference: InferenceSettings | None = field(

@@ -41,6 +41,7 @@ from peft_hybrid.hub.card_tables import (
     strip_prefix,
     task_of,
 )
+from peft_hybrid.modeling.quantization import describe
 from peft_hybrid.modeling.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class CardData:
         dataset: where the reported metrics were measured when that is not the task's Hub
             dataset (``{"id", "name", "config", "split", "revision"}``, e.g. local files).
         inference: the saved inference settings (`HybridConfig.inference`) as label -> value.
+        base_quantization: how the base was quantized in training (``HybridConfig.base_quantization``
+            in words), ``None`` for a full-precision base.
 
     Example:
         >>> CardData(mode="hybrid", base_model="google/flan-t5-base").model_index_name
@@ -121,6 +124,7 @@ class CardData:
     attribution_image: str | None = None
     dataset: dict[str, Any] | None = None
     inference: dict[str, Any] | None = None
+    base_quantization: str | None = None
 
     @classmethod
     def from_model(
@@ -163,6 +167,7 @@ class CardData:
             ablation=[dict(row) for row in ablation] if ablation else None,
             repo_id=repo_id,
             inference=inference_settings(config),
+            base_quantization=describe(config.base_quantization) if config.base_quantization else None,
         )
         for key, value in overrides.items():
             if key not in cls.__dataclass_fields__:

@@ -31,6 +31,7 @@ from peft_hybrid.modeling.lora import LoraPart, lora_layers, read_peft_lora_conf
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt
+from peft_hybrid.modeling.quantization import check_mode, fp32_master_weights, record_quantization
 from peft_hybrid.modeling.serialization import (
     WEIGHTS_NAME,
     AdapterLoadError,
@@ -100,15 +101,20 @@ class AdapterRegistry:
             (['default', 'qa'], 'default')
         """
         self._check_new(adapter_name, config)
+        check_mode(self.base_model, config.mode, f"adapter {adapter_name!r}")
+        fresh = config.base_model_shape is None  # a loaded adapter has the shape of the base it was made on
         config = dataclasses.replace(config)  # the model fills in the base's shape and name
         config.base_model_shape = self._check_shape(config, f"adapter {adapter_name!r}")
         record_base(config, self.base_model)
+        record_quantization(config, self.base_model, fresh=fresh, source=f"adapter {adapter_name!r}")
         lora = LoraPart(self.base_model, config, adapter_name) if config.uses_lora else None
         prompt = None
         if config.uses_prompt:
             prompt = _build_prompt(self.base_model, config, tokenizer or getattr(self, "tokenizer", None))
             self.prompts[adapter_name] = prompt
         self._adapters[adapter_name] = _Adapter(config, lora, prompt, owns_base=config.trains_base)
+        if getattr(self, "quantization", None) is not None:
+            fp32_master_weights(self._adapters[adapter_name].tensors().values())
         self._freeze(adapter_name)
 
     def load_adapter(

@@ -16,6 +16,7 @@ import os
 import re
 
 from peft_hybrid.cli._inference_args import add_device_argument
+from peft_hybrid.modeling.quantization import QUANTIZE_CHOICES
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,96}")
 
@@ -52,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --lazy-adapters: Hub ids or folders a request may name (shell pattern like 'my-org/*'; repeatable)",
     )
     what.add_argument("--max-adapters", type=int, default=None, help="adapters kept loaded, LRU (default: no limit)")
+    what.add_argument(
+        "--quantize",
+        default=None,
+        choices=QUANTIZE_CHOICES,
+        help="load the base quantized (TGI's values): bitsandbytes-nf4, bitsandbytes-fp4 (4-bit; --dtype is then "
+        "their compute dtype) or bitsandbytes (8-bit); needs the quantize extra",
+    )
     where = parser.add_argument_group("where")
     where.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
     where.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")

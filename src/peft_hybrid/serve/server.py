@@ -35,14 +35,17 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.modeling.model import HybridModel
 
+    quantize = getattr(options, "quantize", None)
+    quantization = None if quantize is None else serve_quantization(quantize, options.dtype)
     try:
-        base, tokenizer = load_base(options.base)
+        base, tokenizer = load_base(options.base, quantization_config=quantization)
     except Exception as err:
         raise ValueError(f"--base {options.base}: the base model could not be loaded: {err}") from err
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # The active adapter holds nothing, so requests pick adapters per row and any of them can be evicted.
     model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER)
-    model = model.to(device=device, dtype=_DTYPES[options.dtype]).eval()
+    # A quantized base keeps its 4/8-bit Linears; --dtype was its compute dtype.
+    model = model.to(device=device, **({} if quantize else {"dtype": _DTYPES[options.dtype]})).eval()
     scheduler = getattr(options, "scheduler", "continuous")
     batcher: Batcher | ContinuousBatcher
     in_flight = (lambda: batcher.in_flight()) if scheduler == "continuous" else None
@@ -82,6 +85,7 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
     info = {
         "model_id": options.base,
         "model_dtype": options.dtype,
+        "quantize": quantize,
         "model_device_type": torch.device(device).type,
         "model_pipeline_tag": "text2text-generation",
         "max_input_tokens": limits.max_input_tokens,
@@ -102,6 +106,19 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
     # shared between threads (changing its truncation borrows it mutably), so each gets its own.
     request_tokenizer = copy.deepcopy(tokenizer)
     return ServeState(options.base, request_tokenizer, cache, batcher, limits, metrics, info, api_key)
+
+
+def serve_quantization(quantize: str, dtype: str) -> Any:
+    """``--quantize`` with ``--dtype``: a 4-bit base computes in ``dtype``; 8-bit takes float32 only."""
+    from peft_hybrid.modeling.quantization import QuantizationError, bnb_config
+
+    if quantize == "bitsandbytes" and dtype != "float32":
+        raise QuantizationError(
+            f"--quantize bitsandbytes --dtype {dtype}: the 8-bit base computes in bitsandbytes' own int8/fp16 "
+            "kernels; leave --dtype at float32, or quantize to 4 bits (--quantize bitsandbytes-nf4) to pick "
+            "the compute dtype."
+        )
+    return bnb_config(quantize, compute_dtype=None if quantize == "bitsandbytes" else dtype)
 
 
 def serve(state: ServeState, host: str, port: int, log_level: str = "info") -> int:
