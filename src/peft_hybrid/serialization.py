@@ -172,6 +172,46 @@ def adapter_path_problem(path: str | Path) -> str | None:
     return None
 
 
+# The index a multi-adapter save writes at its root, and what a save writes into each folder.
+INDEX_NAME = "hybrid_adapters.json"
+# What a save writes into an adapter's folder (mode ``full`` adds the base's own files).
+WRITTEN_FILES = (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    "README.md",
+    "training_curve.png",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+)
+
+
+def written_by_save(name: str) -> bool:
+    """Whether a file of this name in an adapter's folder is one a save writes."""
+    return name in WRITTEN_FILES or (name.startswith("model-") and name.endswith(".safetensors"))
+
+
+def read_index(directory: Path) -> list[str]:
+    """The subfolders the last multi-adapter save into ``directory`` recorded (none: ``[]``)."""
+    path = directory / INDEX_NAME
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        subfolders = data["subfolders"]
+    except (ValueError, KeyError, TypeError):
+        raise AdapterLoadError(
+            f"{path} is damaged: it should list the adapter subfolders a save wrote. Delete it (the adapters "
+            "themselves are unaffected) and save again."
+        ) from None
+    if data.get("library") != "peft_hybrid":
+        return []  # not an index this library wrote: it records nothing to clean up
+    if not isinstance(subfolders, list) or not all(isinstance(s, str) and "/" not in s for s in subfolders):
+        raise AdapterLoadError(f"{path}: 'subfolders' must be a list of folder names.")
+    return subfolders
+
+
 def prepare_output_dir(directory: str | Path) -> Path:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():

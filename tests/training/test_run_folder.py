@@ -80,7 +80,8 @@ def test_manifest_names_the_first_difference():
 def test_the_runs_own_folder_is_reused_and_records_the_run(first_run, capsys):
     out, data = first_run
     manifest = read_manifest(out)
-    assert manifest["task"] == "samsum" and manifest["base"] == {"model": "preset:tiny", "revision": None}
+    assert manifest["task"] == "samsum"
+    assert manifest["base"] == {"model": "preset:tiny", "revision": None, "quantization": None}
     assert manifest["data"]["train"] == {"name": "train.csv", "bytes": data.stat().st_size, "sha256": _sha(data)}
     assert manifest["adapter"]["num_virtual_tokens"] == 4 and manifest["adapter"]["seed"] == 42
     # The same run again, and resuming it, are this run's own.
@@ -197,3 +198,26 @@ def test_manifest_is_plain_json_without_machine_paths(first_run):
     out, _ = first_run
     text = (out / MANIFEST_NAME).read_text()
     assert str(out.parent) not in text and json.loads(text)["format"] == 1
+
+
+def test_a_damaged_manifest_is_reported_as_damaged_not_missing(tmp_path):
+    from peft_hybrid.training.run_folder import RunFolderError
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"x")
+    (tmp_path / MANIFEST_NAME).write_text('{"task": "sst2", ')
+    manifest = run_manifest(HybridConfig(task="sst2"), {})
+    with pytest.raises(RunFolderError, match=r"run_manifest.json is damaged") as err:
+        with claim_run_folder(tmp_path, manifest):
+            pass
+    assert "has no run manifest" not in str(err.value)
+    assert (tmp_path / MANIFEST_NAME).read_text() == '{"task": "sst2", '
+
+
+def test_a_lock_file_path_that_is_a_folder_is_named(tmp_path):
+    from peft_hybrid.training.run_folder import LOCK_NAME, RunFolderError
+
+    (tmp_path / LOCK_NAME).mkdir()
+    with pytest.raises(RunFolderError, match=r"\.peft_hybrid\.lock is a folder"):
+        with claim_run_folder(tmp_path, run_manifest(HybridConfig(task="sst2"), {})):
+            pass
+    assert not (tmp_path / MANIFEST_NAME).exists()

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from peft_hybrid.modeling.quantization import COMPUTE_DTYPES, QUANTIZE_CHOICES
 
 
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     """``--adapter`` (folder or Hub id) and its ``--revision``."""
-    parser.add_argument("--adapter", required=True, help="adapter folder (a training run's output_dir) or Hub repo id")
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        help="adapter folder (a training run's output_dir) or Hub repo id; owner/name:SUB for one of several",
+    )
     parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub")
+    add_subfolder_argument(parser)
+
+
+def add_subfolder_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--subfolder", default=None, help="the adapter's subfolder in a folder or repo of several (or owner/name:SUB)"
+    )
 
 
 def add_base_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,13 +34,69 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quantize`` (TGI's values) and the 4-bit compute dtype: load the base quantized with bitsandbytes."""
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=QUANTIZE_CHOICES,
+        help="load the base quantized: bitsandbytes-nf4 / bitsandbytes-fp4 (4-bit) or bitsandbytes (8-bit); "
+        "needs the quantize extra",
+    )
+    parser.add_argument(
+        "--bnb_4bit_compute_dtype",
+        "--bnb-4bit-compute-dtype",
+        default=None,
+        choices=COMPUTE_DTYPES,
+        help="matmul dtype of the 4-bit layers (default float32)",
+    )
+
+
+def quantization_config(args: argparse.Namespace) -> Any:
+    """The ``BitsAndBytesConfig`` that ``--quantize`` asks for, or ``None`` (a refusal names the flag)."""
+    from peft_hybrid.modeling.quantization import bnb_config
+
+    if args.quantize is None:
+        if args.bnb_4bit_compute_dtype is not None:
+            raise ValueError("--bnb_4bit_compute_dtype applies to a 4-bit base; add --quantize bitsandbytes-nf4.")
+        return None
+    return bnb_config(args.quantize, compute_dtype=args.bnb_4bit_compute_dtype)
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", type=device_argument, default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+
+
+def device_argument(value: str) -> str:
+    """``--device``: a device this torch has, else an argparse error (exit 2) naming those that exist."""
+    import torch
+
+    present = ["cpu"]
+    if torch.cuda.is_available():
+        present += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        present.append("mps")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        device = None
+    fits = device is not None and (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+        or (device.type == "mps" and "mps" in present and not device.index)
+    )
+    if not fits:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device this machine's torch has; use one of {present}.")
+    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Base override (``--base``/``--model_preset``), batching, generation cap, input prefix, device, progress."""
+    """Base override (``--base``/``--model_preset``, ``--quantize``), batching, generation cap, input prefix,
+    device, progress."""
     add_base_arguments(parser)
+    add_quantize_arguments(parser)
     parser.add_argument(
         "--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)"
     )

@@ -81,14 +81,19 @@ def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
     from peft_hybrid.inference import generation_settings, load_for_inference, model_inputs
 
-    adapter_dir = Path(args.adapter)
+    adapter_dir = Path(args.adapter) / args.subfolder if args.subfolder else Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
         raise ValueError(
             f"--add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; "
             "download it or save it first."
         )
     model, tokenizer = load_for_inference(
-        args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+        args.adapter,
+        base=args.base,
+        preset=args.model_preset,
+        revision=args.revision,
+        device=args.device,
+        subfolder=args.subfolder,
     )
 
     # As the adapter's run formatted its inputs and generated (saved with it); flags override.

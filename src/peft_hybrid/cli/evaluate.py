@@ -16,7 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
+from peft_hybrid.cli._inference_args import (
+    add_adapter_arguments,
+    add_model_arguments,
+    check_positive,
+    quantization_config,
+)
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.jsonl"
@@ -76,7 +81,13 @@ def run(args: argparse.Namespace) -> int:
     # Before any generation: a place that cannot be written would otherwise fail after all of it.
     out = require_writable_dir(args.out, "--out")
     model, tokenizer = load_for_inference(
-        args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+        args.adapter,
+        base=args.base,
+        preset=args.model_preset,
+        revision=args.revision,
+        device=args.device,
+        quantization_config=quantization_config(args),
+        subfolder=args.subfolder,
     )
     task = resolve_task(args.task, model)
     if args.data_file is None:

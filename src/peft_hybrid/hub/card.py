@@ -4,8 +4,9 @@
 task and its metrics, hyperparameters, the loss curve, an optional ablation) from a
 `HybridModel` and the trainer's `TrainingSummary`. `render_card` turns it into Markdown with
 YAML metadata through huggingface_hub's ``ModelCard.from_template`` and the Jinja template
-``model_cards/adapter_card.md``; the metadata's ``model-index`` lists every metric of the task,
-so the Hub shows the results and ``ModelCard.load(...).data.eval_results`` reads them back.
+``hub/model_cards/adapter_card.md`` (package data); the metadata's ``model-index`` lists every
+metric of the task, so the Hub shows the results and ``ModelCard.load(...).data.eval_results``
+reads them back.
 `write_card` writes ``README.md`` into a folder, with ``training_curve.png`` beside it.
 
 Example:
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from peft_hybrid.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "adapter_card.md"
+# Package data read through importlib.resources, so an installed wheel finds it as an editable checkout does.
+TEMPLATE = resources.files("peft_hybrid.hub") / "model_cards" / "adapter_card.md"
 CARD_NAME = "README.md"
 CURVE_IMAGE = "training_curve.png"
 # The file name `peft_hybrid.interpret.heatmap.add_heatmap_to_card` gives the attribution heatmap.
@@ -95,6 +97,8 @@ class CardData:
         dataset: where the reported metrics were measured when that is not the task's Hub
             dataset (``{"id", "name", "config", "split", "revision"}``, e.g. local files).
         inference: the saved inference settings (`HybridConfig.inference`) as label -> value.
+        base_quantization: how the base was quantized in training (``HybridConfig.base_quantization``
+            in words), ``None`` for a full-precision base.
 
     Example:
         >>> CardData(mode="hybrid", base_model="google/flan-t5-base").model_index_name
@@ -119,6 +123,7 @@ class CardData:
     attribution_image: str | None = None
     dataset: dict[str, Any] | None = None
     inference: dict[str, Any] | None = None
+    base_quantization: str | None = None
 
     @classmethod
     def from_model(
@@ -161,6 +166,7 @@ class CardData:
             ablation=[dict(row) for row in ablation] if ablation else None,
             repo_id=repo_id,
             inference=inference_settings(config),
+            base_quantization=describe(config.base_quantization) if config.base_quantization else None,
         )
         for key, value in overrides.items():
             if key not in cls.__dataclass_fields__:
@@ -230,14 +236,14 @@ class CardData:
 
 
 def render_card(data: CardData) -> str:
-    """The card as Markdown with YAML metadata, rendered from ``model_cards/adapter_card.md``.
+    """The card as Markdown with YAML metadata, rendered from ``hub/model_cards/adapter_card.md``.
 
     Example: see the module docstring.
     """
     metrics = metric_rows(data)
     card = ModelCard.from_template(
         data.metadata(),
-        template_path=str(TEMPLATE),
+        template_str=TEMPLATE.read_text(encoding="utf-8"),
         data=data,
         title=f"{data.model_index_name}",
         method_summary=METHOD_SUMMARIES[data.mode],
@@ -250,6 +256,25 @@ def render_card(data: CardData) -> str:
         base_on_hub=bool(data.base_model) and _is_hub_id(data.base_model),
     )
     return str(card)
+
+
+def describe(record: dict[str, Any] | None) -> str:
+    """One line for cards and logs: a `HybridConfig.base_quantization` record.
+
+    Example:
+        >>> describe({"method": "bitsandbytes-nf4", "bits": 4, "double_quant": True, "compute_dtype": "bfloat16"})
+        'bitsandbytes-nf4 (4-bit, nested quantization, compute bfloat16)'
+        >>> describe(None)
+        'none (full precision)'
+    """
+    if not record:
+        return "none (full precision)"
+    details = [f"{record['bits']}-bit"]
+    if record.get("double_quant"):
+        details.append("nested quantization")
+    if record.get("compute_dtype"):
+        details.append(f"compute {record['compute_dtype']}")
+    return f"{record['method']} ({', '.join(details)})"
 
 
 def write_card(directory: str | Path, card: CardData | str) -> Path:

@@ -23,18 +23,25 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 # huggingface_hub's own export of the HTTP client it is built on, for its transport errors.
 from huggingface_hub.utils import httpx as hub_http
 
 from peft_hybrid.config import CONFIG_NAME
+from peft_hybrid.hub.card import CardData
 from peft_hybrid.hub.errors import (
     LOGIN_HINT,
     UNAVAILABLE_STATUS,
@@ -48,10 +55,11 @@ from peft_hybrid.hub.errors import (
     short_reason,
     token_secrets,
 )
-from peft_hybrid.serialization import WEIGHTS_NAME
+from peft_hybrid.serialization import INDEX_NAME, WEIGHTS_NAME, read_index, written_by_save
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
+
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ DEFAULT_BACKOFF = 1.0
 PUSH_PATTERNS = (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    INDEX_NAME,
     "README.md",
     "*.png",
     "training_summary.json",
@@ -88,6 +97,7 @@ def push_folder(
     path_in_repo: str = "",
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    delete_files: Iterable[str] = (),
 ) -> CommitInfo:
     """Upload an adapter folder written by ``save_pretrained`` (or a trainer) to ``repo_id``.
 
@@ -103,6 +113,8 @@ def push_folder(
         path_in_repo: a folder in the repo to upload into (default the repo root).
         retries: how many times a network failure or server error is retried.
         backoff: seconds before the first retry; doubled for each further one.
+        delete_files: repo paths removed in the same commit (an adapter a previous push wrote and
+            this one no longer holds).
 
     Returns:
         huggingface_hub's ``CommitInfo`` (no new commit when nothing changed).
@@ -134,7 +146,8 @@ def push_folder(
         full_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision not in (None, "main"):
             api.create_branch(full_id, branch=revision, exist_ok=True)
-        operations = [CommitOperationAdd(prefix + name, path) for name, path in files]
+        operations: list = [CommitOperationAdd(prefix + name, path) for name, path in files]
+        operations += [CommitOperationDelete(path) for path in delete_files]
         return api.create_commit(full_id, operations, commit_message=message, revision=revision)
 
     return _with_retries(attempt, repo_id, api.endpoint, secrets, retries, backoff, folder)
@@ -164,6 +177,80 @@ def create_repo(
         return api.create_repo(repo_id, private=private, exist_ok=True).repo_id
 
     return _with_retries(attempt, repo_id, api.endpoint, token_secrets(token), retries, backoff, None)
+
+
+def push_model(
+    model: Any,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    card: CardData | str | None = None,
+    endpoint: str | None = None,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF,
+    adapter_names: list[str] | str | None = None,
+) -> CommitInfo:
+    """Save ``model`` to a temporary folder and push it (see `push_folder`); `HybridModel.push_to_hub`.
+
+    ``card`` defaults to the model's own card data with ``repo_id`` in the usage snippet.
+    ``adapter_names`` (a list or ``"all"``) pushes several adapters as ``save_pretrained`` lays
+    them out: the first at the root, each other in its ``<name>/`` subfolder.
+
+    Example:
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.offline import t5_from_preset
+        >>> base, tok = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
+        >>> push_model(model, "me/tiny-hybrid", private=True)  # doctest: +SKIP
+    """
+    if card is None:
+        card = CardData.from_model(model, repo_id=repo_id)
+    elif isinstance(card, CardData) and card.repo_id is None:
+        card.repo_id = repo_id
+    with tempfile.TemporaryDirectory(prefix="peft-hybrid-push-") as tmp:
+        model.save_pretrained(tmp, card=card, adapter_names=adapter_names)
+        settings = dict(
+            token=token, revision=revision, commit_message=commit_message, endpoint=endpoint, retries=retries
+        )
+        subfolders = sorted(p for p in Path(tmp).iterdir() if (p / CONFIG_NAME).is_file())
+        for sub in subfolders:  # the other adapters first: the root commit then finds them all in place
+            push_folder(sub, repo_id, private=private, path_in_repo=sub.name, backoff=backoff, **settings)
+        api = HfApi(endpoint=endpoint, token=token)
+        stale = _with_retries(
+            lambda: _stale_files(api, repo_id, revision, [p.name for p in subfolders]),
+            repo_id,
+            api.endpoint,
+            token_secrets(token),
+            retries,
+            backoff,
+            None,
+        )
+        return push_folder(tmp, repo_id, private=private, backoff=backoff, delete_files=stale, **settings)
+
+
+def _stale_files(api: HfApi, repo_id: str, revision: str | None, kept: list[str]) -> list[str]:
+    """The files an earlier multi-adapter push wrote for adapters this push no longer holds.
+
+    Only subfolders that push recorded in its ``hybrid_adapters.json``, and only the files a save writes:
+    anything else in the repo stays.
+    """
+    try:
+        files = api.list_repo_files(repo_id, revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return []  # a new repo or branch (or one the token cannot read: the push itself says so)
+    if INDEX_NAME not in files:
+        return []
+    with tempfile.TemporaryDirectory(prefix="peft-hybrid-index-") as tmp:
+        api.hf_hub_download(repo_id, INDEX_NAME, revision=revision, local_dir=tmp)
+        stale = set(read_index(Path(tmp))) - set(kept)
+    return [
+        path
+        for path in files
+        if path.count("/") == 1 and path.split("/")[0] in stale and written_by_save(path.split("/")[1])
+    ]
 
 
 # --- internals ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.access import require_hub
-from peft_hybrid.hub.download import resolve_folder
+from peft_hybrid.hub.download import resolve_folder, split_subfolder
 from peft_hybrid.modeling.loading import load_base, load_base_model
 from peft_hybrid.modeling.model import HybridModel
 from peft_hybrid.offline.presets import preset_id
@@ -29,6 +29,8 @@ def load_for_inference(
     token: str | bool | None = None,
     device: str | torch.device | None = None,
     adapter_name: str = "default",
+    quantization_config: Any = None,
+    subfolder: str | None = None,
 ) -> tuple[HybridModel, Any]:
     """A saved adapter (folder or Hub id) on its base, in eval mode, with its tokenizer.
 
@@ -38,9 +40,15 @@ def load_for_inference(
         preset: offline preset base (``tiny`` ...) overriding both.
         revision: revision of ``adapter`` on the Hub.
         device: where to put the model (default: CUDA when available, else CPU).
+        quantization_config: a ``BitsAndBytesConfig`` quantizing the base as it loads (see
+            `peft_hybrid.modeling.quantization`, whose ``bnb_config`` builds one from a TGI name).
+        subfolder: one adapter of a folder or repo holding several (also ``owner/name:subfolder``).
 
     The tokenizer saved beside the adapter (training runs save it) wins over the base's.
     """
+    if not str(adapter).strip():  # Path("") is the current folder: never load that by accident
+        raise ValueError(f"adapter {str(adapter)!r}: pass an adapter folder or Hub repo id.")
+    adapter, subfolder = split_subfolder(adapter, subfolder)
     if not Path(adapter).is_dir():
         problem = adapter_path_problem(adapter)
         if problem is not None:
@@ -51,19 +59,20 @@ def load_for_inference(
                 "written by save_pretrained), or a Hub repo id (owner/name)."
             )
         require_hub(f"adapter {str(adapter)!r}", str(adapter), revision=revision)
-    folder = resolve_folder(adapter, revision=revision, token=token)
+    folder = resolve_folder(adapter, revision=revision, token=token, subfolder=subfolder)
     config = HybridConfig.load(folder)
     # The tokenizer saved beside the adapter wins; the base's is fetched only when there is none.
     tokenizer = _saved_tokenizer(folder) if any((folder / name).is_file() for name in _TOKENIZER_FILES) else None
     if config.trains_base:
-        model = HybridModel.from_pretrained(folder, adapter_name=adapter_name)
+        model = HybridModel.from_pretrained(folder, adapter_name=adapter_name, quantization_config=quantization_config)
     else:
         name = preset_id(preset) if preset is not None else base or config.base_model_name_or_path
         revision = None if (base or preset) else config.revision
+        quantized = {"quantization_config": quantization_config}
         if tokenizer is None:
-            base_model, tokenizer = load_base(name, revision=revision, token=token)
+            base_model, tokenizer = load_base(name, revision=revision, token=token, **quantized)
         else:
-            base_model = load_base_model(name, revision=revision, token=token)
+            base_model = load_base_model(name, revision=revision, token=token, **quantized)
         model = HybridModel.from_pretrained(
             folder, base_model=base_model, tokenizer=tokenizer, adapter_name=adapter_name
         )

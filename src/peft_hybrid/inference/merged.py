@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from torch import nn
 
 from peft_hybrid.modeling import lora
+from peft_hybrid.modeling.quantization import merge_skipped
 
 __all__ = ["merged_lora"]
 
@@ -28,7 +29,10 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
     dtype). Leaving the block by an exception restores the model too. With `compile_model`, the
     first merged generation may compile once more (the modules inside the compiled stacks
     changed). A model without LoRA (modes ``prompt``/``none``/``full`` or after
-    ``merge_and_unload``) is yielded unchanged.
+    ``merge_and_unload``) is yielded unchanged, and so is one on a quantized base (one log line):
+    merging would dequantize every wrapped weight to a full-precision copy for the block (the memory
+    the quantization saves) or round ``W + s·B·A`` back to 4/8 bits (losing most of the update), so
+    LoRA runs unmerged beside the quantized Linears, with the same outputs as outside the block.
 
     Example:
         >>> import torch
@@ -42,6 +46,9 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
         >>> torch.equal(fast, model.generate(**batch, max_new_tokens=4))
         True
     """
+    if merge_skipped(model):
+        yield model
+        return
     flag = hasattr(model, "active_adapter")
     if flag:
         model._merged_adapter = model.active_adapter

@@ -31,6 +31,7 @@ from peft_hybrid.modeling.lora import LoraPart, lora_layers, read_peft_lora_conf
 from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
 from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt
+from peft_hybrid.modeling.quantization import check_mode, fp32_master_weights, record_quantization
 from peft_hybrid.serialization import (
     WEIGHTS_NAME,
     AdapterLoadError,
@@ -39,7 +40,10 @@ from peft_hybrid.serialization import (
 )
 from peft_hybrid.serialization import load_adapter as read_adapter_folder
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A name is a subfolder of a saved folder: short enough for every file system (255 bytes a
+# component) with room for the staging and temporary names a save adds around it.
+MAX_NAME_LENGTH = 96
 
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
@@ -97,15 +101,20 @@ class AdapterRegistry:
             (['default', 'qa'], 'default')
         """
         self._check_new(adapter_name, config)
+        check_mode(self.base_model, config.mode, f"adapter {adapter_name!r}")
+        fresh = config.base_model_shape is None  # a loaded adapter has the shape of the base it was made on
         config = dataclasses.replace(config)  # the model fills in the base's shape and name
         config.base_model_shape = self._check_shape(config, f"adapter {adapter_name!r}")
         record_base(config, self.base_model)
+        record_quantization(config, self.base_model, fresh=fresh, source=f"adapter {adapter_name!r}")
         lora = LoraPart(self.base_model, config, adapter_name) if config.uses_lora else None
         prompt = None
         if config.uses_prompt:
             prompt = _build_prompt(self.base_model, config, tokenizer or getattr(self, "tokenizer", None))
             self.prompts[adapter_name] = prompt
         self._adapters[adapter_name] = _Adapter(config, lora, prompt, owns_base=config.trains_base)
+        if getattr(self, "quantization", None) is not None:
+            fp32_master_weights(self._adapters[adapter_name].tensors().values())
         self._freeze(adapter_name)
 
     def load_adapter(
@@ -168,11 +177,7 @@ class AdapterRegistry:
 
     # --- helpers for HybridModel -----------------------------------------------------------
     def _check_new(self, adapter_name: str, config: HybridConfig | None) -> None:
-        if not isinstance(adapter_name, str) or not _NAME.match(adapter_name) or adapter_name == BASE_ADAPTER:
-            raise ValueError(
-                f"adapter_name={adapter_name!r}: use letters, digits, '_' and '-' only (it names a subfolder), "
-                f"and not {BASE_ADAPTER!r}, which means the bare base."
-            )
+        check_adapter_name(adapter_name)
         if adapter_name in self._adapters:
             raise ValueError(
                 f"An adapter named {adapter_name!r} is already loaded; delete_adapter() it or pick another name."
@@ -221,6 +226,16 @@ class AdapterRegistry:
             yield adapter.prompt if adapter is not None else None
         finally:
             self._activate_layers(self._active)
+
+
+def check_adapter_name(adapter_name: Any) -> None:
+    """Refuse a name that cannot be a subfolder on every file system, or that means the bare base."""
+    valid = isinstance(adapter_name, str) and _NAME.fullmatch(adapter_name) and adapter_name != BASE_ADAPTER
+    if not valid or len(adapter_name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"adapter_name={adapter_name!r}: use 1 to {MAX_NAME_LENGTH} letters, digits, '_' and '-' (it names a "
+            f"subfolder), and not {BASE_ADAPTER!r}, which means the bare base."
+        )
 
 
 def check_shape(base_model: nn.Module, config: HybridConfig, source: str) -> dict[str, int]:

@@ -19,7 +19,7 @@ from peft_hybrid.modeling.adapters import (
     check_supported,
     peft_lora_as_hybrid,
 )
-from peft_hybrid.modeling.loading import load_base_model
+from peft_hybrid.modeling.loading import base_for_adapter
 from peft_hybrid.modeling.lora import LoraPart, save_peft_lora
 from peft_hybrid.modeling.mixed import (
     batch_rows,
@@ -29,6 +29,7 @@ from peft_hybrid.modeling.mixed import (
     row_plan,
 )
 from peft_hybrid.modeling.prompt import SoftPrompt, prepend_per_row, save_peft_prompt
+from peft_hybrid.modeling.quantization import check_mergeable, prepare_kbit_base, quantization_record
 from peft_hybrid.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
 
 DEFAULT_ADAPTER = "default"
@@ -69,6 +70,10 @@ class HybridModel(AdapterRegistry, nn.Module):
     ) -> None:
         super().__init__()
         check_supported(base_model)
+        # A quantized base (QLoRA) is readied once; its LoRA then never merges into the 4/8-bit weights.
+        self.quantization = quantization_record(base_model)
+        if self.quantization is not None:
+            prepare_kbit_base(base_model)
         self.base_model = base_model
         self.prompts = nn.ModuleDict()
         self.tokenizer = tokenizer
@@ -202,7 +207,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         with row_plan(self, adapter_names, rows) as prompts:
             encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds, prompts=prompts)
             encoder = {k: v for k, v in encoder.items() if v is not None}
-            if uniform and not self.merged:
+            if uniform and not self.merged and self.quantization is None:
                 with merged_layers(self):  # the layers hold just this call's adapter active
                     return self.base_model.generate(**encoder, **kwargs)
             return self.base_model.generate(**encoder, **kwargs)
@@ -236,6 +241,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         The merged model generates the same outputs; it can no longer be saved as an adapter.
         Other adapters with LoRA must be deleted first (they would be lost with the LoRA layers).
         """
+        check_mergeable(self, "merge_and_unload()")
         others = [n for n, a in self._adapters.items() if a.lora is not None and n != self._active]
         if others:
             raise ValueError(
@@ -287,7 +293,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         ``adapter_names=[...]`` (or ``"all"``) pushes several adapters in ``save_pretrained``'s
         layout. The repo is created when missing (``private`` applies then); ``token`` defaults
         to HF_TOKEN or the stored login. Failures raise `peft_hybrid.hub.errors.HubError`
-        subclasses; see `peft_hybrid.modeling.saving.push_model` for the retry settings in ``kwargs``.
+        subclasses; see `peft_hybrid.hub.upload.push_model` for the retry settings in ``kwargs``.
 
         Example:
             >>> from peft_hybrid import HybridConfig, HybridModel
@@ -297,7 +303,7 @@ class HybridModel(AdapterRegistry, nn.Module):
             >>> model.push_to_hub("me/flan-t5-samsum-hybrid", private=True)  # doctest: +SKIP
             >>> model.push_to_hub("me/flan-t5-tasks", adapter_names="all")  # doctest: +SKIP
         """
-        from peft_hybrid.modeling.saving import push_model
+        from peft_hybrid.hub.upload import push_model
 
         if adapter_names is not None:
             kwargs["adapter_names"] = adapter_names
@@ -363,6 +369,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         subfolder: str | None = None,
         tokenizer=None,
         allow_nonfinite: bool = False,
+        quantization_config: Any = None,
     ) -> HybridModel:
         """Load an adapter from a folder or a Hub repo id onto ``base_model``, as ``adapter_name``.
 
@@ -371,7 +378,8 @@ class HybridModel(AdapterRegistry, nn.Module):
         adapter recorded; safetensors only, never remote code). A base passed in of another Hub commit
         loads with a ``BaseRevisionWarning``; one the adapter does not fit is left untouched. Tensors
         holding NaN or infinity are refused unless ``allow_nonfinite=True`` (for debugging). More adapters join
-        with ``model.load_adapter(path_or_repo_id, name)``.
+        with ``model.load_adapter(path_or_repo_id, name)``. ``quantization_config`` (a ``BitsAndBytesConfig``)
+        quantizes the base it loads (`peft_hybrid.modeling.quantization`).
         """
         folder = resolve_folder(
             path_or_repo_id,
@@ -382,14 +390,7 @@ class HybridModel(AdapterRegistry, nn.Module):
             subfolder=subfolder,
         )
         config, tensors = load_adapter(folder, allow_nonfinite=allow_nonfinite)
-        if config.trains_base:
-            if base_model is not None:
-                raise ValueError(
-                    f"{path_or_repo_id} holds a fully fine-tuned model, not an adapter; load it without base_model."
-                )
-            base_model = load_base_model(str(folder))
-        elif base_model is None:
-            base_model = load_base_model(config.base_model_name_or_path, revision=config.revision, token=token)
+        base_model = base_for_adapter(folder, config, base_model, token=token, quantization_config=quantization_config)
         check_supported(base_model)
         source = str(folder / WEIGHTS_NAME)
         check_fits(base_model, config, tensors, source)  # on the bare base: a refused adapter leaves it as is

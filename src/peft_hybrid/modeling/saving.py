@@ -1,26 +1,37 @@
-"""Saving one or several named adapters of a `HybridModel` into a folder, or pushing them to the Hub.
+"""Saving one or several named adapters of a `HybridModel` into a folder.
 
 One adapter: today's folder (``hybrid_config.json``, ``adapter_model.safetensors``, ``README.md``).
 Several: PEFT's layout, the first at the root and each other in a ``<name>/`` subfolder, each a
-complete folder of its own; the root card gains a table of every adapter and the shared base.
-`push_model` saves that folder and uploads it with `peft_hybrid.hub.upload.push_folder`.
+complete folder of its own; the root card gains a table of every adapter and the shared base, and
+``hybrid_adapters.json`` records the subfolders this save wrote.
+
+A save is checked whole before anything is written (a subfolder path that is a file, or a folder
+this library did not write, is refused) and written through `staged_save`, so a failure leaves the
+folder as it was. Saving again into the same folder makes it hold exactly the new save: subfolders
+the previous save recorded in ``hybrid_adapters.json`` and this one does not write lose the files the
+library wrote there (and go, when nothing else is left); nothing else is touched.
 """
 
 from __future__ import annotations
 
-import tempfile
+import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peft_hybrid.config import CONFIG_NAME
-from peft_hybrid.hub.card import CardData, render_card, write_card
-from peft_hybrid.hub.upload import DEFAULT_BACKOFF, DEFAULT_RETRIES, push_folder
-from peft_hybrid.serialization import save_adapter
+from peft_hybrid.serialization import (
+    INDEX_NAME,
+    atomic_write_bytes,
+    read_index,
+    save_adapter,
+    staged_save,
+    written_by_save,
+)
 
 if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo
-
     from peft_hybrid.modeling.model import HybridModel
+
+logger = logging.getLogger(__name__)
 
 
 def adapter_names_to_save(model: HybridModel, adapter_names: list[str] | str | None) -> list[str]:
@@ -42,6 +53,32 @@ def adapter_names_to_save(model: HybridModel, adapter_names: list[str] | str | N
 
 def save_adapters(model: HybridModel, directory: Path, card: Any, adapter_names: list[str] | str | None) -> Path:
     names = adapter_names_to_save(model, adapter_names)
+    previous = read_index(directory)
+    for name in names[1:]:  # everything is checked before anything is written
+        target = directory / name
+        if target.is_symlink() or target.exists() and not target.is_dir():
+            raise NotADirectoryError(f"Cannot save adapter {name!r} to {target}: it is a file. Move it away first.")
+        if target.is_dir() and name not in previous and any(target.iterdir()):
+            raise FileExistsError(
+                f"Cannot save adapter {name!r} into {target}: that folder holds files no earlier save of {directory} "
+                "wrote. Move it away, or save into another folder."
+            )
+    if len(names) == 1:  # one folder, whose config is written last: atomic as it is
+        _write_adapters(model, directory, card, names)
+        (directory / INDEX_NAME).unlink(missing_ok=True)
+    else:  # several folders: staged, so that a failure in any leaves every one as it was
+        with staged_save(directory) as staging:
+            _write_adapters(model, staging, card, names)
+            index = {"library": "peft_hybrid", "root": names[0], "subfolders": names[1:]}
+            atomic_write_bytes(staging / INDEX_NAME, (json.dumps(index, indent=2) + "\n").encode())
+    for stale in sorted(set(previous) - set(names[1:])):
+        _remove_saved(directory / stale)
+    return directory
+
+
+def _write_adapters(model: HybridModel, directory: Path, card: Any, names: list[str]) -> None:
+    from peft_hybrid.hub.card import CardData, render_card, write_card
+
     active = model.active_adapter
     try:
         for position, name in enumerate(names):
@@ -58,7 +95,20 @@ def save_adapters(model: HybridModel, directory: Path, card: Any, adapter_names:
             write_card(folder, own)
     finally:
         model.set_adapter(active)
-    return directory
+
+
+def _remove_saved(folder: Path) -> None:
+    """Remove what a save wrote into ``folder`` (an adapter no longer saved); the folder goes if then empty."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and written_by_save(path.name):
+            path.unlink()
+    left = sorted(p.name for p in folder.iterdir())
+    if left:
+        logger.warning("%s is no longer a saved adapter; kept the files the save did not write: %s", folder, left)
+    else:
+        folder.rmdir()
 
 
 def adapters_table(model: HybridModel, names: list[str]) -> str:
@@ -79,45 +129,3 @@ def adapters_table(model: HybridModel, names: list[str]) -> str:
         where = "(root)" if position == 0 else f"`{name}/`"
         lines.append(f"| {name} | {where} | {config.mode} | {config.task or '-'} | {count:,} |")
     return "\n".join(lines)
-
-
-def push_model(
-    model: HybridModel,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | bool | None = None,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    card: CardData | str | None = None,
-    endpoint: str | None = None,
-    retries: int = DEFAULT_RETRIES,
-    backoff: float = DEFAULT_BACKOFF,
-    adapter_names: list[str] | str | None = None,
-) -> CommitInfo:
-    """Save ``model`` to a temporary folder and push it (see `push_folder`); `HybridModel.push_to_hub`.
-
-    ``card`` defaults to the model's own card data with ``repo_id`` in the usage snippet.
-    ``adapter_names`` (a list or ``"all"``) pushes several adapters as ``save_pretrained`` lays
-    them out: the first at the root, each other in its ``<name>/`` subfolder.
-
-    Example:
-        >>> from peft_hybrid import HybridConfig, HybridModel
-        >>> from peft_hybrid.offline import t5_from_preset
-        >>> base, tok = t5_from_preset("tiny")
-        >>> model = HybridModel(base, HybridConfig(task="samsum"), tokenizer=tok)
-        >>> push_model(model, "me/tiny-hybrid", private=True)  # doctest: +SKIP
-    """
-    if card is None:
-        card = CardData.from_model(model, repo_id=repo_id)
-    elif isinstance(card, CardData) and card.repo_id is None:
-        card.repo_id = repo_id
-    with tempfile.TemporaryDirectory(prefix="peft-hybrid-push-") as tmp:
-        model.save_pretrained(tmp, card=card, adapter_names=adapter_names)
-        settings = dict(
-            token=token, revision=revision, commit_message=commit_message, endpoint=endpoint, retries=retries
-        )
-        subfolders = sorted(p for p in Path(tmp).iterdir() if (p / CONFIG_NAME).is_file())
-        for sub in subfolders:  # the other adapters first: the root commit then finds them all in place
-            push_folder(sub, repo_id, private=private, path_in_repo=sub.name, backoff=backoff, **settings)
-        return push_folder(tmp, repo_id, private=private, backoff=backoff, **settings)

@@ -21,6 +21,7 @@ from peft_hybrid.serve.batcher import Batcher
 from peft_hybrid.serve.engine import Runner
 from peft_hybrid.serve.metrics import Metrics
 from peft_hybrid.serve.requests import Limits, RequestError
+from peft_hybrid.serve.scheduler import ContinuousBatcher
 
 READY_MESSAGE = "peft-hybrid serve ready at"
 logger = logging.getLogger("peft_hybrid.serve")
@@ -34,40 +35,66 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.modeling.model import HybridModel
 
+    quantize = getattr(options, "quantize", None)
+    quantization = None if quantize is None else serve_quantization(quantize, options.dtype)
     try:
-        base, tokenizer = load_base(options.base)
+        base, tokenizer = load_base(options.base, quantization_config=quantization)
     except Exception as err:
         raise ValueError(f"--base {options.base}: the base model could not be loaded: {err}") from err
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # The active adapter holds nothing, so requests pick adapters per row and any of them can be evicted.
     model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER)
-    model = model.to(device=device, dtype=_DTYPES[options.dtype]).eval()
-    cache = AdapterCache(model, options.adapters, allow=options.allow_adapter, max_adapters=options.max_adapters)
+    # A quantized base keeps its 4/8-bit Linears; --dtype was its compute dtype.
+    model = model.to(device=device, **({} if quantize else {"dtype": _DTYPES[options.dtype]})).eval()
+    scheduler = getattr(options, "scheduler", "continuous")
+    batcher: Batcher | ContinuousBatcher
+    in_flight = (lambda: batcher.in_flight()) if scheduler == "continuous" else None
+    metrics = Metrics(lambda: batcher.depth(), in_flight)
+    cache = AdapterCache(
+        model,
+        options.adapters,
+        allow=options.allow_adapter,
+        max_adapters=options.max_adapters,
+        on_load=lambda adapter_id: metrics.adapter_loads.labels(adapter_id).inc(),
+    )
     try:
         cache.load_configured()
     except RequestError as err:
         raise ValueError(f"--adapter: {err.message}") from err
     limits = Limits(max_input_tokens=options.max_input_tokens, max_new_tokens_limit=options.max_new_tokens_limit)
-    batcher: Batcher
-    metrics = Metrics(lambda: batcher.depth())
-    runner = Runner(model, tokenizer, cache, limits, on_tokens=lambda a, n: metrics.tokens.labels(a).inc(n))
-    batcher = Batcher(
-        runner,
-        max_batch_size=options.max_batch_size,
-        max_wait_ms=options.max_wait_ms,
-        max_queue=options.max_queue,
-        on_batch=metrics.batch_size.observe,
-    )
+    if scheduler == "continuous":
+        batcher = ContinuousBatcher(
+            model,
+            tokenizer,
+            cache,
+            limits,
+            max_batch_size=options.max_batch_size,
+            max_batch_total_tokens=options.max_batch_total_tokens,
+            max_queue=options.max_queue,
+            metrics=metrics,
+        )
+    else:
+        runner = Runner(model, tokenizer, cache, limits, on_tokens=lambda a, n: metrics.tokens.labels(a).inc(n))
+        batcher = Batcher(
+            runner,
+            max_batch_size=options.max_batch_size,
+            max_wait_ms=options.max_wait_ms,
+            max_queue=options.max_queue,
+            on_batch=metrics.batch_size.observe,
+        )
     info = {
         "model_id": options.base,
         "model_dtype": options.dtype,
+        "quantize": quantize,
         "model_device_type": torch.device(device).type,
         "model_pipeline_tag": "text2text-generation",
         "max_input_tokens": limits.max_input_tokens,
         "max_new_tokens_limit": limits.max_new_tokens_limit,
         "max_stop_sequences": limits.max_stop_sequences,
         "max_best_of": 1,
+        "scheduler": scheduler,
         "max_batch_size": options.max_batch_size,
+        "max_batch_total_tokens": getattr(options, "max_batch_total_tokens", None),
         "max_wait_ms": options.max_wait_ms,
         "max_queue": options.max_queue,
         "max_adapters": options.max_adapters,
@@ -79,6 +106,19 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
     # shared between threads (changing its truncation borrows it mutably), so each gets its own.
     request_tokenizer = copy.deepcopy(tokenizer)
     return ServeState(options.base, request_tokenizer, cache, batcher, limits, metrics, info, api_key)
+
+
+def serve_quantization(quantize: str, dtype: str) -> Any:
+    """``--quantize`` with ``--dtype``: a 4-bit base computes in ``dtype``; 8-bit takes float32 only."""
+    from peft_hybrid.modeling.quantization import QuantizationError, bnb_config
+
+    if quantize == "bitsandbytes" and dtype != "float32":
+        raise QuantizationError(
+            f"--quantize bitsandbytes --dtype {dtype}: the 8-bit base computes in bitsandbytes' own int8/fp16 "
+            "kernels; leave --dtype at float32, or quantize to 4 bits (--quantize bitsandbytes-nf4) to pick "
+            "the compute dtype."
+        )
+    return bnb_config(quantize, compute_dtype=None if quantize == "bitsandbytes" else dtype)
 
 
 def serve(state: ServeState, host: str, port: int, log_level: str = "info") -> int:

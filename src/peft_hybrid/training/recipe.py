@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_hybrid.config import ARGUMENT_FIELDS, HybridConfig, InferenceSettings
+from peft_hybrid.modeling.quantization import QuantizationArguments
 from peft_hybrid.training import config_file
 from peft_hybrid.training.trainer import HybridTrainingArguments
 
@@ -52,8 +53,11 @@ RESULTS_NAME = "results.json"
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(QuantizationArguments):
     """Data and base-model arguments of the recipes (the task itself is ``--task``).
+
+    The base's quantization takes TRL's argument names (`QuantizationArguments`: ``--load_in_4bit``,
+    ``--load_in_8bit``, ``--bnb_4bit_quant_type``, ``--use_bnb_nested_quant``, ``--bnb_4bit_compute_dtype``).
 
     Example:
         >>> ScriptArguments(model_preset="tiny").model_preset
@@ -99,6 +103,7 @@ class ScriptArguments:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         local = [self.train_file, self.validation_file, self.test_file]
         if self.dataset_id is not None and any(local):
             raise ValueError(
@@ -251,7 +256,10 @@ def _train_in_folder(
         raise ValueError("No task: pass --task (one of the registered tasks, e.g. samsum, wikisql, sst2).")
     wanted = wanted_splits(script_args, training_args, hybrid_config)
     base, tokenizer = load_base(
-        script_args.model_name_or_path, revision=script_args.model_revision, preset=script_args.model_preset
+        script_args.model_name_or_path,
+        revision=script_args.model_revision,
+        preset=script_args.model_preset,
+        quantization_config=script_args.quantization_config(),
     )
     splits, data_stats = load_splits(wanted, script_args, training_args, hybrid_config, tokenizer)
     model = HybridModel(base, hybrid_config, tokenizer=tokenizer)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_hybrid.config import CONFIG_NAME, IDENTITY_FIELDS, HybridConfig, read_config_dict
+from peft_hybrid.modeling.quantization import method_of
 from peft_hybrid.serialization import atomic_write_bytes, prepare_output_dir
 
 try:
@@ -99,7 +100,11 @@ def run_identity(config: HybridConfig) -> dict[str, Any]:
     fields = config.to_dict()
     return {
         "task": fields.get("task"),
-        "base": {"model": fields.get("base_model_name_or_path"), "revision": fields.get("revision")},
+        "base": {
+            "model": fields.get("base_model_name_or_path"),
+            "revision": fields.get("revision"),
+            "quantization": method_of(fields.get("base_quantization")),
+        },
         # Provenance is compared above as task and base; the adapter is the fields of its identity.
         "adapter": {name: fields[name] for name in sorted(IDENTITY_FIELDS)},
     }
@@ -136,7 +141,11 @@ def recipe_manifest(script_args: Any, config: HybridConfig) -> dict[str, Any]:
     from peft_hybrid.offline.presets import preset_id
 
     base = preset_id(script_args.model_preset) if script_args.model_preset else script_args.model_name_or_path
-    manifest["base"] = {"model": base, "revision": script_args.model_revision}
+    manifest["base"] = {
+        "model": base,
+        "revision": script_args.model_revision,
+        "quantization": getattr(script_args, "quantize", None),
+    }
     return manifest
 
 
@@ -216,7 +225,12 @@ def _check_is_own(directory: Path, manifest: Mapping[str, Any]) -> None:
     if not present:
         return
     theirs = read_manifest(directory)
-    if theirs is None:
+    if theirs is None and (directory / MANIFEST_NAME).exists():
+        reason = (
+            f"its run manifest {directory / MANIFEST_NAME} is damaged (not a JSON object), so it cannot be shown to "
+            "be this run's own"
+        )
+    elif theirs is None:
         reason = "it is not empty and has no run manifest, so it is not this run's own"
     else:
         difference = first_difference(manifest, theirs)
@@ -258,7 +272,14 @@ def _lock(directory: Path) -> int | None:
         logger.warning("No file locks on this platform: nothing stops a second run from writing %s.", directory)
         return None
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a folder, or a file we may not open, where the lock file belongs
+        what = "a folder" if path.is_dir() else f"not a file this process can open ({err.strerror})"
+        raise RunFolderError(
+            f"output_dir {directory}: its lock file {path} is {what}. Remove it (training recreates it) or pick "
+            "another --output_dir."
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
