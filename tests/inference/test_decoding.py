@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from peft_hybrid import HybridConfig, HybridModel, generate_texts
-from peft_hybrid.inference.decoding import decode_texts, decoded_rows
+from peft_hybrid.inference.decoding import decode_texts, decode_window, decoded_rows
 from peft_hybrid.offline import t5_from_preset
 from peft_hybrid.serve.formatting import decode_output
 
@@ -44,6 +44,7 @@ def test_the_server_decodes_one_row_as_offline_generation_does(tokenizer):
     ids = tokenizer(["Amy meets Ben."]).input_ids[0]
     assert decode_output(tokenizer, ids) == decode_texts(tokenizer, [ids])[0] == "Amy meets Ben."
     assert decode_output(tokenizer, []) == ""
+    assert decode_window(tokenizer, ids) == "Amy meets Ben."  # a window: the same settings, unstripped
 
 
 def test_generate_texts_returns_the_decoded_generation():

@@ -35,6 +35,12 @@ def decode_texts(tokenizer: Any, token_ids: Any) -> list[str]:
     return [text.strip() for text in texts]
 
 
+def decode_window(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    """The text of ``token_ids`` with `decode_texts`'s settings, not stripped: incremental decoding
+    compares the texts of overlapping windows, and strips once itself."""
+    return tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
 def decoded_rows(
     sources: Sequence[str], references: Sequence[str], predictions: Sequence[str]
 ) -> list[dict[str, str]]:
