@@ -363,7 +363,7 @@ def fields_of_role(*roles: str) -> tuple[str, ...]:
 
     Example:
         >>> fields_of_role("provenance")
-        ('base_model_name_or_path', 'revision', 'base_model_shape', 'task', 'inference')
+        ('base_model_name_or_path', 'revision', 'base_model_shape', 'base_quantization', 'task', 'inference')
     """
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
