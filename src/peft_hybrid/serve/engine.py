@@ -33,19 +33,20 @@ def prepare(job: Job, adapter_config, tokenizer, limits: Limits) -> None:
     """Tokenize the job's formatted input and fix its token budget, or raise a 422 `RequestError`."""
     request = job.request
     text = format_request(adapter_config, request.inputs)
+    ids = tokenizer(text)["input_ids"]
     if request.truncate is not None:
-        ids = tokenizer(text, truncation=True, max_length=request.truncate)["input_ids"]
-    else:
-        ids = tokenizer(text)["input_ids"]
-        if len(ids) > limits.max_input_tokens:
-            raise RequestError(
-                f"`inputs` must have at most {limits.max_input_tokens} tokens (after the adapter's task "
-                f"formatting). Given: {len(ids)}. Send a shorter input or set `truncate`."
-            )
+        ids = ids[-request.truncate :]  # TGI keeps the last N tokens (here: the end-of-sequence token too)
+    elif len(ids) > limits.max_input_tokens:
+        raise RequestError(
+            f"`inputs` must have at most {limits.max_input_tokens} tokens (after the adapter's task "
+            f"formatting). Given: {len(ids)}. Send a shorter input or set `truncate`."
+        )
     # Offline prediction keeps the adapter's max source length; so does the server, for the same answer.
     keep = max_source_tokens(adapter_config)
-    if len(ids) > keep:
+    if len(ids) > keep and request.truncate is None:
         ids = tokenizer(text, truncation=True, max_length=keep)["input_ids"]
+    elif len(ids) > keep:
+        ids = ids[-keep:]
     job.input_ids = ids
     default = min(generation_defaults(adapter_config)["max_new_tokens"], limits.max_new_tokens_limit)
     job.max_new_tokens = request.max_new_tokens or default
@@ -139,7 +140,7 @@ class Runner:
             attention_mask=attention_mask.to(device),
             adapter_names=[name for _, name in held],
             max_new_tokens=max(job.max_new_tokens for job in jobs),
-            logits_processor=LogitsProcessorList([watch.scores]),
+            logits_processor=LogitsProcessorList([_RowProcessors(watch.rows), watch.scores]),
             stopping_criteria=StoppingCriteriaList([watch]),
             **settings,
         )
@@ -180,6 +181,19 @@ class _Scores(LogitsProcessor):
         return scores
 
 
+class _RowProcessors(LogitsProcessor):
+    """Each open row's own ``request.logits_processor`` (its grammar), on that row's scores."""
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self.rows = [(i, row) for i, row in enumerate(rows) if row.job.request.logits_processor is not None]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for i, row in self.rows:
+            if not row.done:  # an ended row only pads from here on
+                scores[i] = row.job.request.logits_processor(row.ids, scores[i])
+        return scores
+
+
 class _Row:
     def __init__(self, job: Job, special: set[int], eos: int) -> None:
         self.job = job
@@ -205,7 +219,7 @@ class _Row:
             reason = "eos_token"
         elif len(self.ids) >= self.job.max_new_tokens:
             reason = "length"
-        elif any(stop in self.text for stop in self.job.request.stop):
+        elif any(self.text.endswith(stop) for stop in self.job.request.stop):  # TGI: the text ends with it
             reason = "stop_sequence"
         self.done = reason is not None
         if self.streams:
