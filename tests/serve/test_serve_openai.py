@@ -45,7 +45,9 @@ def test_a_greedy_completion_equals_generate_for_that_adapter(served, client, mo
     server, refs = served
     adapter = None if model == "preset:tiny" else model
     for text, want in zip(TEXTS, refs[adapter]):
-        generated = http(server.url, "/generate", {"inputs": text, "parameters": {"adapter_id": adapter, "max_new_tokens": NEW}})
+        generated = http(
+            server.url, "/generate", {"inputs": text, "parameters": {"adapter_id": adapter, "max_new_tokens": NEW}}
+        )
         assert generated[2]["generated_text"] == want
         out = client.completions.create(model=model, prompt=text, max_tokens=NEW, temperature=0)
         assert out.choices[0].text == want
@@ -65,7 +67,12 @@ def test_a_streamed_completion_joins_to_the_whole_and_ends_with_done(served, cli
     _, refs = served
     chunks = list(
         client.completions.create(
-            model="summ", prompt=TEXTS[0], max_tokens=NEW, temperature=0, stream=True, stream_options={"include_usage": True}
+            model="summ",
+            prompt=TEXTS[0],
+            max_tokens=NEW,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == refs["summ"][0]
@@ -84,7 +91,9 @@ def test_a_stop_sequence_ends_the_choice_and_is_left_out(served, client):
     whole = client.completions.create(model="summ", prompt=TEXTS[2], max_tokens=NEW, temperature=0, stop=stop)
     cut = want[: want.index(stop)]
     assert whole.choices[0].text == cut and whole.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model="summ", prompt=TEXTS[2], max_tokens=NEW, temperature=0, stop=[stop], stream=True)
+    streamed = client.completions.create(
+        model="summ", prompt=TEXTS[2], max_tokens=NEW, temperature=0, stop=[stop], stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == cut
 
 
@@ -95,8 +104,11 @@ def test_chat_maps_the_one_user_message_to_the_task_input(served, client):
     )
     assert out.choices[0].message.content == refs["summ"][1] and out.choices[0].message.role == "assistant"
     stream = client.chat.completions.create(
-        model="summ", messages=[{"role": "user", "content": [{"type": "text", "text": TEXTS[1]}]}], max_tokens=NEW,
-        temperature=0, stream=True,
+        model="summ",
+        messages=[{"role": "user", "content": [{"type": "text", "text": TEXTS[1]}]}],
+        max_tokens=NEW,
+        temperature=0,
+        stream=True,
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == refs["summ"][1]
 
@@ -107,7 +119,9 @@ def test_chat_that_cannot_be_mapped_is_a_400_saying_why(client):
         client.chat.completions.create(model="summ", messages=messages)
     with pytest.raises(openai.BadRequestError, match="tools"):
         client.chat.completions.create(
-            model="summ", messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}]
+            model="summ",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[{"type": "function", "function": {"name": "f"}}],
         )
 
 
@@ -155,7 +169,9 @@ def test_huggingface_hub_chat_completion(served):
     client = InferenceClient(base_url=server.url)
     out = client.chat_completion([{"role": "user", "content": TEXTS[3]}], model="lora", max_tokens=NEW, temperature=0)
     assert out.choices[0].message.content == refs["lora"][3]
-    base = client.chat_completion([{"role": "user", "content": TEXTS[3]}], max_tokens=NEW, temperature=0)  # model "dummy"
+    base = client.chat_completion(
+        [{"role": "user", "content": TEXTS[3]}], max_tokens=NEW, temperature=0
+    )  # model "dummy"
     assert base.choices[0].message.content == refs[None][3]
     streamed = client.chat_completion(
         [{"role": "user", "content": TEXTS[3]}], model="lora", max_tokens=NEW, temperature=0, stream=True
