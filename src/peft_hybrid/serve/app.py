@@ -22,8 +22,8 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import StarletteHTTPException as HTTPException
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 
 from peft_hybrid.serve.adapters import AdapterCache
 from peft_hybrid.serve.batcher import Batcher, Final, Job
