@@ -89,6 +89,8 @@ def test_tgis_client_package(served):
     assert "".join(r.token.text for r in client.generate_stream(TEXTS[2], max_new_tokens=NEW)) == want
     with pytest.raises(text_generation.errors.ValidationError, match="max_new_tokens"):
         client.generate(TEXTS[2], max_new_tokens=65)
+    chat = client.chat([text_generation.types.Message(role="user", content=TEXTS[2])], max_tokens=NEW, temperature=0)
+    assert chat.choices[0].message.content == want  # its model "tgi" is the base
 
 
 BAD = [
@@ -235,7 +237,7 @@ def test_runtime_loading_refuses_paths_outside_the_patterns(served, tmp_path):
     outside = folder / "outside"
     shutil.copytree(folder / "runtime" / "summ", outside, dirs_exist_ok=True)
     (folder / "runtime" / "link").symlink_to(outside)
-    for path in [f"{folder}/runtime/../outside", str(folder / "runtime" / "link"), "some-org/adapter"]:
+    for path in [f"{folder}/runtime/../outside", str(folder / "runtime" / "link"), "some-org/adapter", "/x\x00y"]:
         status, _, answer = http(server.url, "/v1/load_lora_adapter", {"lora_name": "x", "lora_path": path})
         assert status == 403 and "--allow-adapter" in answer["error"]["message"], path
     status, _, answer = http(server.url, "/v1/unload_lora_adapter", {"lora_name": "never"})

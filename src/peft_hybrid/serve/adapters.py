@@ -187,7 +187,9 @@ class AdapterCache:
         Refused (403, or ``None`` with ``quiet``) otherwise, naming the patterns.
         """
         found = None
-        if _is_folder(source) or (os.path.exists(source) and not self._hub_patterns):
+        if "\x00" in source:  # no path or Hub id holds one; os.path would raise on it
+            pass
+        elif _is_folder(source) or (os.path.exists(source) and not self._hub_patterns):
             path = PurePosixPath(os.path.realpath(os.path.expanduser(source)))
             if any(path.match(pattern) for pattern in self._folder_patterns):
                 found = str(path)
