@@ -138,6 +138,21 @@ def test_a_regex_grammar_keeps_an_sst2_adapter_in_its_label_set(served):
         assert status == 200, answer
         answers.add(answer["generated_text"])
     assert answers <= {"positive", "negative"}
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=server.url)
+    for seed in range(3):
+        out = client.text_generation(
+            TEXTS[0], adapter_id="sst2", grammar=grammar, max_new_tokens=24, seed=seed, do_sample=True
+        )
+        assert out in {"positive", "negative"}
+    chat = client.chat_completion(
+        [{"role": "user", "content": TEXTS[1]}],
+        model="sst2",
+        max_tokens=64,
+        response_format={"type": "json", "value": SCHEMA},
+    )
+    assert json.loads(chat.choices[0].message.content)["label"] in {"positive", "negative"}
     out = http(
         server.url,
         "/v1/completions",
@@ -217,7 +232,8 @@ def test_runtime_load_and_unload_under_load(served):
     def other(i):
         return _gen(server, TEXTS[i % 4], "lora")[2]["generated_text"]
 
-    long_body = {"inputs": TEXTS[2], "parameters": {"adapter_id": "late", "max_new_tokens": 64, "details": True}}
+    long_body = {"inputs": TEXTS[2], "parameters": {"adapter_id": "late", "max_new_tokens": 64}}
+    long_want = offline(folder / "runtime" / "summ", [TEXTS[2]], 64)[0]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         others = [pool.submit(other, i) for i in range(24)]
         running = pool.submit(http, server.url, "/generate", long_body)
@@ -226,7 +242,7 @@ def test_runtime_load_and_unload_under_load(served):
             lambda: unloaded.result() and http(server.url, "/v1/load_lora_adapter", {**load, "lora_name": "again"})
         )
         assert [f.result() for f in others] == [refs["lora"][i % 4] for i in range(24)]
-        assert running.result()[0] == 200  # the row in flight finished before the adapter left
+        assert running.result()[2]["generated_text"] == long_want  # the row in flight finished with its adapter
         assert unloaded.result()[0] == 200 and reloaded.result()[0] == 200
     assert _gen(server, TEXTS[1], "late")[0] == 422
     assert _gen(server, TEXTS[1], "again")[2]["generated_text"] == refs["summ"][1]

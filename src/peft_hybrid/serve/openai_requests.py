@@ -57,8 +57,9 @@ class ResponseFormat(BaseModel):
             return None
         if self.type == "json_object":
             return ("json", json.dumps({"type": "object"}))
-        if self.type == "json_schema":
-            schema = (self.json_schema or {}).get("schema")
+        if self.type == "json_schema":  # OpenAI: {"json_schema": {"schema"}}; TGI: {"value": {"schema"}}
+            holder = self.json_schema if self.json_schema is not None else self.value
+            schema = holder.get("schema") if isinstance(holder, dict) else None
             if not isinstance(schema, dict):
                 raise RequestError("`response_format.json_schema.schema` must be a JSON schema object.")
             return ("json", json.dumps(schema, sort_keys=True))
