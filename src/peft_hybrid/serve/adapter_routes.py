@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from peft_hybrid.serve.adapters import AdapterBusy
-from peft_hybrid.serve.app import ServeState, openai_error, read_json
+from peft_hybrid.serve.app import ServeState, openai_error, read_json, wait_idle
 from peft_hybrid.serve.openai_requests import parse
 from peft_hybrid.serve.requests import RequestError, Str
 
@@ -59,7 +59,6 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
             state.cache.drain(name)
         except RequestError as err:
             return openai_error(err)
-        async with state.idle():
-            await state.idle().wait_for(lambda: state.in_flight.get(name, 0) == 0)
+        await wait_idle(state, name)
         await state.batcher.call_in_worker(lambda: state.cache.unload(name))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")

@@ -61,8 +61,8 @@ class ServeState:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     grammars: GrammarCompiler | None = None
     created: int = dataclasses.field(default_factory=lambda: int(time.time()))
-    # Requests queued or running per adapter id: unloading an adapter waits for its count to reach 0.
-    in_flight: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Jobs queued or running per adapter id: unloading an adapter waits until each has ended.
+    in_flight: collections.defaultdict = dataclasses.field(default_factory=lambda: collections.defaultdict(dict))
     _idle: asyncio.Condition | None = None
 
     def __post_init__(self) -> None:
@@ -137,7 +137,7 @@ async def submit(state: ServeState, request: GenerateRequest) -> Job:
     if state.cache.is_loaded(request.adapter_id):  # else the worker prepares it after loading it
         prepare(job, state.cache.config(request.adapter_id), state.tokenizer, state.limits)
     state.batcher.submit(job)
-    state.in_flight[request.adapter_id] += 1
+    state.in_flight[request.adapter_id][id(job)] = job  # by id: a Job (a dataclass) is not hashable
     return job
 
 
@@ -145,12 +145,25 @@ async def done(state: ServeState, job: Job) -> None:
     """The handler of ``job`` has finished with it: a client gone early frees its row, unloads may proceed."""
     if not job.finished:
         job.cancelled = True
-    adapter = job.request.adapter_id
-    state.in_flight[adapter] -= 1
-    if state.in_flight[adapter] <= 0:
-        del state.in_flight[adapter]
-        async with state.idle():
-            state.idle().notify_all()
+    jobs = state.in_flight[job.request.adapter_id]
+    for key in [key for key, other in jobs.items() if other is job or other.finished or other.cancelled]:
+        del jobs[key]  # also jobs whose handler never got here (a client gone before its stream began)
+    async with state.idle():
+        state.idle().notify_all()
+
+
+async def wait_idle(state: ServeState, adapter: str) -> None:
+    """Until every job for ``adapter`` has ended (re-checked as handlers finish, and each second for
+    a job whose client left before its stream began, whose handler never gets to `done`)."""
+
+    def idle() -> bool:
+        jobs = state.in_flight.get(adapter, {})
+        return all(job.finished or job.cancelled for job in jobs.values())
+
+    async with state.idle():
+        while not idle():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.idle().wait(), 1.0)
 
 
 async def collect(job: Job) -> tuple[list[dict], Final]:

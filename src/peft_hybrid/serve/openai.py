@@ -90,8 +90,7 @@ async def _answer(state: ServeState, http: Request, *, chat: bool) -> Response:
     except RequestError as err:
         for job in jobs:
             await done(state, job)
-        count(state, adapter, openai_error(err).status_code, started)
-        return openai_error(err)
+        return _refused(state, err, adapter, started)
     reply = _Reply(state, body, chat, jobs, per_prompt=len(jobs) // len(texts))
     if body.stream:
         return StreamingResponse(
@@ -100,13 +99,18 @@ async def _answer(state: ServeState, http: Request, *, chat: bool) -> Response:
     try:
         results = await asyncio.gather(*(collect(job) for job in jobs))
     except RequestError as err:
-        count(state, adapter, openai_error(err).status_code, started)
-        return openai_error(err)
+        return _refused(state, err, adapter, started)
     finally:
         for job in jobs:
             await done(state, job)
     count(state, adapter, 200, started)
     return JSONResponse(reply.whole([final for _, final in results]))
+
+
+def _refused(state: ServeState, err: RequestError, adapter: str, started: float) -> Response:
+    response = openai_error(err)
+    count(state, adapter, response.status_code, started)
+    return response
 
 
 class _Reply:
