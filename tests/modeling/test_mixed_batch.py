@@ -174,3 +174,25 @@ def test_high_rank_adapters_take_the_gathered_path_and_still_match():
         for t, n in zip(texts, names)
     ]
     _check_rows(mixed, solos, tok.pad_token_id)
+
+
+def test_only_named_gathers_just_the_batchs_adapters_with_the_same_outputs():
+    """A server holding many adapters gathers only those its batch names (``only_named``)."""
+    from peft_hybrid.modeling.mixed import RowLora, mixed_plan
+
+    base, tok = t5_from_preset("tiny", seed=0)
+    model = HybridModel(base, HybridConfig(mode="lora", lora_dropout=0.0), tokenizer=tok, adapter_name="x")
+    for name in ("y", "z"):
+        model.add_adapter(name, HybridConfig(mode="lora", lora_dropout=0.0))
+    _randomize({str(i): t for i, t in enumerate(model.all_adapter_tensors())}, 4)
+    model.eval()
+    names = ["x", "__base__", "x"]
+    assert RowLora(model.base_model, names).used == ["x", "y", "z"]
+    assert RowLora(model.base_model, names, only_named=True).used == ["x"]
+    batch = tok(TEXTS[:3], return_tensors="pt", padding=True)
+    labels = tok(TEXTS[3:6], return_tensors="pt", padding=True)["input_ids"]
+    logits = []
+    for only_named in (False, True):
+        with torch.no_grad(), mixed_plan(model, names, only_named=only_named):
+            logits.append(model.base_model(**batch, labels=labels).logits)
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)

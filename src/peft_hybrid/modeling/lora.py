@@ -165,7 +165,10 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def read_peft_lora_config(folder: str | Path) -> LoraConfig:
     """Read a vanilla PEFT LoRA adapter's config (for loading it as a named adapter)."""
-    config = LoraConfig.from_pretrained(str(folder))
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except ValueError as err:  # damaged JSON: the parser's message names no file
+        raise ValueError(f"{Path(folder) / 'adapter_config.json'} is not a readable PEFT config ({err}).") from None
     if not isinstance(config, LoraConfig):
         raise ValueError(f"{folder} holds a {type(config).__name__}, not a LoRA adapter.")
     return config

@@ -50,12 +50,16 @@ def check_adapter_names(adapter_names: Sequence[str], rows: int, known: Sequence
 class RowLora:
     """Per-row LoRA for the duration of a ``with`` block: hooks on every LoRA layer of ``model``."""
 
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
+    def __init__(self, model: nn.Module, names: list[str], *, only_named: bool = False) -> None:
         self.model = model
         self.names = names
         # Every adapter the layers hold, not only the ones this batch names: the per-row tensors
         # then have one shape per model and batch size, so a compiled graph serves every mix.
+        # ``only_named`` gathers just the batch's adapters instead (a server holding hundreds of
+        # adapters would gather them all for every call otherwise).
         self.used = sorted({n for m in model.modules() if isinstance(m, LoraLayer) for n in m.lora_A})
+        if only_named:
+            self.used = [n for n in self.used if n in set(names)]
         # slot 0 is "no LoRA here": __base__ rows and adapters without LoRA in a layer gather zeros
         self.slots = torch.tensor([1 + self.used.index(n) if n in self.used else 0 for n in names])
         self._gathered: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -179,12 +183,12 @@ def single_plan(model, name: str, rows: int):
     return plan()
 
 
-def mixed_plan(model, names: list[str]):
+def mixed_plan(model, names: list[str], *, only_named: bool = False):
     """Rows name different adapters: per-row prompts, per-row LoRA through the batched path."""
 
     @contextlib.contextmanager
     def plan():
-        lora = RowLora(model.base_model, names)
+        lora = RowLora(model.base_model, names, only_named=only_named)
         with lora.active():
             yield [model._adapters[n].prompt if n in model._adapters else None for n in names]
 

@@ -10,6 +10,8 @@ are listed by ``/v1/models`` and ``/info``. Answers are vLLM's plain-text ``Succ
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict
@@ -37,8 +39,13 @@ def add_routes(app: FastAPI, state: ServeState) -> None:
         try:
             body = parse(LoadBody, await read_json(state, request))
             state.cache.add(body.lora_name, body.lora_path)
+            try:  # the download off the worker; only attaching it waits for a gap between steps
+                folder = await asyncio.to_thread(state.cache.fetch, body.lora_name)
+            except RequestError:
+                state.cache.forget(body.lora_name)
+                raise
             try:
-                await state.batcher.call_in_worker(lambda: state.cache.load_now(body.lora_name))
+                await state.batcher.call_in_worker(lambda: state.cache.load_now(body.lora_name, folder))
             except AdapterBusy:  # every slot is held right now: it loads on its first request instead
                 pass
         except RequestError as err:

@@ -27,7 +27,6 @@ from fastapi.responses import JSONResponse
 
 from peft_hybrid.serve.adapters import AdapterCache
 from peft_hybrid.serve.batcher import Batcher, Final, Job
-from peft_hybrid.serve.engine import prepare
 from peft_hybrid.serve.grammar import GrammarCompiler
 from peft_hybrid.serve.metrics import Metrics
 from peft_hybrid.serve.requests import GenerateRequest, Limits, RequestError, check_text
@@ -128,15 +127,13 @@ async def read_json(state: ServeState, http: Request) -> Any:
 
 
 async def submit(state: ServeState, request: GenerateRequest) -> Job:
-    """Queue ``request`` (its grammar compiled, its input tokenized when its adapter is loaded)."""
+    """Queue ``request``, its grammar compiled into its row's logits processor."""
     state.cache.check(request.adapter_id)
     if request.grammar is not None:
         processor = await asyncio.to_thread(state.grammars.processor, request.grammar)
         request = dataclasses.replace(request, logits_processor=processor)
     job = Job(request, asyncio.get_running_loop())
-    if state.cache.is_loaded(request.adapter_id):  # else the worker prepares it after loading it
-        prepare(job, state.cache.config(request.adapter_id), state.tokenizer, state.limits)
-    state.batcher.submit(job)
+    state.batcher.submit(job)  # the scheduler tokenizes it (`peft_hybrid.serve.engine.prepare`)
     state.in_flight[request.adapter_id][id(job)] = job  # by id: a Job (a dataclass) is not hashable
     return job
 

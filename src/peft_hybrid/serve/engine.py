@@ -80,6 +80,9 @@ class Runner:
         for job in jobs:
             if job.cancelled:
                 continue
+            if job.request.logits_processor is not None:
+                job.send(RequestError("structured output needs the continuous scheduler (--scheduler continuous)."))
+                continue
             try:
                 name = self.cache.acquire(job.request.adapter_id)
             except AdapterBusy:
@@ -97,7 +100,7 @@ class Runner:
                     prepare(job, self.cache.config(job.request.adapter_id), self.tokenizer, self.limits)
             except Exception as err:
                 self.cache.release(name)
-                job.send(err if isinstance(err, RequestError) else _generation_error(err))
+                job.send(err if isinstance(err, RequestError) else generation_error(err))
                 continue
             held.append((job, name))
         return held, waiting
@@ -119,7 +122,7 @@ class Runner:
     def _fail(self, job: Job, err: Exception) -> None:
         if not job.finished:
             logger.error("generation failed for one request: %s", err)
-            job.send(_generation_error(err))
+            job.send(generation_error(err))
 
     @torch.inference_mode()
     def _generate(self, held: list[tuple[Job, str]]) -> None:
@@ -140,7 +143,7 @@ class Runner:
             attention_mask=attention_mask.to(device),
             adapter_names=[name for _, name in held],
             max_new_tokens=max(job.max_new_tokens for job in jobs),
-            logits_processor=LogitsProcessorList([_RowProcessors(watch.rows), watch.scores]),
+            logits_processor=LogitsProcessorList([watch.scores]),
             stopping_criteria=StoppingCriteriaList([watch]),
             **settings,
         )
@@ -150,7 +153,7 @@ class Runner:
                 self.on_tokens(job.request.adapter_id, len(row.ids))
 
 
-def _generation_error(err: Exception) -> RequestError:
+def generation_error(err: Exception) -> RequestError:
     return RequestError(f"generation failed: {err}", status=500, error_type="generation")
 
 
@@ -178,19 +181,6 @@ class _Scores(LogitsProcessor):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.wanted:
             self.logprobs = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-
-class _RowProcessors(LogitsProcessor):
-    """Each open row's own ``request.logits_processor`` (its grammar), on that row's scores."""
-
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = [(i, row) for i, row in enumerate(rows) if row.job.request.logits_processor is not None]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for i, row in self.rows:
-            if not row.done:  # an ended row only pads from here on
-                scores[i] = row.job.request.logits_processor(row.ids, scores[i])
         return scores
 
 

@@ -22,6 +22,7 @@ from peft_hybrid.serve.batcher import Batcher
 from peft_hybrid.serve.engine import Runner
 from peft_hybrid.serve.metrics import Metrics
 from peft_hybrid.serve.requests import Limits, RequestError
+from peft_hybrid.serve.scheduler import ContinuousBatcher
 
 READY_MESSAGE = "peft-hybrid serve ready at"
 logger = logging.getLogger("peft_hybrid.serve")
@@ -30,7 +31,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def build_state(options: Any, api_key: str | None) -> ServeState:
     """The loaded base and adapters, the cache, the batcher and the metrics, from the parsed options."""
-    from peft_hybrid import __version__
     from peft_hybrid.config import HybridConfig
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.modeling.model import HybridModel
@@ -43,28 +43,61 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
     # The active adapter holds nothing, so requests pick adapters per row and any of them can be evicted.
     model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER)
     model = model.to(device=device, dtype=_DTYPES[options.dtype]).eval()
-    cache = AdapterCache(model, options.adapters, allow=options.allow_adapter, max_adapters=options.max_adapters)
+    scheduler = getattr(options, "scheduler", "continuous")
+    batcher: Batcher | ContinuousBatcher
+    in_flight = (lambda: batcher.in_flight()) if scheduler == "continuous" else None
+    metrics = Metrics(lambda: batcher.depth(), in_flight)
+    cache = AdapterCache(
+        model,
+        options.adapters,
+        allow=options.allow_adapter,
+        max_adapters=options.max_adapters,
+        on_load=lambda adapter_id: metrics.adapter_loads.labels(adapter_id).inc(),
+    )
     cache.lazy = options.lazy_adapters
     try:
         cache.load_configured()
     except RequestError as err:
         raise ValueError(f"--adapter: {err.message}") from err
     limits = Limits(max_input_tokens=options.max_input_tokens, max_new_tokens_limit=options.max_new_tokens_limit)
-    batcher: Batcher
-    metrics = Metrics(lambda: batcher.depth())
-    runner = Runner(model, tokenizer, cache, limits, on_tokens=lambda a, n: metrics.tokens.labels(a).inc(n))
-    batcher = Batcher(
-        runner,
-        max_batch_size=options.max_batch_size,
-        max_wait_ms=options.max_wait_ms,
-        max_queue=options.max_queue,
-        on_batch=metrics.batch_size.observe,
+    if scheduler == "continuous":
+        batcher = ContinuousBatcher(
+            model,
+            tokenizer,
+            cache,
+            limits,
+            max_batch_size=options.max_batch_size,
+            max_batch_total_tokens=options.max_batch_total_tokens,
+            max_queue=options.max_queue,
+            metrics=metrics,
+        )
+    else:
+        runner = Runner(model, tokenizer, cache, limits, on_tokens=lambda a, n: metrics.tokens.labels(a).inc(n))
+        batcher = Batcher(
+            runner,
+            max_batch_size=options.max_batch_size,
+            max_wait_ms=options.max_wait_ms,
+            max_queue=options.max_queue,
+            on_batch=metrics.batch_size.observe,
+        )
+    info = _info(options, limits, torch.device(device).type, getattr(base.config, "_commit_hash", None), scheduler)
+    # The event loop tokenizes requests while the worker decodes: a fast tokenizer must not be
+    # shared between threads (changing its truncation borrows it mutably), so each gets its own.
+    request_tokenizer = copy.deepcopy(tokenizer)
+    return ServeState(
+        options.base, request_tokenizer, cache, batcher, limits, metrics, info, api_key, options.max_request_bytes
     )
-    info = {
+
+
+def _info(options: Any, limits: Limits, device_type: str, model_sha: str | None, scheduler: str) -> dict[str, Any]:
+    """What ``GET /info`` answers besides the adapters: TGI's fields, then this server's limits."""
+    from peft_hybrid import __version__
+
+    return {
         "model_id": options.base,
-        "model_sha": getattr(base.config, "_commit_hash", None),
+        "model_sha": model_sha,
         "model_dtype": options.dtype,
-        "model_device_type": torch.device(device).type,
+        "model_device_type": device_type,
         "model_pipeline_tag": "text2text-generation",
         "max_input_tokens": limits.max_input_tokens,
         "max_new_tokens_limit": limits.max_new_tokens_limit,
@@ -76,7 +109,9 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
         "max_total_tokens": limits.max_input_tokens + limits.max_new_tokens_limit,
         "validation_workers": 1,
         "max_client_batch_size": 1,
+        "scheduler": scheduler,
         "max_batch_size": options.max_batch_size,
+        "max_batch_total_tokens": getattr(options, "max_batch_total_tokens", None),
         "max_wait_ms": options.max_wait_ms,
         "max_queue": options.max_queue,
         "max_adapters": options.max_adapters,
@@ -84,12 +119,6 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
         "router": "peft-hybrid",
         "version": __version__,
     }
-    # The event loop tokenizes requests while the worker decodes: a fast tokenizer must not be
-    # shared between threads (changing its truncation borrows it mutably), so each gets its own.
-    request_tokenizer = copy.deepcopy(tokenizer)
-    return ServeState(
-        options.base, request_tokenizer, cache, batcher, limits, metrics, info, api_key, options.max_request_bytes
-    )
 
 
 def bind(host: str, port: int) -> socket.socket:
