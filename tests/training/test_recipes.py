@@ -267,3 +267,11 @@ def test_every_command_has_help(command, options, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert all(option in text for option in options)
+
+
+def test_use_dora_flag_reaches_the_adapter_config_and_needs_a_mode_with_lora(tmp_path):
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    _, hybrid, _ = parse_args(["--mode", "lora", "--use_dora", "true", *common], task="sst2")
+    assert hybrid.use_dora is True and hybrid.part_kinds == ("dora",)
+    with pytest.raises(ValueError, match=r"use_dora=True needs a mode with LoRA \('lora' or 'hybrid'\), not 'prompt'"):
+        parse_args(["--mode", "prompt", "--use_dora", "true", *common], task="sst2")
