@@ -54,7 +54,7 @@ class _Adapter:
 
     @property
     def prompt(self) -> SoftPrompt | None:
-        return next((p.soft_prompt for p in self.parts if p.soft_prompt is not None), None)
+        return next((p.row_prompt() for p in self.parts if p.row_prompt() is not None), None)
 
     @property
     def lora(self) -> AdapterPart | None:

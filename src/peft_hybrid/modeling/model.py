@@ -28,7 +28,7 @@ from peft_hybrid.modeling.mixed import (
 )
 from peft_hybrid.modeling.parts import AdapterPart
 from peft_hybrid.modeling.peft_folders import peft_lora_as_hybrid
-from peft_hybrid.modeling.prompt import SoftPrompt, prepend_per_row
+from peft_hybrid.modeling.prompt import SoftPrompt, join_prompts
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
 
 DEFAULT_ADAPTER = "default"
@@ -132,21 +132,8 @@ class HybridModel(AdapterRegistry, nn.Module):
 
         ``prompts``: one prompt (or ``None``) per row, for a mixed batch; default the active one.
         """
-        if prompts is None:
-            if self.prompt is None:
-                return {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
-        elif all(p is None for p in prompts):
-            return {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
-        if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("Pass input_ids or inputs_embeds.")
-            inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
-        if prompts is None:
-            inputs_embeds, attention_mask = self.prompt.prepend(inputs_embeds, attention_mask)
-        else:
-            weights = [None if p is None else p.weight for p in prompts]
-            inputs_embeds, attention_mask = prepend_per_row(weights, inputs_embeds, attention_mask)
-        return {"input_ids": None, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+        embeddings = self.base_model.get_input_embeddings()
+        return join_prompts(embeddings, self.prompt, prompts, input_ids, attention_mask, inputs_embeds)
 
     def forward(
         self,

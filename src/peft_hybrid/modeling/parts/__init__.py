@@ -10,8 +10,8 @@ Every part (`AdapterPart`) answers the same questions:
 - what it adds to the model: its constructor ``Part(host, config, adapter_name)`` (``host`` is the
   `HybridModel`) and, before it exists, ``expected_shapes(base_model, config)``;
 - its tensors: ``tensors()``, the live parameters under their saved (PEFT) key names;
-- its per-row form in a mixed batch: ``row_prompt()`` (vectors prepended to that row's encoder
-  input) or ``row_layer(layer)`` (the ``RowLayer`` a PEFT LoRA layer adds for that row);
+- its per-row form in a mixed batch: ``row_prompt()`` (the `SoftPrompt` before that row's encoder
+  input) or ``row_layer(layer)`` (the `RowLayer` a PEFT LoRA layer adds for that row);
 - its merge: ``merge()`` folds it into the base where that is possible (returns whether it is gone);
 - ``remove()``, ``export_peft(folder, config)`` (a vanilla PEFT folder), and its card line
   ``card_line(config)``.
@@ -19,8 +19,7 @@ Every part (`AdapterPart`) answers the same questions:
 The three kinds: ``prompt`` (`peft_hybrid.modeling.parts.prompt`), ``lora``
 (`peft_hybrid.modeling.parts.lora`), ``dora`` (`peft_hybrid.modeling.parts.dora`).
 
-How to add an adapter part (DoRA followed this list and touched the 6 files of steps 1-6, plus
-its tests, README and a recipe line):
+How to add an adapter part:
 
 1. ``src/peft_hybrid/modeling/parts/<kind>.py``: a subclass of `AdapterPart` (or of an existing
    part, as DoRA extends LoRA) with ``kind``, its tensors and shapes, row form, merge, card line.
@@ -31,14 +30,21 @@ its tests, README and a recipe line):
 4. ``src/peft_hybrid/modeling/lora.py``, only for a part living in PEFT's LoRA layers: pass the
    option to PEFT's ``LoraConfig`` (``peft_lora_config``) and, when it changes the weights a
    merge produces, `merged_weight`.
-5. ``src/peft_hybrid/modeling/peft_folders.py``, when vanilla PEFT folders can hold it: move its
+5. ``src/peft_hybrid/modeling/mixed.py``, only when the per-row form is new: neither vectors
+   before the input (``row_prompt``) nor what a `RowLayer` can say.
+6. ``src/peft_hybrid/modeling/peft_folders.py``, when vanilla PEFT folders can hold it: move its
    ``LoraConfig`` field from refused to honoured.
-6. ``src/peft_hybrid/training/ablation.py``: nothing, unless the option only fits some modes
-   (then ``ablation_config`` drops it for the others, as it does ``use_dora``).
-7. Tests in ``tests/modeling/parts/test_<kind>.py``: train (changes, base unchanged), save/load
-   round trip, PEFT's logits, mixed rows equal alone, merge equals unmerged; the README's section.
+7. ``src/peft_hybrid/training/ablation.py``, only if the option fits some modes and not others:
+   ``ablation_config`` drops it for the rest, as it does ``use_dora``.
+8. Tests in ``tests/modeling/parts/test_<kind>.py`` (train: it changes, the base does not;
+   save/load round trip; PEFT's logits both ways; mixed rows equal alone; merge equals unmerged),
+   and the README's "Adapter parts and DoRA" section.
 
-Cards (`peft_hybrid.hub.card`) and the adapter table need no change: they read ``card_line``.
+DoRA followed it: 7 source files (steps 1-7; step 5 once, to give `RowLayer` its ``magnitude``,
+so the next part of that shape skips it), one test file and the README. Saving, loading, the
+card, the CLI and the recipes needed no change.
+
+A card's method line is `method_summary`, built from each part's ``card_line``.
 """
 
 from __future__ import annotations
@@ -100,13 +106,8 @@ class AdapterPart(ABC):
         for key, param in self.tensors().items():
             param.copy_(tensors[key].to(param.dtype))
 
-    @property
-    def soft_prompt(self) -> SoftPrompt | None:
-        """The part's soft prompt module, for parts that are one."""
-        return None
-
-    def row_prompt(self) -> torch.Tensor | None:
-        """Per-row form, encoder side: ``(length, d_model)`` vectors before the row's tokens, or ``None``."""
+    def row_prompt(self) -> SoftPrompt | None:
+        """Per-row form, encoder side: the vectors before each of its rows' tokens, or ``None``."""
         return None
 
     def row_layer(self, layer: LoraLayer) -> RowLayer | None:

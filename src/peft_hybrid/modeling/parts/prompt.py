@@ -38,12 +38,8 @@ class PromptPart(AdapterPart):
     def tensors(self) -> dict[str, torch.Tensor]:
         return self._prompt.tensors()
 
-    @property
-    def soft_prompt(self) -> SoftPrompt:
+    def row_prompt(self) -> SoftPrompt:
         return self._prompt
-
-    def row_prompt(self) -> torch.Tensor:
-        return self._prompt.weight
 
     def merge(self) -> bool:
         return False  # vectors before the input have no weight to fold into: the prompt stays
