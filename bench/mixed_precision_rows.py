@@ -3,14 +3,17 @@
 Each of ``--rows`` rows uses one of ``--adapters`` adapters (LoRA, DoRA and hybrid in turn, random
 weights) and generates greedily alone (``adapter_names=[name]``), in one mixed batch
 (``adapter_names`` one per row), and in a plain batch of the same rows that all use that row's
-adapter (what any batching does to a row). Counted: rows whose tokens equal the row alone.
+adapter (what any batching does to a row), padded as tokenizers pad and padded to the mixed batch's
+encoder length (the longest row's prompt plus tokens, where the adapter's own prompt allows).
+Counted: rows whose tokens equal the row alone, and mixed rows whose tokens equal the same row of
+the same-length plain batch.
 
     python bench/mixed_precision_rows.py --preset flan-t5-small --rows 20 --new-tokens 24
 
-prints, per dtype, ``mixed rows equal alone: k/N`` and ``plain batching rows equal alone: m/N``.
-fp32 gives N/N for the mixed batch (each row's answer depends only on its own input); bf16 rounds
-differently with the batch's shape, so both counts can fall below N, the mixed one no lower than the
-plain one by design (the per-row LoRA rounds in the single-adapter layer's order).
+fp32 gives N/N everywhere (each row's answer depends only on its own input). In bf16 a row's
+rounding depends on the batch's encoder length, so a row can differ from itself alone in any batch;
+a mixed row equals the same-length plain row (N/N): mixing adds no rounding of its own, only the
+padding that a longer prompt in the batch brings, as a longer input would.
 """
 
 from __future__ import annotations
@@ -52,9 +55,19 @@ def count(model: HybridModel, tok, texts: list[str], names: list[str], new_token
     ]
     mixed = model.generate(**batch, adapter_names=names, **settings)
     plain = {n: model.generate(**batch, adapter_names=[n] * len(texts), **settings) for n in sorted(set(names))}
+    prompt = {n: c.num_virtual_tokens if c.uses_prompt else 0 for n, c in model.adapters.items()}
+    longest = max(prompt[n] + int(mask.sum()) for n, mask in zip(names, batch.attention_mask))
+    same_shape = {}
+    for n in sorted(set(names)):
+        # A prompt adapter's plain batch cannot be shorter than its prompt plus the longest input.
+        length = max(longest - prompt[n], batch.input_ids.shape[1])
+        padded = tok(texts, return_tensors="pt", padding="max_length", max_length=length)
+        same_shape[n] = model.generate(**padded, adapter_names=[n] * len(texts), **settings)
     return {
         "mixed": sum(torch.equal(mixed[i], alone[i]) for i in range(len(texts))),
         "plain": sum(torch.equal(plain[n][i], alone[i]) for i, n in enumerate(names)),
+        "plain_same_length": sum(torch.equal(same_shape[n][i], alone[i]) for i, n in enumerate(names)),
+        "mixed_equals_same_length_plain": sum(torch.equal(mixed[i], same_shape[n][i]) for i, n in enumerate(names)),
     }
 
 
@@ -75,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, int]]:
         counts = count(copy.deepcopy(model).to(dtype), tok, texts, names, args.new_tokens)
         results[str(dtype).removeprefix("torch.")] = counts
         print(
-            f"{dtype}: mixed rows equal alone: {counts['mixed']}/{args.rows}; "
-            f"plain batching rows equal alone: {counts['plain']}/{args.rows}"
+            f"{dtype}: rows equal alone: mixed {counts['mixed']}/{args.rows}, plain batching {counts['plain']}/"
+            f"{args.rows}, plain batching at the mixed length {counts['plain_same_length']}/{args.rows}; mixed rows "
+            f"equal the same-length plain rows: {counts['mixed_equals_same_length_plain']}/{args.rows}"
         )
     print(json.dumps({"preset": args.preset, "rows": args.rows, "new_tokens": args.new_tokens, **results}))
     return results
