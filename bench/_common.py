@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -60,15 +61,36 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every variant (default on cuda).")
-    parser.add_argument("--budget", type=float, default=1800.0, help="Seconds; variants past it are skipped.")
+    parser.add_argument("--budget", type=budget, default=1800.0, help=BUDGET_HELP)
+    parser.add_argument("--threads", type=int, default=CPU_THREADS, help=THREADS_HELP)
     return parser
 
 
-def setup(device: str, seed: int = 0) -> None:
+# Two threads on the 2-core machines the CPU figures come from; on a busy machine two threads contend
+# badly, so the tests run the benches with one.
+CPU_THREADS = 2
+THREADS_HELP = f"torch CPU threads (default {CPU_THREADS}; 1 on a busy machine)."
+BUDGET_HELP = "Seconds; variants past it are skipped. 'none': every variant, every rep, however long it takes."
+
+
+def budget(text: str) -> float:
+    """``--budget``: positive seconds, or ``none`` (infinity) for a run that must not depend on the machine's speed."""
+    if text.strip().lower() == "none":
+        return math.inf
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: pass positive seconds, or 'none' for no budget")
+    return seconds
+
+
+def setup(device: str, threads: int = CPU_THREADS, seed: int = 0) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu.")
     if device == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

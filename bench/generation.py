@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--new-tokens", type=int, default=None, help="Tokens per example (default: the shape's).")
     parser.add_argument("--only", action="append", default=None, help="Run only this variant (repeatable).")
     args = parser.parse_args(argv)
-    setup(args.device)
+    setup(args.device, args.threads)
     shape = SHAPES[args.shape]
     if args.new_tokens is not None:
         shape = dataclasses.replace(shape, new_tokens=args.new_tokens)

@@ -17,9 +17,10 @@ Batch 64, source 512 / target 128, bf16 autocast. Writes ``results.json`` and ``
 
     python bench/gpu.py --shape flan-t5-base --device cuda --out bench/results/gpu
 
-A CPU smoke run of the same code path:
+A CPU smoke run of the same code path, every variant at fixed reps whatever the machine's load
+(what tests/test_bench.py runs):
 
-    python bench/gpu.py --shape tiny --device cpu --compile-backend eager --out /tmp/gpu-smoke
+    python bench/gpu.py --shape tiny --device cpu --compile-backend eager --budget none --out /tmp/gpu-smoke
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import time
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import generation
 import train_step
-from _common import SHAPES, environment, log, setup
+from _common import BUDGET_HELP, CPU_THREADS, SHAPES, THREADS_HELP, budget, environment, log, setup
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +46,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="flan-t5-base")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--out", type=Path, required=True, help="Folder for results.json and results.md.")
-    parser.add_argument("--budget", type=float, default=270.0, help="Seconds for the whole run (start-up excluded).")
+    parser.add_argument(
+        "--budget", type=budget, default=270.0, help=f"For the whole run, start-up excluded. {BUDGET_HELP}"
+    )
+    parser.add_argument("--threads", type=int, default=CPU_THREADS, help=THREADS_HELP)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--train-reps", type=int, default=10)
     parser.add_argument("--gen-reps", type=int, default=3)
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     start = time.monotonic()
     deadline = start + args.budget
-    setup(args.device)
+    setup(args.device, args.threads)
     shape = SHAPES[args.shape]
     bf16 = args.device == "cuda"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run_compiled(args: argparse.Namespace, deadline: float) -> dict:
     """The compile variant beside the stock hybrid, in a child killed at ``deadline``."""
     out = args.out / "compiled.json"
-    left = deadline - time.monotonic()
+    left = deadline - time.monotonic()  # infinite under --budget none: the child runs to the end
     cmd = [
         sys.executable,
         "train_step.py",  # run in HERE: a relative name keeps machine paths out of the recorded command
@@ -116,12 +121,14 @@ def run_compiled(args: argparse.Namespace, deadline: float) -> dict:
         train_step.FAST,
         "--compile-backend",
         args.compile_backend,
+        "--threads",
+        str(args.threads),
         "--warmup",
         str(args.warmup),
         "--reps",
         str(args.train_reps),
         "--budget",
-        str(max(left - 20, 1)),
+        "none" if math.isinf(left) else str(max(left - 20, 1)),
         "--no-prompt-join",
         "--out",
         str(out),
@@ -130,7 +137,7 @@ def run_compiled(args: argparse.Namespace, deadline: float) -> dict:
         cmd.append("--bf16")
     log(f"compiled: child process, {left:.0f} s left")
     try:
-        subprocess.run(cmd, cwd=HERE, check=True, timeout=max(left, 1))
+        subprocess.run(cmd, cwd=HERE, check=True, timeout=None if math.isinf(left) else max(left, 1))
     except subprocess.TimeoutExpired:
         return {"error": f"killed after {left:.0f} s: the compile did not finish within the budget", "table": ""}
     return json.loads(out.read_text(encoding="utf-8"))

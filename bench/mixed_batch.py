@@ -159,15 +159,12 @@ def run(shape: Shape, device: str, warmup: int, reps: int, deadline: float, only
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.set_defaults(shape="small")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the benches' 2).")
     parser.add_argument("--only", default=None, help="Run only the variants whose name contains this text.")
     parser.add_argument("--fast-geometry", action="store_true", help="The fast-generation target's geometry.")
     args = parser.parse_args(argv)
     if args.shape not in GEOMETRY:
         parser.error(f"--shape {args.shape}: this bench runs at {sorted(GEOMETRY)}.")
-    setup(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    setup(args.device, args.threads)
     shape = (FAST_GEOMETRY if args.fast_geometry else GEOMETRY)[args.shape]
     result = run(shape, args.device, args.warmup, args.reps, time.monotonic() + args.budget, args.only)
     log(

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     args = parser.parse_args(argv)
-    setup(args.device)
+    setup(args.device, args.threads)
     shape = SHAPES[args.shape]
     _, tokenizer = build_base(shape, "cpu")
     data = batches(tokenizer, 20, shape.batch, shape.src, shape.tgt, args.device)

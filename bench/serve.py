@@ -1,23 +1,33 @@
-"""``peft-hybrid serve`` under closed-loop load: cross-task batching against one request at a time.
+"""``peft-hybrid serve``: the continuous scheduler against the request-level one (``--scheduler static``).
 
-The server runs as its own process (``python -m peft_hybrid.serve``) on a random-init base of the
-bench shape, saved to a folder with ``adapters`` hybrid adapters (LoRA + soft prompt, moved off
-their initial values). ``C`` client threads each send a request, wait for its answer, and send the
-next (closed loop), ``requests`` per client, at concurrency 1, 8 and 32; request ``i`` names
-adapter ``i % adapters``, so every batch mixes tasks. Every request generates greedily up to
-``new_tokens`` tokens from a source of about ``src`` tokens. The same load runs against the
-server with batching on (``--max-batch-size 32``) and with ``--max-batch-size 1``, and the two
-must answer every (adapter, input) pair with the same text.
+Both servers run as their own processes (``python -m peft_hybrid.serve``) on a random-init base of
+the bench shape with hybrid adapters (LoRA + soft prompt, moved off their initial values), and the
+workloads alternate between them in one run:
+
+- ``open``: open-loop Poisson arrivals of short requests (2 new tokens, a "sentiment" answer)
+  alone, then mixed with long ones (48 new tokens, a "summary"), over two adapters: short-request
+  p50 / p99 alone and in the mix;
+- ``closed``: 64 closed-loop clients, mixed lengths (half short, half long) and uniform lengths
+  (16 new tokens): generated tokens per second;
+- ``adapters``: a continuous server holding ``--many`` lazily loaded adapters
+  (``--max-adapters``): closed-loop tokens/s with requests spread over all of them, against the
+  same load over 4 of them.
+
+Every greedy answer is checked against offline generation (`peft_hybrid.inference.generate_texts`,
+the adapter's own settings), and 8 seeded sampled requests sent at once must each reproduce the
+text the same request gets alone.
 
     python bench/serve.py --shape small --out bench/results/serve_small_cpu.json
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import http.client
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -29,56 +39,68 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import SHAPES, build_base, log, make_parser, markdown_table, setup
+from _common import build_base, log, make_parser, markdown_table, setup
 from _common import write_results as write
 
 from peft_hybrid import HybridConfig, HybridModel
 
-# Short requests keep the run within minutes on a shared 2-core CPU.
-GEOMETRY = {
-    "tiny": dataclasses.replace(SHAPES["tiny"], src=32, new_tokens=8),
-    "small": dataclasses.replace(SHAPES["small"], src=64, new_tokens=16),
-    "flan-t5-base": dataclasses.replace(SHAPES["flan-t5-base"], src=128, new_tokens=32),
-}
-ADAPTERS = 4
-CONCURRENCY = (1, 8, 32)
-MODES = {"batched": ["--max-batch-size", "32"], "unbatched": ["--max-batch-size", "1"]}  # else the defaults
-COLUMNS = ["mode", "concurrency", "requests", "requests_per_s", "p50_s", "p99_s", "errors"]
+SHORT, LONG, UNIFORM = 2, 48, 16  # new tokens
+SCHEDULERS = ("static", "continuous")
+COLUMNS = ["workload", "scheduler", "requests", "short_p50_s", "short_p99_s", "tokens_per_s", "errors"]
 READY = re.compile(r"peft-hybrid serve ready at http://([\d.]+):(\d+)")
 
 
-def save_model(shape, folder: Path) -> tuple[Path, dict[str, Path]]:
-    """The base (safetensors + tokenizer) and the adapters, each in its own folder."""
-    base, tokenizer = build_base(shape, "cpu")
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much of each workload runs (``--size``)."""
+
+    seconds: float  # per open-loop phase
+    short_rate: float  # short requests per second (open loop)
+    long_rate: float
+    closed_requests: int  # per closed-loop run
+    clients: int
+    many: int  # adapters of the many-adapter workload
+    src: int  # input tokens, about
+
+
+SIZES = {
+    "tiny": Sizes(seconds=2, short_rate=3, long_rate=1, closed_requests=8, clients=4, many=12, src=16),
+    "full": Sizes(seconds=15, short_rate=3, long_rate=1, closed_requests=128, clients=64, many=1000, src=32),
+}
+
+
+def save_model(preset_shape, folder: Path, count: int) -> tuple[Path, dict[str, Path]]:
+    """The base (safetensors + tokenizer) and ``count`` distinct adapters, each in its own folder.
+
+    Each adapter is the first one's tensors moved off by its own noise, written by the folder
+    format's own writer (without the model card ``save_pretrained`` renders: a thousand of them
+    would take minutes).
+    """
+    from peft_hybrid.modeling.serialization import save_adapter
+
+    base, tokenizer = build_base(preset_shape, "cpu")
     base.save_pretrained(folder / "base")
     tokenizer.save_pretrained(folder / "base")
-    model = HybridModel(base, HybridConfig(mode="hybrid", lora_dropout=0.0), tokenizer=tokenizer, adapter_name="t0")
-    for i in range(1, ADAPTERS):
-        model.add_adapter(f"t{i}", HybridConfig(mode="hybrid", lora_dropout=0.0, seed=i))
+    model = HybridModel(base, HybridConfig(mode="hybrid", lora_dropout=0.0), tokenizer=tokenizer, adapter_name="t")
+    config, tensors = model.adapters["t"], model.adapter_tensors()
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for tensor in model.all_adapter_tensors():
-            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.05)
     adapters = {}
-    for i in range(ADAPTERS):
-        model.set_adapter(f"t{i}")
-        adapters[f"t{i}"] = model.save_pretrained(folder / f"t{i}")
+    for i in range(count):
+        moved = {k: v.detach() + torch.randn(v.shape, generator=generator) * 0.05 for k, v in tensors.items()}
+        adapters[f"t{i}"] = save_adapter(folder / "adapters" / f"t{i}", config, moved)
     return folder / "base", adapters
 
 
-def inputs(tokenizer, shape, count: int) -> list[str]:
-    """``count`` distinct texts of about ``shape.src`` ordinary tokens."""
+def texts(tokenizer, count: int, src: int) -> list[str]:
     generator = torch.Generator().manual_seed(0)
     high = len(tokenizer) - 100  # below the sentinels
-    return [tokenizer.decode(torch.randint(3, high, (shape.src,), generator=generator)) for _ in range(count)]
+    return [tokenizer.decode(torch.randint(3, high, (src,), generator=generator)) for _ in range(count)]
 
 
 class Server:
-    def __init__(self, base: Path, adapters: dict[str, Path], extra: list[str], device: str, threads: int) -> None:
-        cmd = [sys.executable, "-m", "peft_hybrid.serve", "--base", str(base), "--port", "0", "--device", device]
-        for name, path in adapters.items():
-            cmd += ["--adapter", f"{name}={path}"]
-        cmd += ["--max-input-tokens", "1024", "--max-queue", "1024", "--log-level", "warning", *extra]
+    def __init__(self, base: Path, args: list[str], threads: int) -> None:
+        cmd = [sys.executable, "-m", "peft_hybrid.serve", "--base", str(base), "--port", "0", *args]
+        cmd += ["--max-input-tokens", "256", "--max-queue", "4096", "--log-level", "warning"]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in self.proc.stdout:
@@ -90,105 +112,240 @@ class Server:
             raise RuntimeError(f"server exited with {self.proc.wait()}")
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep its pipe drained
 
+    def ask(self, body: dict) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
+        try:
+            conn.request("POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
 
 
-def load(server: Server, texts: list[str], concurrency: int, per_client: int, new_tokens: int) -> dict[str, Any]:
-    """Closed-loop clients; returns the figures and every answer by (adapter, text index)."""
-    latencies: list[float] = []
-    answers: dict[tuple[str, int], str] = {}
-    errors: list[str] = []
+@dataclasses.dataclass
+class Request:
+    adapter: str
+    text: int
+    new_tokens: int
+    seed: int | None = None
 
-    def client(c: int) -> None:
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
-        for k in range(per_client):
-            i = c * per_client + k
-            adapter, text = f"t{i % ADAPTERS}", i % len(texts)
-            body = {"inputs": texts[text], "parameters": {"adapter_id": adapter, "max_new_tokens": new_tokens}}
-            start = time.perf_counter()
-            conn.request("POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            payload = json.loads(response.read())
-            latencies.append(time.perf_counter() - start)
-            if response.status != 200:
-                errors.append(payload.get("error", str(response.status)))
-            else:
-                answers[(adapter, text)] = payload["generated_text"]
-        conn.close()
+    def body(self, inputs: list[str]) -> dict:
+        params = {"adapter_id": self.adapter, "max_new_tokens": self.new_tokens, "details": True}
+        if self.seed is not None:
+            params.update(seed=self.seed, top_k=50)
+        return {"inputs": inputs[self.text], "parameters": params}
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(concurrency)]
+
+def timed(server: Server, request: Request, inputs: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
-    ordered = sorted(latencies)
-    row = {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "wall_s": wall,
-        "requests_per_s": len(latencies) / wall,
-        "p50_s": statistics.median(ordered),
-        "p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        "errors": len(errors),
-    }
-    return {"row": row, "answers": answers, "error_messages": errors[:3]}
+    status, payload = server.ask(request.body(inputs))
+    out = {"request": request, "latency": time.perf_counter() - start, "status": status}
+    if status == 200:
+        out.update(text=payload["generated_text"], tokens=payload["details"]["generated_tokens"])
+    return out
 
 
-def run(shape, args) -> dict[str, Any]:
-    rows, answers = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        base, adapters = save_model(shape, Path(tmp))
-        from transformers import AutoTokenizer
-
-        texts = inputs(AutoTokenizer.from_pretrained(str(base)), shape, 2 * ADAPTERS * 4)
-        for mode, extra in MODES.items():
-            server = Server(base, adapters, extra, args.device, args.threads)
-            try:
-                load(server, texts, 2, 2, shape.new_tokens)  # warm-up: first calls, allocator
-                for concurrency in CONCURRENCY:
-                    per_client = max(args.requests // concurrency, args.min_per_client)
-                    result = load(server, texts, concurrency, per_client, shape.new_tokens)
-                    rows.append({"mode": mode, **result["row"], "error_messages": result["error_messages"]})
-                    answers.setdefault(mode, {}).update(result["answers"])
-                    log(f"{mode} c={concurrency}: {result['row']}")
-            finally:
-                server.stop()
-    shared = set(answers["batched"]) & set(answers["unbatched"])
-    same = all(answers["batched"][k] == answers["unbatched"][k] for k in shared)
-    return {"rows": rows, "same_text_batched_vs_unbatched": same, "pairs_compared": len(shared), **_targets(rows)}
+def open_loop(server: Server, stream: list[tuple[float, Request]], inputs: list[str]) -> list[dict]:
+    """Each request sent at its arrival time, whatever is still running (an open loop)."""
+    results: list[dict] = []
+    with concurrent.futures.ThreadPoolExecutor(256) as pool:
+        start = time.perf_counter()
+        futures = []
+        for at, request in stream:
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(timed, server, request, inputs))
+        results = [f.result() for f in futures]
+    return results
 
 
-def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    at = {(r["mode"], r["concurrency"]): r for r in rows}
-    batched, unbatched = at[("batched", 32)], at[("unbatched", 32)]
-    speedup = batched["requests_per_s"] / unbatched["requests_per_s"]
+def closed_loop(server: Server, requests: list[Request], clients: int, inputs: list[str]) -> tuple[list, float]:
+    """``clients`` threads, each sending its next request when its last is answered."""
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda r: timed(server, r, inputs), requests))
+    return results, time.perf_counter() - start
+
+
+def poisson(rate: float, seconds: float, make, rng: random.Random) -> list[tuple[float, Request]]:
+    out, t = [], rng.expovariate(rate)
+    while t < seconds:
+        out.append((t, make()))
+        t += rng.expovariate(rate)
+    return out
+
+
+def summary(workload: str, scheduler: str, results: list[dict], wall: float | None = None) -> dict[str, Any]:
+    short = sorted(r["latency"] for r in results if r["request"].new_tokens == SHORT and r["status"] == 200)
+    row = {"workload": workload, "scheduler": scheduler, "requests": len(results)}
+    row["errors"] = sum(r["status"] != 200 for r in results)
+    if short:
+        row["short_p50_s"] = statistics.median(short)
+        row["short_p99_s"] = short[min(len(short) - 1, int(0.99 * len(short)))]
+    if wall:
+        row["tokens_per_s"] = sum(r.get("tokens", 0) for r in results) / wall
+    return row
+
+
+def workloads(sizes: Sizes, count: int, rng: random.Random) -> dict[str, Any]:
+    """Every request each workload sends (the same for both schedulers)."""
+
+    def req(new: int, adapters: int = 2) -> Request:
+        return Request(f"t{rng.randrange(adapters)}", rng.randrange(count), new)
+
+    alone = poisson(sizes.short_rate, sizes.seconds, lambda: req(SHORT), rng)
+    longs = poisson(sizes.long_rate, sizes.seconds, lambda: req(LONG), rng)
+    mixed = sorted(alone + longs, key=lambda pair: pair[0])
+    n = sizes.closed_requests
     return {
-        "speedup_at_32": speedup,
-        "target_speedup_3x_met": speedup >= 3,
-        "p99_at_32": {"batched": batched["p99_s"], "unbatched": unbatched["p99_s"]},
-        "target_p99_no_worse_met": batched["p99_s"] <= unbatched["p99_s"],
+        "open_alone": alone,
+        "open_mixed": mixed,
+        "closed_mixed": [req(SHORT if i % 2 else LONG) for i in range(n)],
+        "closed_uniform": [req(UNIFORM) for _ in range(n)],
+        "adapters_4": [req(UNIFORM, 4) for _ in range(n)],
+        "adapters_many": [req(UNIFORM, sizes.many) for _ in range(n)],
     }
+
+
+def run_schedulers(base, adapters, loads, inputs, args) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """The open- and closed-loop workloads, alternating between the two servers."""
+    rows, answers = [], []
+    flags = [a for name in ("t0", "t1", "t2", "t3") for a in ("--adapter", f"{name}={adapters[name]}")]
+    servers = {s: Server(base, [*flags, "--scheduler", s], args.threads) for s in SCHEDULERS}
+    try:
+        for server in servers.values():  # warm-up: first calls, allocator
+            closed_loop(server, loads["closed_uniform"][:4], 4, inputs)
+        for workload in ("open_alone", "open_mixed", "closed_mixed", "closed_uniform"):
+            for scheduler in SCHEDULERS if len(rows) % 4 == 0 else SCHEDULERS[::-1]:
+                if workload.startswith("open"):
+                    results, wall = open_loop(servers[scheduler], loads[workload], inputs), None
+                else:
+                    results, wall = closed_loop(servers[scheduler], loads[workload], args.clients, inputs)
+                rows.append(summary(workload, scheduler, results, wall))
+                answers += results
+                log(rows[-1])
+        seeds = sampled(servers["continuous"], inputs)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return rows, answers, seeds
+
+
+def sampled(server: Server, inputs: list[str]) -> dict[str, Any]:
+    """8 seeded sampled requests (some sharing a seed), alone and then all at once."""
+    requests = [Request(f"t{i % 2}", i % 3, UNIFORM, seed=1000 + i % 3) for i in range(8)]
+    solo = [timed(server, r, inputs).get("text") for r in requests]
+    together, _ = closed_loop(server, requests, 8, inputs)
+    same = sum(a == b.get("text") for a, b in zip(solo, together))
+    return {"seeded_sampled_reproduced": same, "seeded_sampled_sent": len(requests)}
+
+
+def run_adapters(base, adapters, loads, inputs, args, sizes: Sizes) -> tuple[list[dict], list[dict]]:
+    """One continuous server holding ``sizes.many`` adapters: the load over 4 of them, then over all."""
+    folder = Path(adapters["t0"]).parent
+    flags = ["--lazy-adapters", "--allow-adapter", f"{folder}/*", "--max-adapters", str(sizes.many)]
+    server = Server(base, [*flags, "--scheduler", "continuous"], args.threads)
+    rows, answers = [], []
+    try:
+        log(f"loading {sizes.many} adapters lazily")
+        warm = [Request(str(adapters[f"t{i}"]), 0, 1) for i in range(sizes.many)]
+        closed_loop(server, warm, 8, inputs)
+        for workload in ("adapters_4", "adapters_many"):
+            load = [dataclasses.replace(r, adapter=str(adapters[r.adapter])) for r in loads[workload]]
+            results, wall = closed_loop(server, load, args.clients, inputs)
+            for result in results:  # report by name, as the offline check looks them up
+                result["request"] = dataclasses.replace(
+                    result["request"], adapter=Path(result["request"].adapter).name
+                )
+            rows.append(summary(workload, "continuous", results, wall))
+            answers += results
+            log(rows[-1])
+    finally:
+        server.stop()
+    return rows, answers
+
+
+def offline_mismatches(base: Path, adapters: dict[str, Path], answers: list[dict], inputs: list[str]) -> int:
+    """Greedy answers that differ from offline generation with the adapter's saved settings."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from peft_hybrid.inference import generate_texts, model_inputs
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model = HybridModel(T5ForConditionalGeneration.from_pretrained(str(base)), HybridConfig(mode="none"))
+    model.eval()
+    wanted: dict[str, set[tuple[int, int]]] = {}
+    greedy = [a for a in answers if a["status"] == 200 and a["request"].seed is None]
+    for answer in greedy:
+        r = answer["request"]
+        wanted.setdefault(r.adapter, set()).add((r.text, r.new_tokens))
+    reference = {}
+    for name, pairs in wanted.items():
+        model.load_adapter(str(adapters[name]), name)
+        model.set_adapter(name)
+        for new in sorted({n for _, n in pairs}):
+            ids = sorted(t for t, n in pairs if n == new)
+            sources = model_inputs(model.hybrid_config, [inputs[t] for t in ids])
+            outputs = generate_texts(model, tokenizer, sources, batch_size=1, max_new_tokens=new, progress=False)
+            reference.update({(name, t, new): out for t, out in zip(ids, outputs)})
+        model.set_adapter("default")
+        model.delete_adapter(name)
+    return sum(
+        a["text"] != reference[(a["request"].adapter, a["request"].text, a["request"].new_tokens)] for a in greedy
+    )
+
+
+def ratios(rows: list[dict]) -> dict[str, Any]:
+    at = {(r["workload"], r["scheduler"]): r for r in rows}
+    out = {}
+    for s in SCHEDULERS:
+        alone, mixed = at[("open_alone", s)], at[("open_mixed", s)]
+        out[f"{s}_short_p50_mixed_over_alone"] = mixed["short_p50_s"] / alone["short_p50_s"]
+        out[f"{s}_short_p99_mixed_over_alone"] = mixed["short_p99_s"] / alone["short_p99_s"]
+    for workload in ("closed_mixed", "closed_uniform"):
+        c, s = at[(workload, "continuous")], at[(workload, "static")]
+        out[f"{workload}_tokens_per_s_continuous_over_static"] = c["tokens_per_s"] / s["tokens_per_s"]
+    many, four = at[("adapters_many", "continuous")], at[("adapters_4", "continuous")]
+    out["many_over_4_adapters_tokens_per_s"] = many["tokens_per_s"] / four["tokens_per_s"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.set_defaults(shape="small")
-    parser.add_argument("--requests", type=int, default=64, help="requests per (mode, concurrency), about")
-    parser.add_argument("--min-per-client", type=int, default=2, help="requests each client sends at least")
-    parser.add_argument("--threads", type=int, default=1, help="server CPU threads (default 1)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny: a quick check that it runs")
+    parser.set_defaults(threads=1)  # the server's CPU threads (and this client's): one per process
     args = parser.parse_args(argv)
-    setup(args.device)
-    shape = GEOMETRY[args.shape]
-    result = run(shape, args)
-    table = markdown_table(result["rows"], COLUMNS)
-    log(f"serve, shape={args.shape} {shape}, {ADAPTERS} adapters\n{table}")
-    log(f"speed-up at 32: {result['speedup_at_32']:.2f}x; same text: {result['same_text_batched_vs_unbatched']}")
-    settings = {"shape": args.shape, "geometry": dataclasses.asdict(shape), "adapters": ADAPTERS, "modes": MODES}
-    write(args.out, {**settings, "server_threads": args.threads, **result})
+    setup(args.device, args.threads)
+    from _common import SHAPES
+
+    sizes = SIZES[args.size]
+    args.clients = sizes.clients
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"saving {sizes.many} adapters")
+        base, adapters = save_model(SHAPES[args.shape], Path(tmp), max(sizes.many, 4))
+        from transformers import AutoTokenizer
+
+        inputs = texts(AutoTokenizer.from_pretrained(str(base)), 16, sizes.src)
+        loads = workloads(sizes, len(inputs), rng)
+        rows, answers, seeds = run_schedulers(base, adapters, loads, inputs, args)
+        many_rows, many_answers = run_adapters(base, adapters, loads, inputs, args, sizes)
+        rows += many_rows
+        log("checking every greedy answer against offline generation")
+        mismatches = offline_mismatches(base, adapters, answers + many_answers, inputs)
+    result = {"rows": rows, **ratios(rows), **seeds, "greedy_answers_checked": len(answers + many_answers)}
+    result["greedy_mismatches_vs_offline"] = mismatches
+    log(f"serve, shape={args.shape}, size={args.size} {sizes}\n{markdown_table(rows, COLUMNS)}")
+    log(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    write(
+        args.out, {"shape": args.shape, "sizes": dataclasses.asdict(sizes), "server_threads": args.threads, **result}
+    )
     return result
 
 

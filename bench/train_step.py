@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--compile-backend", default="inductor", help="'eager' checks the compiled path quickly.")
     parser.add_argument("--no-prompt-join", action="store_true", help="Skip the soft-prompt join timing.")
     args = parser.parse_args(argv)
-    setup(args.device)
+    setup(args.device, args.threads)
     shape = SHAPES[args.shape]
     bf16 = args.bf16 or args.device == "cuda"
     fast = args.fast or args.device == "cuda"

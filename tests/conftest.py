@@ -5,11 +5,15 @@ project's own server on 127.0.0.1.
 """
 
 import os
+import threading
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread in child processes too (recipes, the CLI, servers), for the reason given below.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -42,3 +46,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("benchmark data folder ../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """Every ``time.sleep`` this test's thread asks for (it still sleeps), in order.
+
+    A retry waits its backoff through ``time.sleep`` (ours and huggingface_hub's), so "no retries,
+    no backoff" is ``sleeps == []``, however busy the machine; other threads (a Hub server in the
+    test process) are not counted.
+    """
+    waits: list[float] = []
+    real_sleep, thread = time.sleep, threading.get_ident()
+
+    def spy(seconds: float) -> None:
+        if threading.get_ident() == thread:
+            waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", spy)
+    return waits

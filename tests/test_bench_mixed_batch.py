@@ -20,7 +20,8 @@ def bench_run(tmp_path_factory):
         import mixed_batch
 
         out = tmp_path_factory.mktemp("mixed") / "results.json"
-        mixed_batch.main(["--shape", "tiny", "--warmup", "1", "--reps", "2", "--threads", "1", "--out", str(out)])
+        args = ["--shape", "tiny", "--warmup", "1", "--reps", "2", "--threads", "1", "--budget", "none"]
+        mixed_batch.main([*args, "--out", str(out)])
         return mixed_batch, json.loads(out.read_text(encoding="utf-8"))
     finally:
         torch.set_num_threads(threads)

@@ -144,3 +144,21 @@ def test_generate_texts_runs_merged_and_puts_the_model_back(saved):
     after = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
     assert all(after[name] is layer for name, layer in lora_layers.items())
     assert all(after[n].get_base_layer().weight is weights[n] and torch.equal(weights[n], before[n]) for n in weights)
+
+
+@pytest.mark.parametrize("generation", [{"num_beams": 0}, {"max_new_tokens": "5"}, {"sampling": True}])
+def test_predict_on_hand_edited_generation_settings_is_exit_2_naming_the_file_and_key(tmp_path, capsys, generation):
+    model, tok = tiny_model("lora", task="sst2")
+    model.save_pretrained(tmp_path / "a")
+    tok.save_pretrained(tmp_path / "a")
+    config_file = tmp_path / "a" / "hybrid_config.json"
+    data = json.loads(config_file.read_text())
+    data["inference"] = {"generation": generation}
+    config_file.write_text(json.dumps(data))
+    (tmp_path / "in.txt").write_text("fine\n")
+    assert (
+        cli(["predict", "--adapter", str(tmp_path / "a"), "--input", str(tmp_path / "in.txt"), "--no_progress"]) == 2
+    )
+    err = capsys.readouterr().err
+    key = next(iter(generation))
+    assert "Traceback" not in err and str(config_file) in err and f"inference.generation[{key!r}]" in err

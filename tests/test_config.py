@@ -145,3 +145,27 @@ def test_bad_inference_settings_are_refused_naming_the_key(inference, words):
     with pytest.raises(ValueError) as err:
         HybridConfig.from_dict(data, source="adapter/hybrid_config.json")
     assert words in str(err.value) and "adapter/hybrid_config.json" in str(err.value)
+
+
+@pytest.mark.parametrize("version", [True, False, 0, -5, None, "2"])
+def test_a_saved_format_version_that_is_not_a_positive_integer_is_refused_naming_the_file(version):
+    data = HybridConfig().to_dict()
+    data["format_version"] = version
+    with pytest.raises(ValueError, match=rf"saved.json: format_version={version!r} is not an adapter format"):
+        HybridConfig.from_dict(data, source="saved.json")
+
+
+@pytest.mark.parametrize(
+    "generation, words",
+    [
+        ({"max_new_token": 5}, "['max_new_token']=5: not a generate() argument"),
+        ({"max_new_tokens": "5"}, "['max_new_tokens']='5': must be a positive integer"),
+        ({"num_beams": 0}, "['num_beams']=0: must be a positive integer"),
+    ],
+)
+def test_hand_edited_generation_settings_are_refused_at_load_naming_file_key_and_value(generation, words):
+    data = HybridConfig(task="sst2").to_dict()
+    data["inference"] = {"generation": generation}
+    with pytest.raises(ValueError, match="saved.json: inference.generation") as err:
+        HybridConfig.from_dict(data, source="saved.json")
+    assert words in str(err.value)

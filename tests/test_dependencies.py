@@ -145,7 +145,9 @@ def test_dev_extra_is_the_tooling_plus_every_other_extra():
     assert "--timeout=" in readme_command  # pytest-timeout
     assert "ruff check" in ci and "ruff format --check" in ci
     tests_import_pytest = any("import pytest" in p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
-    assert dev == {"peft-hybrid", "pytest", "pytest-timeout", "ruff"} and tests_import_pytest
+    # setuptools: tests/test_packaging.py builds the wheel offline, without build isolation.
+    assert "--no-build-isolation" in (ROOT / "tests" / "test_packaging.py").read_text(encoding="utf-8")
+    assert dev == {"peft-hybrid", "pytest", "pytest-timeout", "ruff", "setuptools"} and tests_import_pytest
 
 
 def test_every_requirement_has_a_floor():

@@ -309,3 +309,22 @@ def test_inductor_fast_generation_equals_eager():
             fast = model.generate(**batch, max_new_tokens=12)
     assert torch.equal(fast, eager)
     assert dynamo_counters()["graph_breaks"] == 0
+
+
+@pytest.mark.parametrize("beams", [1, 2], ids=["greedy", "beams"])
+def test_a_per_row_prefix_allowed_tokens_fn_sees_only_real_rows_and_equals_eager(beams):
+    model, tokenizer = tiny_model("hybrid")
+    texts = TEXTS[:3]  # padded up to a bucket of 4 rows on the fast path
+    allowed = {0: [0, 1, 5, 7], 1: [1, 9, 11], 2: [1, 3, 4, 6, 8]}
+    seen = set()
+
+    def per_row(batch_id, _ids):
+        seen.add(batch_id)
+        return allowed[batch_id]  # a KeyError for any batch id past the real rows
+
+    eager, fast = _eager_and_fast(
+        model, tokenizer, texts, max_new_tokens=6, num_beams=beams, prefix_allowed_tokens_fn=per_row
+    )
+    assert torch.equal(fast, eager) and seen == {0, 1, 2}
+    for row, tokens in enumerate(fast[:, 1:].tolist()):
+        assert set(tokens) <= set(allowed[row]) | {tokenizer.pad_token_id}

@@ -37,6 +37,23 @@ _NOT_SETTINGS = (
     "inference",
 )
 _JSON_SCALARS = (str, int, float, bool, type(None))
+# Saved ``generate`` arguments checked by kind, so that a hand-edited value is refused at load,
+# naming it, instead of failing deep inside ``generate`` (a string cap, ``num_beams: 0``).
+_POSITIVE_INTS = ("max_new_tokens", "max_length", "num_beams", "num_beam_groups", "num_return_sequences")
+_NON_NEGATIVE_INTS = ("min_new_tokens", "min_length", "top_k", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size")
+_POSITIVE_NUMBERS = ("temperature", "repetition_penalty", "encoder_repetition_penalty")
+_UNIT_NUMBERS = ("top_p", "typical_p", "min_p")  # in (0, 1]
+_NUMBERS = ("length_penalty", "diversity_penalty", "epsilon_cutoff", "eta_cutoff")
+_BOOLEANS = ("do_sample", "use_cache", "renormalize_logits", "remove_invalid_values")
+# Keys that change what generate returns (several sequences, a dict): every reader expects one
+# sequence of tokens per input.
+_OUTPUT_SHAPING = (
+    "return_dict_in_generate",
+    "output_scores",
+    "output_logits",
+    "output_attentions",
+    "output_hidden_states",
+)
 
 
 @dataclass
@@ -79,6 +96,9 @@ class InferenceSettings:
                     f"inference.generation[{key!r}]={value!r}: generate() arguments are saved as plain JSON values "
                     "(numbers, strings, booleans, null)."
                 )
+            problem = _generation_problem(key, value)
+            if problem is not None:
+                raise ValueError(f"inference.generation[{key!r}]={value!r}: {problem}")
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> InferenceSettings:
@@ -95,6 +115,36 @@ class InferenceSettings:
             return cls(**data)
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
+
+
+def _generation_problem(key: str, value: Any) -> str | None:
+    """What is wrong with one saved ``generate`` argument, or ``None``."""
+    from transformers import GenerationConfig
+
+    if key in _OUTPUT_SHAPING or (key == "num_return_sequences" and value != 1):
+        return "an adapter's saved settings generate one sequence per input; remove this key."
+    if key not in GenerationConfig().to_dict() or key.startswith("_"):
+        return "not a generate() argument; remove it or fix its spelling."
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in _POSITIVE_INTS and not (_is_int(value) and value > 0):
+        return "must be a positive integer."
+    if key in _NON_NEGATIVE_INTS and not (_is_int(value) and value >= 0):
+        return "must be an integer >= 0."
+    if key in _POSITIVE_NUMBERS and not (number and value > 0):
+        return "must be a number > 0."
+    if key in _UNIT_NUMBERS and not (number and 0 < value <= 1):
+        return "must be a number in (0, 1]."
+    if key in _NUMBERS and not number:
+        return "must be a number."
+    if key in _BOOLEANS and not isinstance(value, bool):
+        return "must be true or false."
+    if key == "early_stopping" and value not in (True, False, "never"):
+        return 'must be true, false or "never".'
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -122,18 +172,10 @@ class HybridConfig:
         default_factory=lambda: ["q", "v"], metadata={"help": "Names of the Linear modules that get LoRA."}
     )
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    use_dora: bool = field(
-        default=False,
-        metadata={"help": "DoRA: LoRA plus a trained magnitude per output channel (modes lora and hybrid)."},
-    )
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: LoRA plus a trained magnitude per output channel."})
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA: scale = alpha / sqrt(r)."})
-    rank_pattern: dict[str, int] = field(
-        default_factory=dict, metadata={"help": "Per-module rank overriding r, as PEFT's LoraConfig.rank_pattern."}
-    )
-    alpha_pattern: dict[str, float] = field(
-        default_factory=dict,
-        metadata={"help": "Per-module alpha overriding lora_alpha, as PEFT's LoraConfig.alpha_pattern."},
-    )
+    rank_pattern: dict[str, int] = field(default_factory=dict, metadata={"help": "Per-module r (PEFT's)."})
+    alpha_pattern: dict[str, float] = field(default_factory=dict, metadata={"help": "Per-module alpha (PEFT's)."})
     # Soft prompt
     num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (encoder side)."})
     prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}."})
@@ -153,6 +195,7 @@ class HybridConfig:
     def __post_init__(self) -> None:
         if isinstance(self.inference, dict):
             self.inference = InferenceSettings.from_dict(self.inference)
+        self._check_types()
         if self.mode not in MODES:
             raise ValueError(f"HybridConfig.mode={self.mode!r} is not valid; choose one of {', '.join(MODES)}.")
         if self.prompt_init not in PROMPT_INITS:
@@ -207,6 +250,25 @@ class HybridConfig:
                     'e.g. {"q": 8}.'
                 )
 
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong JSON type (a hand-edited config), naming the field, before any use."""
+        for name in ("prompt_init_text", "base_model_name_or_path", "revision", "task"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"HybridConfig.{name}={value!r} must be a string or null.")
+        for name in ("r", "num_virtual_tokens", "seed"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"HybridConfig.{name}={getattr(self, name)!r} must be an integer.")
+        for name in ("lora_alpha", "lora_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"HybridConfig.{name}={value!r} must be a number.")
+        shape = self.base_model_shape
+        if shape is not None and (
+            not isinstance(shape, dict) or not all(isinstance(k, str) and _is_int(v) for k, v in shape.items())
+        ):
+            raise ValueError(f"HybridConfig.base_model_shape={shape!r} must be an object of integer sizes or null.")
+
     # --- the mode's derived facts: the one place that reads `mode` for what it implies ----------
     @property
     def uses_lora(self) -> bool:
@@ -218,18 +280,9 @@ class HybridConfig:
 
     @property
     def part_kinds(self) -> tuple[str, ...]:
-        """The adapter parts this config gives, in card order (`peft_hybrid.modeling.parts`).
-
-        Example:
-            >>> HybridConfig(mode="hybrid", use_dora=True).part_kinds
-            ('dora', 'prompt')
-        """
-        kinds = []
-        if self.uses_lora:
-            kinds.append("dora" if self.use_dora else "lora")
-        if self.uses_prompt:
-            kinds.append("prompt")
-        return tuple(kinds)
+        """The adapter parts this config gives, in card order (`peft_hybrid.modeling.parts`)."""
+        lora = ("dora" if self.use_dora else "lora",) if self.uses_lora else ()
+        return lora + (("prompt",) if self.uses_prompt else ())
 
     @property
     def trains_base(self) -> bool:
@@ -284,7 +337,12 @@ class HybridConfig:
         """Build from a saved dict; refuses newer formats and unknown fields, saying where."""
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not _is_int(version) or version < 1:
+            raise ValueError(
+                f"{source}: format_version={version!r} is not an adapter format (a positive integer, 1 to "
+                f"{FORMAT_VERSION}); the file was edited or damaged. Save or download the adapter again."
+            )
+        if version > FORMAT_VERSION:
             raise ValueError(
                 f"{source} was written by peft_hybrid {data.get('library_version', '?')} in adapter format "
                 f"{version!r}; this peft_hybrid {__version__} reads format {FORMAT_VERSION} or older. "
@@ -300,7 +358,10 @@ class HybridConfig:
             raise ValueError(f"{source} has unknown field(s) {unknown}; valid fields are {sorted(known)}.")
         if data.get("inference") is not None:
             data["inference"] = InferenceSettings.from_dict(data["inference"], source)
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as err:  # a field's own message, with the file it came from
+            raise ValueError(f"{source}: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> HybridConfig:

@@ -238,3 +238,26 @@ def test_bf16_mixed_rows_are_bit_identical_to_the_same_rows_batched_with_one_ada
             assert torch.equal(mixed_logits[row], logits[row]), f"row {row} ({name}) logits"
             width = min(tokens.shape[1], mixed_tokens.shape[1])
             assert torch.equal(mixed_tokens[row, :width], tokens[row, :width]), f"row {row} ({name}) tokens"
+
+
+def test_only_named_gathers_just_the_batchs_adapters_with_the_same_outputs():
+    """A server holding many adapters gathers only those its batch names (``only_named``)."""
+    from peft_hybrid.modeling.mixed import RowLora, mixed_plan
+
+    base, tok = t5_from_preset("tiny", seed=0)
+    model = HybridModel(base, HybridConfig(mode="lora", lora_dropout=0.0), tokenizer=tok, adapter_name="x")
+    for name in ("y", "z"):
+        model.add_adapter(name, HybridConfig(mode="lora", lora_dropout=0.0))
+    _randomize({str(i): t for i, t in enumerate(model.all_adapter_tensors())}, 4)
+    model.eval()
+    names = ["x", "__base__", "x"]
+    parts = {name: model._adapters[name].lora for name in model.adapters}
+    assert RowLora(model.base_model, names, parts).used == ["x", "y", "z"]
+    assert RowLora(model.base_model, names, parts, only_named=True).used == ["x"]
+    batch = tok(TEXTS[:3], return_tensors="pt", padding=True)
+    labels = tok(TEXTS[3:6], return_tensors="pt", padding=True)["input_ids"]
+    logits = []
+    for only_named in (False, True):
+        with torch.no_grad(), mixed_plan(model, names, only_named=only_named):
+            logits.append(model.base_model(**batch, labels=labels).logits)
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -136,6 +137,17 @@ def metric(url: str, name: str, headers: dict | None = None, **labels: str) -> f
         if sample == name and ",".join(sorted(label_text.rstrip("}").split(","))) == wanted:
             return float(value)
     return 0.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll the server's own state until ``condition()`` holds: the event a test waits on, not a time.
+
+    ``timeout`` only turns a hang into a failure; it is far above any load's delay.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: still not so after {timeout:.0f} s"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -6,11 +6,10 @@ import http.client as http_client
 import json
 import subprocess
 import sys
-import time
 import urllib.parse
 
 import pytest
-from serve_helpers import TEXTS, ServeProcess, offline, save_adapters
+from serve_helpers import TEXTS, ServeProcess, offline, save_adapters, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +29,7 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(ada
         response = conn.getresponse()
         events = [json.loads(response.readline()[5:])]  # in flight: its first token has arrived
         server.proc.send_signal(15)
-        time.sleep(0.5)
-        with pytest.raises(ConnectionRefusedError):  # no new connections while draining
-            http_client.HTTPConnection(url.hostname, url.port, timeout=5).connect()
+        wait_until(lambda: _refused(url), "new connections refused while draining")
         for line in response:
             if line.startswith(b"data:"):
                 events.append(json.loads(line[5:]))
@@ -45,15 +42,24 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(ada
     assert "finishing the requests in flight" in server.log()
 
 
+def _refused(url) -> bool:
+    conn = http_client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        conn.connect()
+    except ConnectionRefusedError:
+        return True
+    finally:
+        conn.close()
+    return False
+
+
 def test_a_missing_adapter_stops_the_process_before_it_serves(tmp_path):
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "peft_hybrid.serve", "--base", "preset:tiny", "--adapter", f"x={tmp_path / 'none'}"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=120,  # turns a hang into a failure; how long start-up takes is the machine's business
     )
-    assert time.monotonic() - started < 60
     assert done.returncode == 2 and "adapter 'x' could not be loaded" in done.stderr
     assert "ready at" not in done.stdout
 
@@ -68,6 +74,7 @@ def test_a_missing_adapter_stops_the_process_before_it_serves(tmp_path):
         (["--base", "preset:tiny", "--lazy-adapters"], "--lazy-adapters needs at least one --allow-adapter"),
         (["--base", "preset:tiny", "--allow-adapter", "org/*"], "add --lazy-adapters"),
         (["--base", "preset:tiny", "--max-batch-size", "0"], "--max-batch-size 0: pass a positive number"),
+        (["--base", "preset:tiny", "--max-batch-total-tokens", "100"], "--max-batch-total-tokens 100 is less than"),
         (["--base", "preset:tiny", "--api-key-env", "SERVE_UNSET_KEY_VAR"], "SERVE_UNSET_KEY_VAR"),
     ],
 )

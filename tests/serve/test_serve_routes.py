@@ -5,11 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import http.client as http_client
 import json
-import time
 import urllib.parse
 
 import pytest
-from serve_helpers import TEXTS, ServeProcess, client_online, http, metric, offline, save_adapters
+from serve_helpers import TEXTS, ServeProcess, client_online, http, metric, offline, save_adapters, wait_until
 
 pytestmark = pytest.mark.slow
 NEW = 12  # new tokens per request: short generations keep the module quick
@@ -177,32 +176,42 @@ def test_info_health_and_metrics(served):
     )
     assert metric(server.url, "peft_hybrid_serve_requests_total", adapter="prompt", status="200") == before + 1
     generated = answer[2]["details"]["generated_tokens"]
-    assert metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") == tokens + generated
+    # The worker counts the tokens after the answer is sent: wait for exactly this request's count.
+    counted = tokens + generated
+    wait_until(
+        lambda: metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") == counted,
+        f"{generated} generated tokens counted",
+    )
     assert metric(server.url, "peft_hybrid_serve_queue_depth") == 0
 
 
 def test_a_client_leaving_mid_stream_frees_its_row(served):
     server, _, _ = served
     body = {"inputs": TEXTS[2], "parameters": {"adapter_id": "prompt", "max_new_tokens": LIMIT, "details": True}}
+
+    def tokens() -> float:
+        return metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
+
+    def left() -> float:
+        return metric(server.url, "peft_hybrid_serve_requests_total", adapter="prompt", status="499")
+
+    start_tokens, start_left = tokens(), left()
     natural = http(server.url, "/generate", body)[2]["details"]["generated_tokens"]
     assert natural >= 32, "pick an input whose generation runs long"
-    tokens_before = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
+    # The worker counts a row's tokens after its answer is sent: wait for this one's before going on.
+    wait_until(lambda: tokens() == start_tokens + natural, "the uninterrupted request's tokens counted")
     url = urllib.parse.urlparse(server.url)
-    conn = http_client.HTTPConnection(url.hostname, url.port, timeout=60)
+    conn = http_client.HTTPConnection(url.hostname, url.port, timeout=120)
     conn.request("POST", "/generate_stream", json.dumps(body), {"Content-Type": "application/json"})
     first = conn.getresponse().readline()
     assert first.startswith(b"data:") and json.loads(first[5:])["index"] == 1
     conn.sock.close()  # leave after the first token
     conn.close()
-    deadline = time.monotonic() + 30
-    while metric(server.url, "peft_hybrid_serve_requests_total", adapter="prompt", status="499") < 1:
-        assert time.monotonic() < deadline, "the server never noticed the client leaving"
-        time.sleep(0.1)
-    while metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") == tokens_before:
-        assert time.monotonic() < deadline, "the row never ended"
-        time.sleep(0.1)
-    generated = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") - tokens_before
-    assert generated < natural  # ended before its natural end (how early depends on the machine's load)
+    # 499: the server saw the client leave while its row was still running, and marked the row to stop.
+    wait_until(lambda: left() == start_left + 1, "the server noticing the client leaving")
+    wait_until(lambda: tokens() > start_tokens + natural, "the left row ending and its tokens counted")
+    generated = tokens() - start_tokens - natural
+    assert 1 <= generated < natural  # it ended before its natural end
 
 
 def test_return_full_text_puts_the_input_first(served, client):

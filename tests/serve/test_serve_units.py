@@ -200,3 +200,17 @@ def test_more_adapters_in_a_group_than_slots_run_in_rounds_never_evicting_one_in
     assert [len(b) for b in batches] == [2, 1]  # both summ rows first; lora once summ was released
     assert finals == [offline(Path(a), [TEXTS[1]], 5)[0] for a in adapters]
     assert runner.cache.loaded() == [str(paths["lora"])]
+
+
+def test_the_static_scheduler_refuses_a_logits_processor_instead_of_ignoring_it(tmp_path):
+    runner, _ = _runner(tmp_path)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        request = GenerateRequest(inputs=TEXTS[0], adapter_id="lora", logits_processor=lambda ids, scores: scores)
+        job = Job(request, loop)
+        await loop.run_in_executor(None, runner, [job])
+        return await job.events.get()
+
+    refused = asyncio.run(scenario())
+    assert isinstance(refused, RequestError) and refused.status == 422 and "--scheduler continuous" in refused.message

@@ -197,3 +197,26 @@ def test_manifest_is_plain_json_without_machine_paths(first_run):
     out, _ = first_run
     text = (out / MANIFEST_NAME).read_text()
     assert str(out.parent) not in text and json.loads(text)["format"] == 1
+
+
+def test_a_damaged_manifest_is_reported_as_damaged_not_missing(tmp_path):
+    from peft_hybrid.training.run_folder import RunFolderError
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"x")
+    (tmp_path / MANIFEST_NAME).write_text('{"task": "sst2", ')
+    manifest = run_manifest(HybridConfig(task="sst2"), {})
+    with pytest.raises(RunFolderError, match=r"run_manifest.json is damaged") as err:
+        with claim_run_folder(tmp_path, manifest):
+            pass
+    assert "has no run manifest" not in str(err.value)
+    assert (tmp_path / MANIFEST_NAME).read_text() == '{"task": "sst2", '
+
+
+def test_a_lock_file_path_that_is_a_folder_is_named(tmp_path):
+    from peft_hybrid.training.run_folder import LOCK_NAME, RunFolderError
+
+    (tmp_path / LOCK_NAME).mkdir()
+    with pytest.raises(RunFolderError, match=r"\.peft_hybrid\.lock is a folder"):
+        with claim_run_folder(tmp_path, run_manifest(HybridConfig(task="sst2"), {})):
+            pass
+    assert not (tmp_path / MANIFEST_NAME).exists()

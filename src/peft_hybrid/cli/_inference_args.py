@@ -7,8 +7,19 @@ import argparse
 
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     """``--adapter`` (folder or Hub id) and its ``--revision``."""
-    parser.add_argument("--adapter", required=True, help="adapter folder (a training run's output_dir) or Hub repo id")
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        help="adapter folder (a training run's output_dir) or Hub repo id; owner/name:SUB for one of several",
+    )
     parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub")
+    add_subfolder_argument(parser)
+
+
+def add_subfolder_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--subfolder", default=None, help="the adapter's subfolder in a folder or repo of several (or owner/name:SUB)"
+    )
 
 
 def add_base_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +32,32 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", type=device_argument, default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+
+
+def device_argument(value: str) -> str:
+    """``--device``: a device this torch has, else an argparse error (exit 2) naming those that exist."""
+    import torch
+
+    present = ["cpu"]
+    if torch.cuda.is_available():
+        present += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        present.append("mps")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        device = None
+    fits = device is not None and (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+        or (device.type == "mps" and "mps" in present and not device.index)
+    )
+    if not fits:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device this machine's torch has; use one of {present}.")
+    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_hybrid.hub.errors import HubError
     from peft_hybrid.inference import generation_settings, load_for_inference, model_inputs
 
-    adapter_dir = Path(args.adapter)
+    adapter_dir = Path(args.adapter) / args.subfolder if args.subfolder else Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
         print(
             f"error: --add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; "
@@ -93,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         model, tokenizer = load_for_inference(
-            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+            args.adapter,
+            base=args.base,
+            preset=args.model_preset,
+            revision=args.revision,
+            device=args.device,
+            subfolder=args.subfolder,
         )
     except HubError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -79,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
     out = require_writable_dir(args.out, "--out")
     try:
         model, tokenizer = load_for_inference(
-            args.adapter, base=args.base, preset=args.model_preset, revision=args.revision, device=args.device
+            args.adapter,
+            base=args.base,
+            preset=args.model_preset,
+            revision=args.revision,
+            device=args.device,
+            subfolder=args.subfolder,
         )
         task = resolve_task(args.task, model)
         if args.data_file is None:

@@ -22,10 +22,12 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
-from peft_hybrid.cli._inference_args import add_model_arguments, check_positive
+from peft_hybrid.cli._inference_args import add_model_arguments, add_subfolder_argument, check_positive
 
-_NAMED = re.compile(r"^([A-Za-z0-9_-]+)=(.+)$")
+_NAMED = re.compile(r"([A-Za-z0-9_-]+)=(.+)", re.DOTALL)
+INPUT_FORMATS = ("auto", "text", "jsonl")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -43,8 +45,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="adapter folder or Hub repo id; repeat as NAME=PATH_OR_REPO for several (JSON Lines pick by 'adapter')",
     )
     parser.add_argument("--revision", default=None, help="revision of --adapter on the Hub (one adapter only)")
+    add_subfolder_argument(parser)
     parser.add_argument(
         "--input", default="-", help="input file (.txt: one input per line; .jsonl: objects), or - for stdin (default)"
+    )
+    parser.add_argument(
+        "--input_format",
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="text (one input per line) or jsonl; auto (default): by extension (.txt text, .jsonl JSON Lines), "
+        "else JSON Lines when every line is an object",
     )
     parser.add_argument(
         "--field", default=None, help="JSON Lines key holding the input text (default: text, else source)"
@@ -61,11 +72,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def parse_adapters(values: list[str]) -> dict[str, str]:
     """``--adapter`` values as name → path or repo id; one unnamed adapter is named ``default``."""
-    if len(values) == 1 and not _NAMED.match(values[0]):
+    empty = [value for value in values if not value.strip()]
+    if empty:
+        raise ValueError(f"--adapter {empty[0]!r}: pass an adapter folder or Hub repo id (or NAME=PATH_OR_REPO).")
+    if len(values) == 1 and not _NAMED.fullmatch(values[0]):
         return {"default": values[0]}
     adapters: dict[str, str] = {}
     for value in values:
-        match = _NAMED.match(value)
+        match = _NAMED.fullmatch(value)
+        if match is not None and Path(value).exists():  # never guess which of the two was meant
+            name, where = match.groups()
+            raise ValueError(
+                f"--adapter {value}: both an existing path and NAME=PATH. Write --adapter ./{value} for the folder, "
+                f"or --adapter {name}=./{where} for an adapter named {name!r} at {where}."
+            )
         if match is None:
             raise ValueError(f"--adapter {value}: with several adapters, name each one: --adapter NAME=PATH_OR_REPO.")
         name, where = match.groups()
@@ -75,10 +95,11 @@ def parse_adapters(values: list[str]) -> dict[str, str]:
     return adapters
 
 
-def read_records(source: str, field: str | None = None) -> list[tuple[str, str | None]]:
+def read_records(source: str, field: str | None = None, input_format: str = "auto") -> list[tuple[str, str | None]]:
     """``(text, adapter)`` per input from a file or ``-`` (stdin); ``adapter`` is a JSON line's ``adapter`` field.
 
-    JSON Lines when every line is an object, else one input per line.
+    ``input_format``: ``text`` (one input per line), ``jsonl``, or ``auto``: by the extension
+    (``.txt`` text, ``.jsonl`` JSON Lines), else JSON Lines when every line is an object.
     """
     from peft_hybrid.tasks._readers import decode_text, parse_json, require_regular_file
 
@@ -96,7 +117,10 @@ def read_records(source: str, field: str | None = None) -> list[tuple[str, str |
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
         raise ValueError(f"--input {name} holds no inputs; give one input per line.")
-    if not (name.endswith(".jsonl") or all(line.lstrip().startswith("{") for _, line in lines)):
+    if input_format == "auto":
+        objects = all(line.lstrip().startswith("{") for _, line in lines)
+        input_format = "jsonl" if name.endswith(".jsonl") or (objects and not name.endswith(".txt")) else "text"
+    if input_format == "text":
         if field is not None:
             raise ValueError(f"--field {field} applies to JSON Lines input, but {name} is plain text.")
         return [(line.rstrip("\r"), None) for _, line in lines]
@@ -151,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
     adapters = parse_adapters(args.adapter)
     if args.revision is not None and len(adapters) > 1:
         raise ValueError("--revision pins one adapter; with several --adapter, pin each in its repo id instead.")
-    records = read_records(args.input, args.field)
+    if args.subfolder is not None and len(adapters) > 1:
+        raise ValueError("--subfolder picks one adapter; with several --adapter, write each as NAME=owner/name:SUB.")
+    records = read_records(args.input, args.field, args.input_format)
     names = _line_adapters(records, adapters, args.input)
     first, *others = adapters.items()
     try:
@@ -162,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             revision=args.revision,
             device=args.device,
             adapter_name=first[0],
+            subfolder=args.subfolder,
         )
         for name, where in others:
             model.load_adapter(where, name)

@@ -4,8 +4,9 @@
 task and its metrics, hyperparameters, the loss curve, an optional ablation) from a
 `HybridModel` and the trainer's `TrainingSummary`. `render_card` turns it into Markdown with
 YAML metadata through huggingface_hub's ``ModelCard.from_template`` and the Jinja template
-``model_cards/adapter_card.md``; the metadata's ``model-index`` lists every metric of the task,
-so the Hub shows the results and ``ModelCard.load(...).data.eval_results`` reads them back.
+``hub/model_cards/adapter_card.md`` (package data); the metadata's ``model-index`` lists every
+metric of the task, so the Hub shows the results and ``ModelCard.load(...).data.eval_results``
+reads them back.
 `write_card` writes ``README.md`` into a folder, with ``training_curve.png`` beside it.
 
 Example:
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,8 @@ from peft_hybrid.modeling.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "adapter_card.md"
+# Package data read through importlib.resources, so an installed wheel finds it as an editable checkout does.
+TEMPLATE = resources.files("peft_hybrid.hub") / "model_cards" / "adapter_card.md"
 CARD_NAME = "README.md"
 CURVE_IMAGE = "training_curve.png"
 # The file name `peft_hybrid.interpret.heatmap.add_heatmap_to_card` gives the attribution heatmap.
@@ -231,14 +233,14 @@ class CardData:
 
 
 def render_card(data: CardData) -> str:
-    """The card as Markdown with YAML metadata, rendered from ``model_cards/adapter_card.md``.
+    """The card as Markdown with YAML metadata, rendered from ``hub/model_cards/adapter_card.md``.
 
     Example: see the module docstring.
     """
     metrics = metric_rows(data)
     card = ModelCard.from_template(
         data.metadata(),
-        template_path=str(TEMPLATE),
+        template_str=TEMPLATE.read_text(encoding="utf-8"),
         data=data,
         title=f"{data.model_index_name}",
         method_summary=data.method_summary,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import get_token, snapshot_download
+from huggingface_hub import HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
     HFValidationError,
@@ -27,6 +27,9 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+# huggingface_hub's own export of the HTTP client it is built on, for its transport errors.
+from huggingface_hub.utils import httpx as hub_http
 
 from peft_hybrid.config import CONFIG_NAME
 from peft_hybrid.hub.errors import (
@@ -54,13 +57,15 @@ def resolve_folder(
 ) -> Path:
     """A local folder as is; otherwise download the repo's adapter files through huggingface_hub.
 
-    ``subfolder`` picks one adapter of a folder or repo that holds several, one per subfolder.
+    ``subfolder`` picks one adapter of a folder or repo that holds several, one per subfolder;
+    ``owner/name:subfolder`` (or ``folder:subfolder``) says the same in one string (`split_subfolder`).
 
     Raises:
         HubUnreachableError: offline (or ``local_files_only``) and not cached, or the Hub does not answer.
         HubAuthenticationError: the Hub rejected the token.
         AdapterLoadError: neither a folder nor an existing repo/revision you can read.
     """
+    path_or_repo_id, subfolder = split_subfolder(path_or_repo_id, subfolder)
     path = Path(path_or_repo_id)
     if path.is_dir():
         return _subfolder(path, subfolder, str(path_or_repo_id))
@@ -70,6 +75,8 @@ def resolve_folder(
     repo_id = str(path_or_repo_id)
     patterns = _HUB_PATTERNS if subfolder is None else [f"{subfolder.strip('/')}/{p}" for p in _HUB_PATTERNS]
     try:
+        if not (local_files_only or constants.HF_HUB_OFFLINE):
+            _check_revision(repo_id, revision, token)
         root = Path(
             snapshot_download(
                 repo_id,
@@ -89,6 +96,45 @@ def resolve_folder(
         ) from None
 
     return _subfolder(root, subfolder, repo_id)
+
+
+def _check_revision(repo_id: str, revision: str | None, token: str | bool | None) -> None:
+    """Ask the Hub which commit ``revision`` is, so that a refusal is raised, not answered from the cache.
+
+    snapshot_download answers any HTTP error of that question (a rejected token, a repo made
+    private) from the cache when it holds an older commit: silently stale. A Hub that cannot be
+    reached at all still falls back to the cache, as offline mode does.
+    """
+    try:
+        HfApi(token=token).repo_info(repo_id, revision=revision, files_metadata=False)
+    except HfHubHTTPError as err:
+        response = getattr(err, "response", None)
+        if response is None or response.status_code in UNAVAILABLE_STATUS:
+            return  # the Hub is down: the cache may answer, as when it cannot be reached
+        raise
+    except (OSError, hub_http.TransportError):  # no connection: the cache may answer
+        return
+
+
+def split_subfolder(source: str | Path, subfolder: str | None = None) -> tuple[str | Path, str | None]:
+    """``owner/name:sub`` (or ``folder:sub``) as ``(owner/name, sub)``; anything else as given.
+
+    A path that exists is never split (a folder may have ``:`` in its name), and a ``subfolder``
+    given explicitly wins, so the string form is only a shorthand.
+
+    Example:
+        >>> split_subfolder("me/flan-t5-tasks:sst2")
+        ('me/flan-t5-tasks', 'sst2')
+        >>> split_subfolder("me/flan-t5-tasks")
+        ('me/flan-t5-tasks', None)
+    """
+    text = str(source)
+    if subfolder is not None or ":" not in text or Path(text).exists():
+        return source, subfolder
+    where, _, sub = text.rpartition(":")
+    if not where or not sub or "/" in sub.strip("/"):
+        return source, subfolder
+    return where, sub.strip("/")
 
 
 def load_error(err: Exception, repo_id: str, token: str | bool | None, *, local_files_only: bool = False) -> Exception:

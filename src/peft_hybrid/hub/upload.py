@@ -29,8 +29,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 # huggingface_hub's own export of the HTTP client it is built on, for its transport errors.
 from huggingface_hub.utils import httpx as hub_http
@@ -50,6 +55,7 @@ from peft_hybrid.hub.errors import (
     short_reason,
     token_secrets,
 )
+from peft_hybrid.modeling.saving import INDEX_NAME, read_index, written_by_save
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME
 
 if TYPE_CHECKING:
@@ -66,6 +72,7 @@ DEFAULT_BACKOFF = 1.0
 PUSH_PATTERNS = (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    INDEX_NAME,
     "README.md",
     "*.png",
     "training_summary.json",
@@ -92,6 +99,7 @@ def push_folder(
     path_in_repo: str = "",
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
+    delete_files: Iterable[str] = (),
 ) -> CommitInfo:
     """Upload an adapter folder written by ``save_pretrained`` (or a trainer) to ``repo_id``.
 
@@ -107,6 +115,8 @@ def push_folder(
         path_in_repo: a folder in the repo to upload into (default the repo root).
         retries: how many times a network failure or server error is retried.
         backoff: seconds before the first retry; doubled for each further one.
+        delete_files: repo paths removed in the same commit (an adapter a previous push wrote and
+            this one no longer holds).
 
     Returns:
         huggingface_hub's ``CommitInfo`` (no new commit when nothing changed).
@@ -138,7 +148,8 @@ def push_folder(
         full_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         if revision not in (None, "main"):
             api.create_branch(full_id, branch=revision, exist_ok=True)
-        operations = [CommitOperationAdd(prefix + name, path) for name, path in files]
+        operations: list = [CommitOperationAdd(prefix + name, path) for name, path in files]
+        operations += [CommitOperationDelete(path) for path in delete_files]
         return api.create_commit(full_id, operations, commit_message=message, revision=revision)
 
     return _with_retries(attempt, repo_id, api.endpoint, secrets, retries, backoff, folder)
@@ -209,7 +220,39 @@ def push_model(
         subfolders = sorted(p for p in Path(tmp).iterdir() if (p / CONFIG_NAME).is_file())
         for sub in subfolders:  # the other adapters first: the root commit then finds them all in place
             push_folder(sub, repo_id, private=private, path_in_repo=sub.name, backoff=backoff, **settings)
-        return push_folder(tmp, repo_id, private=private, backoff=backoff, **settings)
+        api = HfApi(endpoint=endpoint, token=token)
+        stale = _with_retries(
+            lambda: _stale_files(api, repo_id, revision, [p.name for p in subfolders]),
+            repo_id,
+            api.endpoint,
+            token_secrets(token),
+            retries,
+            backoff,
+            None,
+        )
+        return push_folder(tmp, repo_id, private=private, backoff=backoff, delete_files=stale, **settings)
+
+
+def _stale_files(api: HfApi, repo_id: str, revision: str | None, kept: list[str]) -> list[str]:
+    """The files an earlier multi-adapter push wrote for adapters this push no longer holds.
+
+    Only subfolders that push recorded in its ``hybrid_adapters.json``, and only the files a save writes:
+    anything else in the repo stays.
+    """
+    try:
+        files = api.list_repo_files(repo_id, revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return []  # a new repo or branch (or one the token cannot read: the push itself says so)
+    if INDEX_NAME not in files:
+        return []
+    with tempfile.TemporaryDirectory(prefix="peft-hybrid-index-") as tmp:
+        api.hf_hub_download(repo_id, INDEX_NAME, revision=revision, local_dir=tmp)
+        stale = set(read_index(Path(tmp))) - set(kept)
+    return [
+        path
+        for path in files
+        if path.count("/") == 1 and path.split("/")[0] in stale and written_by_save(path.split("/")[1])
+    ]
 
 
 # --- internals ------------------------------------------------------------------------------

@@ -245,6 +245,9 @@ def _fast_generate(
     ids, mask = _pad(input_ids, attention_mask, padded_rows, buckets.source_length(length), _pad_id(generator))
     if kwargs.get("adapter_names") is not None:  # per-row adapters: padded rows use the first row's
         kwargs["adapter_names"] = [*kwargs["adapter_names"], *kwargs["adapter_names"][:1] * (padded_rows - rows)]
+    if kwargs.get("prefix_allowed_tokens_fn") is not None:  # a padded row copies row 0: constrain it as row 0
+        allowed = kwargs["prefix_allowed_tokens_fn"]
+        kwargs["prefix_allowed_tokens_fn"] = lambda batch_id, ids: allowed(batch_id if batch_id < rows else 0, ids)
     cache_len = buckets.cache_length(_generation_cap(generator, kwargs))
     state.active, state.prefill_pending = True, True
     # Models of one architecture share one code cache (parameters are graph inputs), so dynamo's
@@ -361,9 +364,7 @@ def _generation_cap(generator: nn.Module, kwargs: dict[str, Any]) -> int:
 
 def _eos_ids(generator: nn.Module, kwargs: dict[str, Any]) -> list[int]:
     eos = kwargs.get("eos_token_id", _config(generator, kwargs).eos_token_id)
-    if eos is None:
-        return []
-    return [int(e) for e in (eos if isinstance(eos, Sequence | torch.Tensor) else [eos])]
+    return [] if eos is None else [int(e) for e in (eos if isinstance(eos, Sequence | torch.Tensor) else [eos])]
 
 
 def _trim(sequences: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.access import require_hub
-from peft_hybrid.hub.download import resolve_folder
+from peft_hybrid.hub.download import resolve_folder, split_subfolder
 from peft_hybrid.modeling.loading import load_base, load_base_model
 from peft_hybrid.modeling.model import HybridModel
 from peft_hybrid.modeling.serialization import AdapterLoadError, adapter_path_problem
@@ -29,6 +29,7 @@ def load_for_inference(
     token: str | bool | None = None,
     device: str | torch.device | None = None,
     adapter_name: str = "default",
+    subfolder: str | None = None,
 ) -> tuple[HybridModel, Any]:
     """A saved adapter (folder or Hub id) on its base, in eval mode, with its tokenizer.
 
@@ -38,9 +39,13 @@ def load_for_inference(
         preset: offline preset base (``tiny`` ...) overriding both.
         revision: revision of ``adapter`` on the Hub.
         device: where to put the model (default: CUDA when available, else CPU).
+        subfolder: one adapter of a folder or repo holding several (also ``owner/name:subfolder``).
 
     The tokenizer saved beside the adapter (training runs save it) wins over the base's.
     """
+    if not str(adapter).strip():  # Path("") is the current folder: never load that by accident
+        raise ValueError(f"adapter {str(adapter)!r}: pass an adapter folder or Hub repo id.")
+    adapter, subfolder = split_subfolder(adapter, subfolder)
     if not Path(adapter).is_dir():
         problem = adapter_path_problem(adapter)
         if problem is not None:
@@ -51,7 +56,7 @@ def load_for_inference(
                 "written by save_pretrained), or a Hub repo id (owner/name)."
             )
         require_hub(f"adapter {str(adapter)!r}", str(adapter), revision=revision)
-    folder = resolve_folder(adapter, revision=revision, token=token)
+    folder = resolve_folder(adapter, revision=revision, token=token, subfolder=subfolder)
     config = HybridConfig.load(folder)
     # The tokenizer saved beside the adapter wins; the base's is fetched only when there is none.
     tokenizer = _saved_tokenizer(folder) if any((folder / name).is_file() for name in _TOKENIZER_FILES) else None

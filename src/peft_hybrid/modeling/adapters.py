@@ -20,6 +20,7 @@ import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft.utils import CONFIG_NAME as PEFT_CONFIG_NAME
@@ -40,7 +41,10 @@ from peft_hybrid.modeling.serialization import (
 )
 from peft_hybrid.modeling.serialization import load_adapter as read_adapter_folder
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A name is a subfolder of a saved folder: short enough for every file system (255 bytes a
+# component) with room for the staging and temporary names a save adds around it.
+MAX_NAME_LENGTH = 96
 
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
@@ -172,11 +176,7 @@ class AdapterRegistry:
                 f"Cannot add adapter {adapter_name!r}: adapter {self._active!r} was merged into the base weights "
                 "(merge_and_unload), so a new adapter would run on a changed base. Add it to an unmerged model."
             )
-        if not isinstance(adapter_name, str) or not _NAME.match(adapter_name) or adapter_name == BASE_ADAPTER:
-            raise ValueError(
-                f"adapter_name={adapter_name!r}: use letters, digits, '_' and '-' only (it names a subfolder), "
-                f"and not {BASE_ADAPTER!r}, which means the bare base."
-            )
+        check_adapter_name(adapter_name)
         if adapter_name in self._adapters:
             raise ValueError(
                 f"An adapter named {adapter_name!r} is already loaded; delete_adapter() it or pick another name."
@@ -225,6 +225,16 @@ class AdapterRegistry:
             yield adapter.prompt if adapter is not None else None
         finally:
             self._activate_layers(self._active)
+
+
+def check_adapter_name(adapter_name: Any) -> None:
+    """Refuse a name that cannot be a subfolder on every file system, or that means the bare base."""
+    valid = isinstance(adapter_name, str) and _NAME.fullmatch(adapter_name) and adapter_name != BASE_ADAPTER
+    if not valid or len(adapter_name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"adapter_name={adapter_name!r}: use 1 to {MAX_NAME_LENGTH} letters, digits, '_' and '-' (it names a "
+            f"subfolder), and not {BASE_ADAPTER!r}, which means the bare base."
+        )
 
 
 def check_shape(base_model: nn.Module, config: HybridConfig, source: str) -> dict[str, int]:

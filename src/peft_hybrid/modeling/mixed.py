@@ -56,13 +56,19 @@ class RowLora:
     as that row alone would.
     """
 
-    def __init__(self, base_model: nn.Module, names: list[str], layer_parts: dict[str, Any]) -> None:
+    def __init__(
+        self, base_model: nn.Module, names: list[str], layer_parts: dict[str, Any], *, only_named: bool = False
+    ) -> None:
         self.model = base_model
         self.names = names
         self.parts = layer_parts
         # Every adapter the layers hold, not only the ones this batch names: the per-row tensors
         # then have one shape per model and batch size, so a compiled graph serves every mix.
+        # ``only_named`` gathers just the batch's adapters instead (a server holding hundreds of
+        # adapters would gather them all for every call otherwise).
         self.used = sorted(layer_parts)
+        if only_named:
+            self.used = [n for n in self.used if n in set(names)]
         # slot 0 is "no LoRA here": __base__ rows and adapters without LoRA in a layer gather zeros
         self.slots = torch.tensor([1 + self.used.index(n) if n in self.used else 0 for n in names])
         self._gathered: dict[tuple[int, int], _Plan | None] = {}
@@ -218,13 +224,13 @@ def single_plan(model, name: str, rows: int):
     return plan()
 
 
-def mixed_plan(model, names: list[str]):
+def mixed_plan(model, names: list[str], *, only_named: bool = False):
     """Rows name different adapters: per-row prompts, per-row LoRA through the batched path."""
 
     @contextlib.contextmanager
     def plan():
         layer_parts = {n: a.lora for n, a in model._adapters.items() if a.lora is not None}
-        lora = RowLora(model.base_model, names, layer_parts)
+        lora = RowLora(model.base_model, names, layer_parts, only_named=only_named)
         with lora.active():
             yield [model._adapters[n].prompt if n in model._adapters else None for n in names]
 

@@ -6,8 +6,9 @@ Adapters named on the command line (``--adapter NAME=PATH_OR_REPO``) load at sta
 ``--max-adapters N`` at most N stay loaded: loading one more evicts the least recently used
 adapter that no running batch holds (an evicted adapter loads again when next asked for).
 
-Only the batch worker calls `acquire` and `release`: it owns the model, so adapters change
-between batches, never during one.
+Only the batch worker calls `acquire`, `release` and `attach`: it owns the model, so adapters
+change between steps, never during one. `fetch` (the download, for a Hub id) touches no model
+state, so the continuous scheduler runs it in a loader thread while the batch keeps stepping.
 """
 
 from __future__ import annotations
@@ -44,14 +45,17 @@ class AdapterCache:
         *,
         allow: Sequence[str] = (),
         max_adapters: int | None = None,
+        on_load=None,
     ) -> None:
         self.model = model
+        self.on_load = on_load  # callback(adapter_id) for the metrics
         self.sources = dict(sources)
         self.allow = list(allow)
         self.max_adapters = max_adapters
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> name on the model, LRU first
         self._configs: dict[str, HybridConfig] = {}  # the event loop reads these, never the model itself
         self._in_use: dict[str, int] = {}
+        self._bytes: dict[str, int] = {}  # adapter_id -> bytes of its tensors, for /info
         self._lock = threading.Lock()  # the event loop reads what the worker thread changes
 
     # --- the event loop's side: is this id servable, and with which config --------------------
@@ -93,6 +97,7 @@ class AdapterCache:
                         "loaded": config is not None,
                         "task": config.task if config else None,
                         "mode": config.mode if config else None,
+                        "memory_bytes": self._bytes.get(adapter_id),
                     }
                 )
             return rows
@@ -126,9 +131,30 @@ class AdapterCache:
         if name != BASE_ADAPTER:
             self._in_use[name] -= 1
 
-    def _load(self, adapter_id: str) -> str:
-        self._make_room()
+    def fetch(self, adapter_id: str):
+        """Where ``adapter_id``'s files are on this machine (downloading them from the Hub if needed).
+
+        Touches no model state: safe in a thread other than the worker's. Returns what `attach` takes.
+        """
+        from peft_hybrid.hub.download import resolve_folder
+
+        self.check(adapter_id)
         source = self.sources.get(adapter_id, adapter_id)
+        try:
+            return resolve_folder(source)
+        except Exception as err:
+            raise RequestError(f"adapter {adapter_id!r} could not be loaded: {err}") from err
+
+    def attach(self, adapter_id: str, folder) -> str:
+        """Load the fetched ``folder`` as ``adapter_id`` (evicting the least recently used if full)."""
+        with self._lock:
+            if adapter_id in self._loaded:
+                return self._loaded[adapter_id]
+        return self._load(adapter_id, folder)
+
+    def _load(self, adapter_id: str, source=None) -> str:
+        self._make_room()
+        source = source if source is not None else self.sources.get(adapter_id, adapter_id)
         name = adapter_id if adapter_id in self.sources else _model_name(adapter_id)
         try:
             self.model.load_adapter(source, name)
@@ -143,6 +169,11 @@ class AdapterCache:
         with self._lock:
             self._loaded[adapter_id] = name
             self._configs[adapter_id] = self.model.adapters[name]
+            self._bytes[adapter_id] = sum(
+                t.numel() * t.element_size() for t in self.model.adapter_tensors(name).values()
+            )
+        if self.on_load is not None:
+            self.on_load(adapter_id)
         logger.info("loaded adapter %r (%s)", adapter_id, self.model.adapters[name].mode)
         return name
 
@@ -156,6 +187,7 @@ class AdapterCache:
             victim = idle[0]
             name = self._loaded.pop(victim)
             del self._configs[victim]
+            self._bytes.pop(victim, None)
         self.model.delete_adapter(name)
         self._in_use.pop(name, None)
         logger.info("evicted adapter %r (least recently used)", victim)

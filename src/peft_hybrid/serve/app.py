@@ -25,7 +25,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from peft_hybrid.serve.adapters import AdapterCache
 from peft_hybrid.serve.batcher import Batcher, Final, Job, TokenEvent
-from peft_hybrid.serve.engine import prepare
 from peft_hybrid.serve.metrics import Metrics
 from peft_hybrid.serve.requests import Limits, RequestError, parse_request
 
@@ -112,8 +111,6 @@ async def _generate(state: ServeState, http: Request, *, stream: bool | None, li
         state.cache.check(request.adapter_id)
         adapter = request.adapter_id
         job = Job(request, asyncio.get_running_loop())
-        if state.cache.is_loaded(request.adapter_id):  # else the worker prepares it after loading it
-            prepare(job, state.cache.config(request.adapter_id), state.tokenizer, state.limits)
         state.batcher.submit(job)
     except RequestError as err:
         return _finish(state, _error(err), adapter, started)

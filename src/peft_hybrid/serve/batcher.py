@@ -1,4 +1,6 @@
-"""Cross-task batching: one queue, one worker that owns the model, one mixed batch at a time.
+"""The jobs and events the routes read, and ``--scheduler static``: one mixed batch of requests at a time.
+
+(The default scheduler, `peft_hybrid.serve.scheduler`, batches decoder steps instead of requests.)
 
 A request becomes a `Job` on an asyncio queue. The worker takes the first job, waits until the
 batch is full or ``max_wait_ms`` has passed since that job arrived, splits the jobs into groups

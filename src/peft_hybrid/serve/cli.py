@@ -17,7 +17,7 @@ import re
 
 from peft_hybrid.cli._inference_args import add_device_argument
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,96}")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH_OR_REPO",
-        help="an adapter loaded at startup, served as adapter_id NAME (repeatable)",
+        help="an adapter loaded at startup, served as adapter_id NAME (repeatable; owner/name:SUB picks a subfolder)",
     )
     what.add_argument(
         "--lazy-adapters", action="store_true", help="also load adapters named by a request, on first use"
@@ -65,9 +65,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     where.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     limits = parser.add_argument_group("batching and limits")
+    limits.add_argument(
+        "--scheduler",
+        default="continuous",
+        choices=["continuous", "static"],
+        help="continuous: rows join and leave the running batch after every decoder step (default); "
+        "static: a batch of requests runs until its longest row ends (for comparison)",
+    )
     limits.add_argument("--max-batch-size", type=int, default=32, help="rows per generation batch (default 32)")
     limits.add_argument(
-        "--max-wait-ms", type=float, default=10.0, help="how long a request waits for others to batch with (10)"
+        "--max-batch-total-tokens",
+        type=int,
+        default=32768,
+        help="continuous: input + max new tokens of all rows in flight; a request waits until it fits (32768)",
+    )
+    limits.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=10.0,
+        help="static: how long a request waits for others to batch with (10)",
     )
     limits.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
     limits.add_argument("--max-input-tokens", type=int, default=512, help="input tokens per request (default 512)")
@@ -78,10 +94,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse inconsistent options, naming them; turns ``--adapter`` into ``args.adapters`` (id -> source)."""
-    for name in ("max_batch_size", "max_queue", "max_input_tokens", "max_new_tokens_limit", "max_adapters"):
+    for name in (
+        "max_batch_size",
+        "max_batch_total_tokens",
+        "max_queue",
+        "max_input_tokens",
+        "max_new_tokens_limit",
+        "max_adapters",
+    ):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} {value}: pass a positive number.")
+    if args.max_input_tokens + args.max_new_tokens_limit > args.max_batch_total_tokens:
+        raise ValueError(
+            f"--max-batch-total-tokens {args.max_batch_total_tokens} is less than --max-input-tokens + "
+            f"--max-new-tokens-limit ({args.max_input_tokens + args.max_new_tokens_limit}): the largest request "
+            "could never run. Raise it or lower the limits."
+        )
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms {args.max_wait_ms}: pass 0 or more.")
     if args.allow_adapter and not args.lazy_adapters:
@@ -91,7 +120,7 @@ def check(args: argparse.Namespace) -> None:
     args.adapters = {}
     for value in args.adapter:
         name, sep, source = value.partition("=")
-        if not sep or not source or not _NAME.match(name) or name.startswith("__"):
+        if not sep or not source or not _NAME.fullmatch(name) or name.startswith("__"):
             raise ValueError(
                 f"--adapter {value!r}: expected NAME=PATH_OR_REPO, NAME of letters, digits, '_' and '-' "
                 "(not starting with '__')."

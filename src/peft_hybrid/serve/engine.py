@@ -79,6 +79,9 @@ class Runner:
         for job in jobs:
             if job.cancelled:
                 continue
+            if job.request.logits_processor is not None:
+                job.send(RequestError("structured output needs the continuous scheduler (--scheduler continuous)."))
+                continue
             try:
                 name = self.cache.acquire(job.request.adapter_id)
             except AdapterBusy:
@@ -96,7 +99,7 @@ class Runner:
                     prepare(job, self.cache.config(job.request.adapter_id), self.tokenizer, self.limits)
             except Exception as err:
                 self.cache.release(name)
-                job.send(err if isinstance(err, RequestError) else _generation_error(err))
+                job.send(err if isinstance(err, RequestError) else generation_error(err))
                 continue
             held.append((job, name))
         return held, waiting
@@ -118,7 +121,7 @@ class Runner:
     def _fail(self, job: Job, err: Exception) -> None:
         if not job.finished:
             logger.error("generation failed for one request: %s", err)
-            job.send(_generation_error(err))
+            job.send(generation_error(err))
 
     @torch.inference_mode()
     def _generate(self, held: list[tuple[Job, str]]) -> None:
@@ -149,7 +152,7 @@ class Runner:
                 self.on_tokens(job.request.adapter_id, len(row.ids))
 
 
-def _generation_error(err: Exception) -> RequestError:
+def generation_error(err: Exception) -> RequestError:
     return RequestError(f"generation failed: {err}", status=500, error_type="generation")
 
 

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
@@ -91,6 +92,9 @@ class GenerateRequest:
     truncate: int | None = None
     return_full_text: bool = False
     stream: bool = False
+    # Structured output: ``(generated_ids, scores [vocab]) -> scores`` for this row, applied every step
+    # after the repetition penalty and before sampling or the greedy argmax.
+    logits_processor: Callable[[list[int], Any], Any] | None = dataclasses.field(default=None, compare=False)
 
     def sampling_key(self) -> tuple:
         """Requests with equal keys decode with the same settings, so they can share one batch.

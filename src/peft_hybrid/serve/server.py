@@ -21,6 +21,7 @@ from peft_hybrid.serve.batcher import Batcher
 from peft_hybrid.serve.engine import Runner
 from peft_hybrid.serve.metrics import Metrics
 from peft_hybrid.serve.requests import Limits, RequestError
+from peft_hybrid.serve.scheduler import ContinuousBatcher
 
 READY_MESSAGE = "peft-hybrid serve ready at"
 logger = logging.getLogger("peft_hybrid.serve")
@@ -42,22 +43,42 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
     # The active adapter holds nothing, so requests pick adapters per row and any of them can be evicted.
     model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer, adapter_name=IDLE_ADAPTER)
     model = model.to(device=device, dtype=_DTYPES[options.dtype]).eval()
-    cache = AdapterCache(model, options.adapters, allow=options.allow_adapter, max_adapters=options.max_adapters)
+    scheduler = getattr(options, "scheduler", "continuous")
+    batcher: Batcher | ContinuousBatcher
+    in_flight = (lambda: batcher.in_flight()) if scheduler == "continuous" else None
+    metrics = Metrics(lambda: batcher.depth(), in_flight)
+    cache = AdapterCache(
+        model,
+        options.adapters,
+        allow=options.allow_adapter,
+        max_adapters=options.max_adapters,
+        on_load=lambda adapter_id: metrics.adapter_loads.labels(adapter_id).inc(),
+    )
     try:
         cache.load_configured()
     except RequestError as err:
         raise ValueError(f"--adapter: {err.message}") from err
     limits = Limits(max_input_tokens=options.max_input_tokens, max_new_tokens_limit=options.max_new_tokens_limit)
-    batcher: Batcher
-    metrics = Metrics(lambda: batcher.depth())
-    runner = Runner(model, tokenizer, cache, limits, on_tokens=lambda a, n: metrics.tokens.labels(a).inc(n))
-    batcher = Batcher(
-        runner,
-        max_batch_size=options.max_batch_size,
-        max_wait_ms=options.max_wait_ms,
-        max_queue=options.max_queue,
-        on_batch=metrics.batch_size.observe,
-    )
+    if scheduler == "continuous":
+        batcher = ContinuousBatcher(
+            model,
+            tokenizer,
+            cache,
+            limits,
+            max_batch_size=options.max_batch_size,
+            max_batch_total_tokens=options.max_batch_total_tokens,
+            max_queue=options.max_queue,
+            metrics=metrics,
+        )
+    else:
+        runner = Runner(model, tokenizer, cache, limits, on_tokens=lambda a, n: metrics.tokens.labels(a).inc(n))
+        batcher = Batcher(
+            runner,
+            max_batch_size=options.max_batch_size,
+            max_wait_ms=options.max_wait_ms,
+            max_queue=options.max_queue,
+            on_batch=metrics.batch_size.observe,
+        )
     info = {
         "model_id": options.base,
         "model_dtype": options.dtype,
@@ -67,7 +88,9 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
         "max_new_tokens_limit": limits.max_new_tokens_limit,
         "max_stop_sequences": limits.max_stop_sequences,
         "max_best_of": 1,
+        "scheduler": scheduler,
         "max_batch_size": options.max_batch_size,
+        "max_batch_total_tokens": getattr(options, "max_batch_total_tokens", None),
         "max_wait_ms": options.max_wait_ms,
         "max_queue": options.max_queue,
         "max_adapters": options.max_adapters,

@@ -220,7 +220,12 @@ def _check_is_own(directory: Path, manifest: Mapping[str, Any]) -> None:
     if not present:
         return
     theirs = read_manifest(directory)
-    if theirs is None:
+    if theirs is None and (directory / MANIFEST_NAME).exists():
+        reason = (
+            f"its run manifest {directory / MANIFEST_NAME} is damaged (not a JSON object), so it cannot be shown to "
+            "be this run's own"
+        )
+    elif theirs is None:
         reason = "it is not empty and has no run manifest, so it is not this run's own"
     else:
         difference = first_difference(manifest, theirs)
@@ -262,7 +267,14 @@ def _lock(directory: Path) -> int | None:
         logger.warning("No file locks on this platform: nothing stops a second run from writing %s.", directory)
         return None
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a folder, or a file we may not open, where the lock file belongs
+        what = "a folder" if path.is_dir() else f"not a file this process can open ({err.strerror})"
+        raise RunFolderError(
+            f"output_dir {directory}: its lock file {path} is {what}. Remove it (training recreates it) or pick "
+            "another --output_dir."
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

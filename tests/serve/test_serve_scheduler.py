@@ -1,0 +1,138 @@
+"""The continuous scheduler through the real `huggingface_hub.InferenceClient`, served in this process.
+
+Rows join and leave the running batch mid-way and still answer what offline prediction answers;
+a seeded request samples the same text whatever shares its batch; a client leaving frees its
+slot at once; an adapter that loads slowly holds up nobody else. Nothing here waits on time:
+every ordering is proven with events, counts and the scheduler's own state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client as http_client
+import json
+import threading
+import urllib.parse
+
+import pytest
+from inprocess import InProcessServer
+from serve_helpers import TEXTS, client_online, http, metric, offline, save_adapters
+
+from peft_hybrid.serve.rowbatch import RowBatch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    return save_adapters(tmp_path_factory.mktemp("adapters"))
+
+
+def _args(paths, *extra: str) -> list[str]:
+    return ["--base", "preset:tiny", *[a for n, p in paths.items() for a in ("--adapter", f"{n}={p}")], *extra]
+
+
+@pytest.fixture
+def client_for():
+    from huggingface_hub import InferenceClient
+
+    with client_online():
+        yield lambda server: InferenceClient(base_url=server.url)
+
+
+def test_rows_joining_and_leaving_mid_batch_give_offline_greedy_text(paths, client_for, monkeypatch):
+    joins = []  # rows already running when new ones joined: > 0 means a join mid-batch
+    concat = RowBatch.concat
+    monkeypatch.setattr(RowBatch, "concat", lambda self, other: (joins.append(len(self)), concat(self, other))[1])
+    # lengths differ, so rows end at different steps; 2 rows at a time, so most requests join a running batch
+    work = [(name, text, new) for name in paths for text, new in zip(TEXTS, (3, 12, 7, 5))]
+    with InProcessServer(*_args(paths, "--max-batch-size", "2")) as server:
+        client = client_for(server)
+        with concurrent.futures.ThreadPoolExecutor(len(work)) as pool:
+            answers = list(
+                pool.map(lambda w: client.text_generation(w[1], adapter_id=w[0], max_new_tokens=w[2]), work)
+            )
+        assert not server.state.batcher.rows  # every row left, its slot freed
+    assert any(running > 0 for running in joins)
+    for (name, text, new), answer in zip(work, answers):
+        assert answer == offline(paths[name], [text], new)[0], (name, new)
+
+
+def test_same_seed_requests_in_one_batch_each_reproduce_their_solo_text(paths, client_for):
+    work = [(name, text, seed) for name in ("summ", "lora") for text in TEXTS[:2] for seed in (7, 7, 11)]
+
+    def ask(client, w):
+        out = client.text_generation(w[1], adapter_id=w[0], max_new_tokens=10, seed=w[2], top_k=20, details=True)
+        return out.generated_text, out.details.seed
+
+    with InProcessServer(*_args(paths, "--max-batch-size", "16")) as server:
+        client = client_for(server)
+        solo = [ask(client, w) for w in work]
+        with concurrent.futures.ThreadPoolExecutor(len(work)) as pool:
+            together = list(pool.map(lambda w: ask(client, w), work))
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            unseeded = list(pool.map(lambda _: client.text_generation("hi", do_sample=True, details=True), range(6)))
+    assert together == solo
+    assert [seed for _, seed in solo] == [w[2] for w in work]
+    assert len({out.details.seed for out in unseeded}) == 6  # each request its own generator and seed
+
+
+def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, client_for):
+    long_body = {"inputs": TEXTS[2], "parameters": {"adapter_id": "prompt", "max_new_tokens": 64, "details": True}}
+    with InProcessServer(*_args(paths, "--max-batch-size", "1", "--max-new-tokens-limit", "64")) as server:
+        client = client_for(server)
+        natural = client.text_generation(long_body["inputs"], adapter_id="prompt", max_new_tokens=64, details=True)
+        assert natural.details.generated_tokens >= 32, "pick an input whose generation runs long"
+        before = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
+        url = urllib.parse.urlparse(server.url)
+        conn = http_client.HTTPConnection(url.hostname, url.port, timeout=60)
+        conn.request("POST", "/generate_stream", json.dumps(long_body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert json.loads(response.readline()[5:])["index"] == 1  # the long row holds the only slot
+        batcher, queued = server.state.batcher, threading.Event()
+        submit = batcher.submit
+        batcher.submit = lambda job: (submit(job), queued.set())[0]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.text_generation, TEXTS[1], adapter_id="lora", max_new_tokens=3)
+            assert queued.wait(120)  # the second request waits: the long row holds the only slot
+            conn.sock.close()  # the client leaves after its first token
+            conn.close()
+            answer = waiting.result(timeout=120)
+        # one slot: the waiting request ran only once the long row had ended, and that row ended early
+        generated = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") - before
+    assert answer == offline(paths["lora"], [TEXTS[1]], 3)[0]
+    assert 1 <= generated < natural.details.generated_tokens
+
+
+def test_an_adapter_loading_lazily_does_not_stall_other_requests(paths, client_for):
+    lazy = {"lora": paths["lora"]}
+    loaded = {"summ": paths["summ"]}
+    args = _args(loaded, "--lazy-adapters", "--allow-adapter", str(lazy["lora"].parent / "*"))
+    with InProcessServer(*args) as server:
+        cache = server.state.cache
+        fetching, gate = threading.Event(), threading.Event()
+        fetch = cache.fetch
+
+        def slow_fetch(adapter_id):
+            fetching.set()
+            assert gate.wait(120), "the test never opened the gate"
+            return fetch(adapter_id)
+
+        cache.fetch = slow_fetch
+        client = client_for(server)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(client.text_generation, TEXTS[0], adapter_id=str(lazy["lora"]), max_new_tokens=5)
+            assert fetching.wait(120)
+            # while the adapter is still loading, a request for a loaded one is answered in full
+            quick = client.text_generation(TEXTS[1], adapter_id="summ", max_new_tokens=6)
+            assert not slow.done() and server.state.batcher.depth() == 1
+            gate.set()
+            lazy_answer = slow.result(timeout=120)
+        loads = metric(server.url, "peft_hybrid_serve_adapter_loads_total", adapter=str(lazy["lora"]))
+        listed = {row["id"]: row for row in http(server.url, "/info")[2]["adapters"]}
+        name = cache._loaded[str(lazy["lora"])]
+        held = sum(t.numel() * t.element_size() for t in cache.model.adapter_tensors(name).values())
+    assert listed[str(lazy["lora"])]["memory_bytes"] == held > 0
+    assert quick == offline(paths["summ"], [TEXTS[1]], 6)[0]
+    assert lazy_answer == offline(paths["lora"], [TEXTS[0]], 5)[0]
+    assert loads == 1
