@@ -58,7 +58,7 @@ def read_peft_lora_config(folder: str | Path) -> LoraConfig:
         raise AdapterLoadError(f"{path} is not a readable PEFT adapter config ({err}).") from None
     if not isinstance(raw, dict) or raw.get("peft_type", "LORA") != "LORA":
         kind = raw.get("peft_type") if isinstance(raw, dict) else type(raw).__name__
-        raise AdapterLoadError(f"{path} holds a {kind} adapter, not a LoRA one; peft_hybrid loads PEFT LoRA folders.")
+        raise AdapterLoadError(f"{path} holds a {kind} adapter, not a LoRA adapter; peft_hybrid reads PEFT LoRA.")
     check_lora_fields(raw, str(path))
     return LoraConfig.from_pretrained(str(folder))
 
