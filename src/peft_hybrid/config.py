@@ -24,12 +24,16 @@ FORMAT_VERSION = 2
 CONFIG_NAME = "hybrid_config.json"
 # Written beside the fields; `weights_sha256` ties the config to the weights saved with it.
 _METADATA_KEYS = ("format_version", "library", "library_version", "peft_type", "weights_sha256")
-# Each HybridConfig field declares its role once (``metadata["role"]``; none: "setting"), and every
-# reader asks the role: "setting" (what the adapter computes: shown in cards and summaries, its
-# identity, a recipe argument), "init" (how its tensors started: identity, an argument), "run"
-# (from the training run, the seed: identity), "provenance" (task, base, inference: filled in by
-# the model and trainer, compared by a run folder as task and base, never an argument).
+# Each HybridConfig field declares its role once (``metadata["role"]``; none: "setting"); readers ask
+# `fields_of_role`: "setting" (cards, identity, recipe argument), "init" (identity, argument), "run"
+# (identity: the training seed), "provenance" (task, base, inference: filled in, never an argument).
 ROLES = ("setting", "init", "run", "provenance")
+
+
+def _role(role: str, help: str) -> dict[str, str]:
+    return {"help": help, "role": role}
+
+
 _JSON_SCALARS = (str, int, float, bool, type(None))
 # Saved ``generate`` arguments checked by kind, so that a hand-edited value is refused at load,
 # naming it, instead of failing deep inside ``generate`` (a string cap, ``num_beams: 0``).
@@ -158,52 +162,28 @@ class HybridConfig:
         False
     """
 
-    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}.", "role": "setting"})
+    mode: str = field(default="hybrid", metadata={"help": f"One of {MODES}."})
     # LoRA
-    r: int = field(default=4, metadata={"help": "LoRA rank.", "role": "setting"})
-    lora_alpha: float = field(
-        default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r).", "role": "setting"}
-    )
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q", "v"],
-        metadata={"help": "Names of the Linear modules that get LoRA.", "role": "setting"},
-    )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input.", "role": "setting"})
+    r: int = field(default=4, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=4, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"], metadata={"help": "Linears that get LoRA."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: LoRA plus a trained magnitude per output channel."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA: scale = alpha / sqrt(r)."})
+    rank_pattern: dict[str, int] = field(default_factory=dict, metadata={"help": "Per-module r (PEFT's)."})
+    alpha_pattern: dict[str, float] = field(default_factory=dict, metadata={"help": "Per-module alpha (PEFT's)."})
     # Soft prompt
-    num_virtual_tokens: int = field(
-        default=30, metadata={"help": "Soft prompt length (encoder side).", "role": "setting"}
-    )
-    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}.", "role": "setting"})
-    prompt_init_text: str | None = field(
-        default=None, metadata={"help": "Text for prompt_init='text'.", "role": "init"}
-    )
-    seed: int = field(default=42, metadata={"help": "Seed for the prompt initialisation.", "role": "run"})
+    num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (encoder side)."})
+    prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}."})
+    prompt_init_text: str | None = field(default=None, metadata=_role("init", "Text for prompt_init='text'."))
+    seed: int = field(default=42, metadata=_role("run", "Seed for the prompt initialisation."))
     # Provenance
-    base_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Base model Hub id or folder.", "role": "provenance"}
-    )
-    revision: str | None = field(default=None, metadata={"help": "Revision of the base model.", "role": "provenance"})
-    base_model_shape: dict[str, int] | None = field(
-        default=None,
-        metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base.", "role": "provenance"},
-    )
-    base_quantization: dict[str, Any] | None = field(
-        default=None,
-        metadata={
-            "help": "How the base was quantized in training (None: full precision); filled in by HybridModel.",
-            "role": "provenance",
-        },
-    )
-    task: str | None = field(
-        default=None, metadata={"help": "Task the adapter was trained for, if any.", "role": "provenance"}
-    )
-    inference: InferenceSettings | None = field(
-        default=None,
-        metadata={
-            "help": "How the saving run formatted inputs and generated (filled by the trainer).",
-            "role": "provenance",
-        },
-    )
+    base_model_name_or_path: str | None = field(default=None, metadata=_role("provenance", "Base Hub id or folder."))
+    revision: str | None = field(default=None, metadata=_role("provenance", "Revision of the base model."))
+    base_model_shape: dict[str, int] | None = field(default=None, metadata=_role("provenance", "Refuses other bases."))
+    base_quantization: dict[str, Any] | None = field(default=None, metadata=_role("provenance", "Quantized base?"))
+    task: str | None = field(default=None, metadata=_role("provenance", "Task the adapter was trained for, if any."))
+    inference: InferenceSettings | None = field(default=None, metadata=_role("provenance", "How the run generated."))
 
     def __post_init__(self) -> None:
         if isinstance(self.inference, dict):
@@ -219,19 +199,12 @@ class HybridConfig:
             self.target_modules = [self.target_modules]
         self.target_modules = list(self.target_modules)
         if self.uses_lora:
-            if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-                raise ValueError(
-                    f"HybridConfig.r={self.r!r}: mode {self.mode!r} uses LoRA, so r must be a positive integer "
-                    "(the paper uses 4)."
-                )
-            if not self.lora_alpha or self.lora_alpha <= 0:
-                raise ValueError(f"HybridConfig.lora_alpha={self.lora_alpha!r} must be > 0 (the paper uses 4).")
-            if not 0.0 <= self.lora_dropout < 1.0:
-                raise ValueError(f"HybridConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1).")
-            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
-                raise ValueError(
-                    "HybridConfig.target_modules must be a non-empty list of module names, e.g. ['q', 'v']."
-                )
+            self._check_lora()
+        elif self.use_dora:
+            raise ValueError(
+                f"HybridConfig.use_dora=True needs a mode with LoRA ('lora' or 'hybrid'), not {self.mode!r}: DoRA is "
+                "a kind of LoRA. Drop use_dora or pick mode 'lora'/'hybrid'."
+            )
         if self.uses_prompt:
             if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
                 raise ValueError(
@@ -242,6 +215,32 @@ class HybridConfig:
                 raise ValueError(
                     "HybridConfig.prompt_init='text' needs prompt_init_text, the text whose embeddings start the "
                     "prompt."
+                )
+
+    def _check_lora(self) -> None:
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            raise ValueError(
+                f"HybridConfig.r={self.r!r}: mode {self.mode!r} uses LoRA, so r must be a positive integer "
+                "(the paper uses 4)."
+            )
+        if not self.lora_alpha or self.lora_alpha <= 0:
+            raise ValueError(f"HybridConfig.lora_alpha={self.lora_alpha!r} must be > 0 (the paper uses 4).")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"HybridConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            raise ValueError("HybridConfig.target_modules must be a non-empty list of module names, e.g. ['q', 'v'].")
+        for name in ("use_dora", "use_rslora"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"HybridConfig.{name}={getattr(self, name)!r} must be true or false.")
+        for name, number in (("rank_pattern", int), ("alpha_pattern", (int, float))):
+            pattern = getattr(self, name)
+            if not isinstance(pattern, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, number) and not isinstance(v, bool) and v > 0
+                for k, v in pattern.items()
+            ):
+                raise ValueError(
+                    f"HybridConfig.{name}={pattern!r} must map module names (or patterns) to positive numbers, "
+                    'e.g. {"q": 8}.'
                 )
 
     def _check_types(self) -> None:
@@ -271,6 +270,12 @@ class HybridConfig:
     @property
     def uses_prompt(self) -> bool:
         return self.mode in ("prompt", "hybrid")
+
+    @property
+    def part_kinds(self) -> tuple[str, ...]:
+        """The adapter parts this config gives, in card order (`peft_hybrid.modeling.parts`)."""
+        lora = ("dora" if self.use_dora else "lora",) if self.uses_lora else ()
+        return lora + (("prompt",) if self.uses_prompt else ())
 
     @property
     def trains_base(self) -> bool:
@@ -359,23 +364,15 @@ class HybridConfig:
 
 
 def fields_of_role(*roles: str) -> tuple[str, ...]:
-    """The names of the `HybridConfig` fields whose role is one of ``roles``, in field order.
-
-    Example:
-        >>> fields_of_role("provenance")
-        ('base_model_name_or_path', 'revision', 'base_model_shape', 'base_quantization', 'task', 'inference')
-    """
-    unknown = sorted(set(roles) - set(ROLES))
-    if unknown:
-        raise ValueError(f"unknown field role(s) {unknown}; the roles are {ROLES}.")
+    """The names of the `HybridConfig` fields whose role is one of ``roles``, in field order."""
+    if set(roles) - set(ROLES):
+        raise ValueError(f"unknown field role(s) {sorted(set(roles) - set(ROLES))}; the roles are {ROLES}.")
     return tuple(f.name for f in fields(HybridConfig) if f.metadata.get("role", "setting") in roles)
 
 
-# What an adapter computes, in field order: shown in cards, training summaries and ablation tables.
+# Shown in cards and summaries; a run folder's identity (beside task, base, data); recipe arguments.
 ADAPTER_FIELDS = fields_of_role("setting")
-# What makes two runs the same run (beside their task, base and data): compared by run folders.
 IDENTITY_FIELDS = fields_of_role("setting", "init", "run")
-# What the recipes and `peft-hybrid train` take as arguments.
 ARGUMENT_FIELDS = fields_of_role("setting", "init")
 
 

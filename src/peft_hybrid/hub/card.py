@@ -31,6 +31,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.card_tables import (
     ablation_table,
     evaluation,
@@ -41,6 +42,7 @@ from peft_hybrid.hub.card_tables import (
     strip_prefix,
     task_of,
 )
+from peft_hybrid.modeling.parts import method_summary
 from peft_hybrid.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -65,13 +67,6 @@ PAPER = {
 }
 # Distribution names; the card names each by its import name (dashes become underscores).
 _FRAMEWORKS = ("peft-hybrid", "transformers", "peft", "torch", "datasets", "huggingface-hub")
-METHOD_SUMMARIES = {
-    "none": "the untouched base model (no trainable parameters), the baseline row of the ablation.",
-    "prompt": "soft prompt tuning: trainable vectors prepended to the encoder input of a frozen base.",
-    "lora": "LoRA: low-rank updates to the attention projections of a frozen base.",
-    "hybrid": "LoRA on the attention projections plus a soft prompt prepended to the encoder input, on a frozen base.",
-    "full": "full fine-tuning of every base weight.",
-}
 
 
 @dataclass
@@ -184,6 +179,12 @@ class CardData:
         return f"{base}-{self.mode}" + (f"-{self.task}" if self.task else "")
 
     @property
+    def method_summary(self) -> str:
+        """The card's method line, from the adapter's parts (`peft_hybrid.modeling.parts.method_summary`)."""
+        settings = {k: v for k, v in self.adapter.items() if k in HybridConfig.__dataclass_fields__}
+        return method_summary(HybridConfig(**{**settings, "mode": self.mode}))
+
+    @property
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
 
@@ -246,7 +247,7 @@ def render_card(data: CardData) -> str:
         template_str=TEMPLATE.read_text(encoding="utf-8"),
         data=data,
         title=f"{data.model_index_name}",
-        method_summary=METHOD_SUMMARIES[data.mode],
+        method_summary=data.method_summary,
         metric_rows=metrics,
         hyperparameters=hyperparameter_rows(data),
         ablation=ablation_table(data),

@@ -15,7 +15,7 @@ __all__ = ["merged_lora"]
 
 @contextlib.contextmanager
 def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block, every LoRA layer is replaced by its base Linear holding ``W + s·B·A``.
+    """Inside the block, every LoRA layer is replaced by its base Linear holding ``W + s·B·A`` (DoRA: rescaled).
 
     Only the adapter in use is merged: the active adapter of a `HybridModel` holding several
     (the others stay out of the weights, and a mixed-adapter call inside the block is refused).

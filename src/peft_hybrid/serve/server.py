@@ -8,6 +8,7 @@ the same way and then exits 130, as an interrupted command does.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import signal
 import socket
@@ -30,7 +31,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def build_state(options: Any, api_key: str | None) -> ServeState:
     """The loaded base and adapters, the cache, the batcher and the metrics, from the parsed options."""
-    from peft_hybrid import __version__
     from peft_hybrid.config import HybridConfig
     from peft_hybrid.modeling.loading import load_base
     from peft_hybrid.modeling.model import HybridModel
@@ -57,6 +57,7 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
         max_adapters=options.max_adapters,
         on_load=lambda adapter_id: metrics.adapter_loads.labels(adapter_id).inc(),
     )
+    cache.lazy = options.lazy_adapters
     try:
         cache.load_configured()
     except RequestError as err:
@@ -82,16 +83,36 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
             max_queue=options.max_queue,
             on_batch=metrics.batch_size.observe,
         )
-    info = {
+    info = _info(options, limits, torch.device(device).type, getattr(base.config, "_commit_hash", None), scheduler)
+    # The event loop tokenizes requests while the worker decodes: a fast tokenizer must not be
+    # shared between threads (changing its truncation borrows it mutably), so each gets its own.
+    request_tokenizer = copy.deepcopy(tokenizer)
+    return ServeState(
+        options.base, request_tokenizer, cache, batcher, limits, metrics, info, api_key, options.max_request_bytes
+    )
+
+
+def _info(options: Any, limits: Limits, device_type: str, model_sha: str | None, scheduler: str) -> dict[str, Any]:
+    """What ``GET /info`` answers besides the adapters: TGI's fields, then this server's limits."""
+    from peft_hybrid import __version__
+
+    return {
         "model_id": options.base,
+        "model_sha": model_sha,
         "model_dtype": options.dtype,
-        "quantize": quantize,
-        "model_device_type": torch.device(device).type,
+        "quantize": getattr(options, "quantize", None),
+        "model_device_type": device_type,
         "model_pipeline_tag": "text2text-generation",
         "max_input_tokens": limits.max_input_tokens,
         "max_new_tokens_limit": limits.max_new_tokens_limit,
         "max_stop_sequences": limits.max_stop_sequences,
         "max_best_of": 1,
+        # TGI's required fields, in this server's terms: requests batched or waiting, tokens in and out
+        # of one request, the one event loop that validates requests, one input per TGI request.
+        "max_concurrent_requests": options.max_queue + options.max_batch_size,
+        "max_total_tokens": limits.max_input_tokens + limits.max_new_tokens_limit,
+        "validation_workers": 1,
+        "max_client_batch_size": 1,
         "scheduler": scheduler,
         "max_batch_size": options.max_batch_size,
         "max_batch_total_tokens": getattr(options, "max_batch_total_tokens", None),
@@ -102,10 +123,6 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
         "router": "peft-hybrid",
         "version": __version__,
     }
-    # The event loop tokenizes requests while the worker decodes: a fast tokenizer must not be
-    # shared between threads (changing its truncation borrows it mutably), so each gets its own.
-    request_tokenizer = copy.deepcopy(tokenizer)
-    return ServeState(options.base, request_tokenizer, cache, batcher, limits, metrics, info, api_key)
 
 
 def serve_quantization(quantize: str, dtype: str) -> Any:
@@ -121,15 +138,45 @@ def serve_quantization(quantize: str, dtype: str) -> Any:
     return bnb_config(quantize, compute_dtype=None if quantize == "bitsandbytes" else dtype)
 
 
-def serve(state: ServeState, host: str, port: int, log_level: str = "info") -> int:
-    """Serve until SIGTERM/SIGINT; returns 0 once every accepted request has been answered."""
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or a ValueError naming the option that is wrong."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: pass a port from 0 to 65535 (0 picks a free one).")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host}: not an address or host name this machine can resolve ({err}).") from None
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ValueError(
+                f"--port {port}: already in use on {host}; pick another port (0 picks a free one)."
+            ) from None
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err}).") from None
+    return sock
+
+
+def redact_query(record: logging.LogRecord) -> bool:
+    """An access-log filter: query-string values (``?api_key=...``) never reach the log."""
+    if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+        path, sep, query = record.args[2].partition("?")
+        if sep:
+            hidden = "&".join(f"{part.partition('=')[0]}=<redacted>" for part in query.split("&"))
+            record.args = (*record.args[:2], f"{path}?{hidden}", *record.args[3:])
+    return True
+
+
+def serve(state: ServeState, sock: socket.socket, log_level: str = "info") -> int:
+    """Serve on ``sock`` (from `bind`) until SIGTERM/SIGINT; returns 0 once every accepted request is answered."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))  # bound here so that port 0 works and the printed URL is the real one
+    host, port = sock.getsockname()[:2]  # the real port, also for port 0
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{sock.getsockname()[1]}"
+    url = f"http://{shown}:{port}"
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
@@ -143,6 +190,7 @@ def serve(state: ServeState, host: str, port: int, log_level: str = "info") -> i
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(create_app(state), log_level=log_level, access_log=True, timeout_graceful_shutdown=None)
+    logging.getLogger("uvicorn.access").addFilter(redact_query)  # after Config, which configures logging
     # uvicorn re-raises the signal it stopped on once it has drained; by then the work is done,
     # so that re-raise must end the process normally (exit 0) instead of by the signal.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
