@@ -31,7 +31,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from peft_hybrid.config import HybridConfig
+from peft_hybrid.config import MODES
 from peft_hybrid.hub.card_tables import (
     ablation_table,
     evaluation,
@@ -42,7 +42,6 @@ from peft_hybrid.hub.card_tables import (
     strip_prefix,
     task_of,
 )
-from peft_hybrid.modeling.parts import method_summary
 from peft_hybrid.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -119,6 +118,8 @@ class CardData:
     dataset: dict[str, Any] | None = None
     inference: dict[str, Any] | None = None
     base_quantization: str | None = None
+    # The method line: the model's parts describe themselves (`HybridModel.method_summary`).
+    method: str | None = None
 
     @classmethod
     def from_model(
@@ -162,6 +163,7 @@ class CardData:
             repo_id=repo_id,
             inference=inference_settings(config),
             base_quantization=describe(config.base_quantization) if config.base_quantization else None,
+            method=model.method_summary,
         )
         for key, value in overrides.items():
             if key not in cls.__dataclass_fields__:
@@ -180,9 +182,12 @@ class CardData:
 
     @property
     def method_summary(self) -> str:
-        """The card's method line, from the adapter's parts (`peft_hybrid.modeling.parts.method_summary`)."""
-        settings = {k: v for k, v in self.adapter.items() if k in HybridConfig.__dataclass_fields__}
-        return method_summary(HybridConfig(**{**settings, "mode": self.mode}))
+        """The card's method line: the model's own (`from_model`), else the mode's name."""
+        if self.method:
+            return self.method
+        if self.mode not in MODES:
+            raise ValueError(f"HybridConfig.mode={self.mode!r} is not valid; choose one of {', '.join(MODES)}.")
+        return f"the `{self.mode}` mode of peft_hybrid."
 
     @property
     def trainable_percent(self) -> float:

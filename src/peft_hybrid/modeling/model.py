@@ -26,7 +26,7 @@ from peft_hybrid.modeling.mixed import (
     generate_keywords,
     row_plan,
 )
-from peft_hybrid.modeling.parts import AdapterPart
+from peft_hybrid.modeling.parts import AdapterPart, method_summary
 from peft_hybrid.modeling.peft_folders import peft_lora_as_hybrid
 from peft_hybrid.modeling.prompt import SoftPrompt, join_prompts
 from peft_hybrid.modeling.quantization import check_mergeable, prepare_kbit_base, quantization_record
@@ -93,6 +93,11 @@ class HybridModel(AdapterRegistry, nn.Module):
     def prompt(self) -> SoftPrompt | None:
         """The active adapter's soft prompt (``None`` when its mode has none)."""
         return self._adapters[self._active].prompt
+
+    @property
+    def method_summary(self) -> str:
+        """The active adapter's method in a sentence, from its parts (the model card's method line)."""
+        return method_summary(self.hybrid_config)
 
     @property
     def lora(self) -> AdapterPart | None:
