@@ -8,7 +8,9 @@ Three sections, each written to ``--out`` as soon as it is done:
    base, then the plain base, the stock hybrid and the merged hybrid under ``fast_generation``
    (static KV cache, compiled steps, CUDA graphs), the shape's target length of new tokens
    (128 at the FLAN-T5-base shape).
-3. ``compiled``: peft_hybrid hybrid with the frozen base in bf16 and the stacks compiled,
+3. ``quantized`` (`quantized.run_gpu`): the QLoRA-hybrid train step (time, peak memory) on an
+   NF4 base vs the bf16-base step, and mixed-batch generation tokens/s on each (skipped on CPU).
+4. ``compiled``: peft_hybrid hybrid with the frozen base in bf16 and the stacks compiled,
    interleaved with the stock hybrid again, in a child process under a hard timeout (what is
    left of ``--budget``). A compile that runs long is killed there and recorded as such; it
    cannot eat the time of the eager sections, which already ran.
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 import generation
+import quantized
 import train_step
 from _common import BUDGET_HELP, CPU_THREADS, SHAPES, THREADS_HELP, budget, environment, log, setup
 
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
                 start + 0.6 * args.budget,
                 fast_backend=args.compile_backend,
             ),
+        ),
+        (
+            "quantized",
+            lambda: quantized.run_gpu(shape, args.device, args.warmup, args.train_reps, start + 0.75 * args.budget),
         ),
         ("compiled", lambda: run_compiled(args, deadline)),
     )
@@ -154,7 +161,7 @@ def _write(folder: Path, results: dict, start: float) -> None:
         "`ratio_vs_base`: new tokens/s over the reference's (> 1 is faster). Memory: `peak_mib`.",
         "",
     ]
-    for name in ("train", "generation", "compiled"):
+    for name in ("train", "generation", "quantized", "compiled"):
         if name in results:
             lines += [f"## {name}", "", results[name].get("table") or results[name].get("error", ""), ""]
     (folder / "results.md").write_text("\n".join(lines), encoding="utf-8")

@@ -63,6 +63,7 @@ def test_adapter_settings_are_every_field_but_initialisation_and_provenance():
         "seed",
         "base_model_name_or_path",
         "revision",
+        "base_quantization",
         "base_model_shape",
         "task",
         "inference",
@@ -73,6 +74,10 @@ def test_adapter_settings_are_every_field_but_initialisation_and_provenance():
         "lora_alpha",
         "target_modules",
         "lora_dropout",
+        "use_dora",
+        "use_rslora",
+        "rank_pattern",
+        "alpha_pattern",
         "num_virtual_tokens",
         "prompt_init",
     )

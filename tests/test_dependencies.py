@@ -24,6 +24,8 @@ RUNTIME_ONLY = {
     "protobuf": "transformers reads T5's SentencePiece model through protobuf when building the tokenizer",
     "jinja2": "huggingface_hub's ModelCard.from_template renders the card template with jinja2",
 }
+# Declared in the dev extra for tests only: the real clients and schema validator the serve tests use.
+TEST_CLIENTS = {"openai", "langchain-openai", "jsonschema"}
 # Being removed from hub/upload.py in a parallel change; neither declared nor checked.
 PENDING_REMOVAL = {"httpx2"}
 
@@ -147,7 +149,10 @@ def test_dev_extra_is_the_tooling_plus_every_other_extra():
     tests_import_pytest = any("import pytest" in p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
     # setuptools: tests/test_packaging.py builds the wheel offline, without build isolation.
     assert "--no-build-isolation" in (ROOT / "tests" / "test_packaging.py").read_text(encoding="utf-8")
-    assert dev == {"peft-hybrid", "pytest", "pytest-timeout", "ruff", "setuptools"} and tests_import_pytest
+    tooling = {"peft-hybrid", "pytest", "pytest-timeout", "ruff", "setuptools"}
+    assert dev == {*tooling, *TEST_CLIENTS} and tests_import_pytest
+    serve_tests = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests" / "serve").rglob("*.py"))
+    assert all(module in serve_tests for module in ("openai", "langchain_openai", "jsonschema"))
 
 
 def test_every_requirement_has_a_floor():

@@ -33,6 +33,7 @@ _NOT_SETTINGS = (
     "base_model_name_or_path",
     "revision",
     "base_model_shape",
+    "base_quantization",
     "task",
     "inference",
 )
@@ -172,6 +173,10 @@ class HybridConfig:
         default_factory=lambda: ["q", "v"], metadata={"help": "Names of the Linear modules that get LoRA."}
     )
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: LoRA plus a trained magnitude per output channel."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA: scale = alpha / sqrt(r)."})
+    rank_pattern: dict[str, int] = field(default_factory=dict, metadata={"help": "Per-module r (PEFT's)."})
+    alpha_pattern: dict[str, float] = field(default_factory=dict, metadata={"help": "Per-module alpha (PEFT's)."})
     # Soft prompt
     num_virtual_tokens: int = field(default=30, metadata={"help": "Soft prompt length (encoder side)."})
     prompt_init: str = field(default="sample_vocab", metadata={"help": f"One of {PROMPT_INITS}."})
@@ -182,6 +187,10 @@ class HybridConfig:
     revision: str | None = field(default=None, metadata={"help": "Revision of the base model."})
     base_model_shape: dict[str, int] | None = field(
         default=None, metadata={"help": "Filled in by HybridModel; used to refuse a mismatched base."}
+    )
+    base_quantization: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "How the base was quantized in training (None: full precision); filled in by HybridModel."},
     )
     task: str | None = field(default=None, metadata={"help": "Task the adapter was trained for, if any."})
     inference: InferenceSettings | None = field(
@@ -202,19 +211,12 @@ class HybridConfig:
             self.target_modules = [self.target_modules]
         self.target_modules = list(self.target_modules)
         if self.uses_lora:
-            if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-                raise ValueError(
-                    f"HybridConfig.r={self.r!r}: mode {self.mode!r} uses LoRA, so r must be a positive integer "
-                    "(the paper uses 4)."
-                )
-            if not self.lora_alpha or self.lora_alpha <= 0:
-                raise ValueError(f"HybridConfig.lora_alpha={self.lora_alpha!r} must be > 0 (the paper uses 4).")
-            if not 0.0 <= self.lora_dropout < 1.0:
-                raise ValueError(f"HybridConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1).")
-            if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
-                raise ValueError(
-                    "HybridConfig.target_modules must be a non-empty list of module names, e.g. ['q', 'v']."
-                )
+            self._check_lora()
+        elif self.use_dora:
+            raise ValueError(
+                f"HybridConfig.use_dora=True needs a mode with LoRA ('lora' or 'hybrid'), not {self.mode!r}: DoRA is "
+                "a kind of LoRA. Drop use_dora or pick mode 'lora'/'hybrid'."
+            )
         if self.uses_prompt:
             if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
                 raise ValueError(
@@ -225,6 +227,32 @@ class HybridConfig:
                 raise ValueError(
                     "HybridConfig.prompt_init='text' needs prompt_init_text, the text whose embeddings start the "
                     "prompt."
+                )
+
+    def _check_lora(self) -> None:
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
+            raise ValueError(
+                f"HybridConfig.r={self.r!r}: mode {self.mode!r} uses LoRA, so r must be a positive integer "
+                "(the paper uses 4)."
+            )
+        if not self.lora_alpha or self.lora_alpha <= 0:
+            raise ValueError(f"HybridConfig.lora_alpha={self.lora_alpha!r} must be > 0 (the paper uses 4).")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"HybridConfig.lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            raise ValueError("HybridConfig.target_modules must be a non-empty list of module names, e.g. ['q', 'v'].")
+        for name in ("use_dora", "use_rslora"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"HybridConfig.{name}={getattr(self, name)!r} must be true or false.")
+        for name, number in (("rank_pattern", int), ("alpha_pattern", (int, float))):
+            pattern = getattr(self, name)
+            if not isinstance(pattern, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, number) and not isinstance(v, bool) and v > 0
+                for k, v in pattern.items()
+            ):
+                raise ValueError(
+                    f"HybridConfig.{name}={pattern!r} must map module names (or patterns) to positive numbers, "
+                    'e.g. {"q": 8}.'
                 )
 
     def _check_types(self) -> None:
@@ -254,6 +282,12 @@ class HybridConfig:
     @property
     def uses_prompt(self) -> bool:
         return self.mode in ("prompt", "hybrid")
+
+    @property
+    def part_kinds(self) -> tuple[str, ...]:
+        """The adapter parts this config gives, in card order (`peft_hybrid.modeling.parts`)."""
+        lora = ("dora" if self.use_dora else "lora",) if self.uses_lora else ()
+        return lora + (("prompt",) if self.uses_prompt else ())
 
     @property
     def trains_base(self) -> bool:

@@ -82,3 +82,40 @@ def test_training_b_leaves_a_and_the_base_bit_identical_and_resumes_exactly(tmp_
     assert all(torch.equal(resumed.adapter_tensors("a")[k], before["a"][k]) for k in before["a"])
     final = HybridModel.from_pretrained(tmp_path / "straight", t5_from_preset("tiny", seed=0)[0])
     assert all(torch.equal(final.adapter_tensors()[k], straight_b[k]) for k in straight_b)
+
+
+def test_adding_an_adapter_keeps_the_active_one_trainable_and_the_trainer_trains_it(tmp_path):
+    """add_adapter/load_adapter leave the new adapter frozen and the active one trainable (they used to swap)."""
+    base, tokenizer = t5_from_preset("tiny", seed=0)
+    model = HybridModel(base, HybridConfig(mode="lora", r=2), tokenizer=tokenizer, adapter_name="a")
+    model.add_adapter("b", HybridConfig(mode="hybrid", r=2, num_virtual_tokens=3))
+    folder = tmp_path / "b"
+    model.save_pretrained(folder, adapter_names=["b"])
+    model.load_adapter(folder, "c")
+    assert model.active_adapter == "a"
+    assert all(t.requires_grad for t in model.adapter_tensors("a").values())
+    assert not any(t.requires_grad for name in ("b", "c") for t in model.adapter_tensors(name).values())
+    rows = datasets.Dataset.from_list(
+        [{"input_text": r["dialogue"], "target": r["summary"]} for r in dialogue_summary_pairs(8, 0)]
+    )
+    train, _ = tokenize_dataset(rows, tokenizer, 64, 24)
+    before = _snapshot(model.adapter_tensors("a"))
+    args = HybridTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        early_stopping_patience=None,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        **FAST,
+    )
+    HybridTrainer(
+        model, args, train_dataset=train, processing_class=tokenizer, data_collator=Seq2SeqCollator(tokenizer)
+    ).train()
+    after = model.adapter_tensors("a")
+    assert any(not torch.equal(after[k], before[k]) for k in before if ".lora_B." in k)
+    model.set_adapter("b")
+    assert all(t.requires_grad for t in model.adapter_tensors("b").values())
+    assert not any(t.requires_grad for name in ("a", "c") for t in model.adapter_tensors(name).values())

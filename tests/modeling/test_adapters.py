@@ -208,8 +208,24 @@ def test_merged_lora_merges_only_the_active_adapter():
         with pytest.raises(ValueError, match="merged"):
             model.generate(**batch, adapter_names=["b"], max_new_tokens=6)
     assert torch.equal(fast, plain.generate(**batch, max_new_tokens=6))
-    with pytest.raises(ValueError, match=r"\['b'\] also hold LoRA"):
+    with pytest.raises(ValueError, match=r"\['b'\] would run on a changed base"):
         model.merge_and_unload()
+
+
+def test_merge_and_unload_refuses_while_any_other_adapter_is_loaded_even_prompt_only():
+    """Another adapter, with or without LoRA, would run on a base holding the merged one's LoRA."""
+    model, tok = tiny_model("lora")
+    model.add_adapter("p", HybridConfig(mode="prompt", num_virtual_tokens=3))
+    batch = tok(["Tom: late again"], return_tensors="pt")
+    before = model.generate(**batch, adapter_names=["p"], max_new_tokens=6)
+    with pytest.raises(ValueError, match=r"folds adapter 'default' .* so \['p'\] would run on a changed base"):
+        model.merge_and_unload()
+    assert model.lora is not None and not model.merged  # refused before anything was merged
+    assert torch.equal(model.generate(**batch, adapter_names=["p"], max_new_tokens=6), before)
+    model.delete_adapter("p")
+    model.merge_and_unload()
+    with pytest.raises(ValueError, match="was merged into the base weights"):
+        model.add_adapter("q", HybridConfig(mode="prompt", num_virtual_tokens=3))
 
 
 def test_a_vanilla_peft_lora_adapter_loads_as_a_named_adapter(tmp_path):

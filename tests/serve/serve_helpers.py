@@ -26,6 +26,8 @@ ADAPTERS = {
     "summ": HybridConfig(mode="hybrid", task="samsum", num_virtual_tokens=5, lora_dropout=0.0),
     "lora": HybridConfig(mode="lora", r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q", "k", "v", "o"]),
     "prompt": HybridConfig(mode="prompt", num_virtual_tokens=7),
+    # an SST-2 adapter: the task a grammar like "positive|negative" is for
+    "sst2": HybridConfig(mode="lora", task="sst2", r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q", "v"]),
 }
 TEXTS = [
     "Amy: Hi Ben! Are you free tomorrow? Ben: Sure, after five.",
@@ -35,7 +37,7 @@ TEXTS = [
 ]
 
 
-def save_adapters(folder: Path, names=tuple(ADAPTERS)) -> dict[str, Path]:
+def save_adapters(folder: Path, names=("summ", "lora", "prompt")) -> dict[str, Path]:
     """Each adapter (moved well off its initial values) saved as its own folder on the preset base."""
     paths = {}
     for seed, name in enumerate(names):
@@ -163,3 +165,23 @@ def client_online():
 
 def _lower(headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
+
+
+def openapi_validator(name: str):
+    """A JSON-schema validator for TGI's OpenAPI component ``name`` (``nullable`` read as "or null")."""
+    import jsonschema
+
+    spec = json.loads((Path(__file__).parent / "fixtures" / "tgi_openapi.json").read_text())
+
+    def convert(node):
+        if isinstance(node, dict):
+            out = {k: convert(v) for k, v in node.items() if k not in ("nullable", "example", "discriminator")}
+            if node.get("nullable"):
+                out = {"anyOf": [out, {"type": "null"}]}
+            return out
+        if isinstance(node, list):
+            return [convert(v) for v in node]
+        return node
+
+    root = {"components": convert(spec["components"]), "$ref": f"#/components/schemas/{name}"}
+    return jsonschema.Draft7Validator(root)

@@ -72,7 +72,9 @@ def test_a_missing_adapter_stops_the_process_before_it_serves(tmp_path):
         (["--base", "preset:tiny", "--adapter", "no-equals-sign"], "expected NAME=PATH_OR_REPO"),
         (["--base", "preset:tiny", "--adapter", "a=x", "--adapter", "a=y"], "--adapter 'a' is given twice"),
         (["--base", "preset:tiny", "--lazy-adapters"], "--lazy-adapters needs at least one --allow-adapter"),
-        (["--base", "preset:tiny", "--allow-adapter", "org/*"], "add --lazy-adapters"),
+        (["--base", "preset:tiny", "--port", "-1"], "--port -1: pass a port from 0 to 65535"),
+        (["--base", "preset:tiny", "--host", "no such host!"], "--host no such host!: not an address"),
+        (["--base", "preset:tiny", "--max-request-bytes", "0"], "--max-request-bytes 0: pass a positive number"),
         (["--base", "preset:tiny", "--max-batch-size", "0"], "--max-batch-size 0: pass a positive number"),
         (["--base", "preset:tiny", "--max-batch-total-tokens", "100"], "--max-batch-total-tokens 100 is less than"),
         (["--base", "preset:tiny", "--api-key-env", "SERVE_UNSET_KEY_VAR"], "SERVE_UNSET_KEY_VAR"),
@@ -82,7 +84,22 @@ def test_startup_fails_fast_naming_what_is_wrong(args, message, capsys):
     from peft_hybrid.cli import main
 
     assert main(["serve", "--port", "0", *args]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_port_in_use_is_a_clear_error_before_the_model_loads(capsys):
+    import socket
+
+    from peft_hybrid.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--base", "/no/such/base", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--port {port}: already in use" in err and "Traceback" not in err
 
 
 def test_an_adapter_for_another_base_stops_startup(tmp_path, capsys):

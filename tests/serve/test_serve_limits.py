@@ -58,11 +58,11 @@ def test_the_client_with_the_key_is_served(served):
         InferenceClient(base_url=server.url).text_generation(TEXTS[0], max_new_tokens=NEW)
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_the_rest_are_served(served):
+def test_a_full_queue_answers_429_with_retry_after_and_the_rest_are_served(served):
     server, _, refs = served
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda _: _generate(server, "summ", TEXTS[1], new=48), range(12)))
-    refused = [a for a in answers if a[0] == 503]
+    refused = [a for a in answers if a[0] == 429]  # TGI's status for an overloaded queue
     assert refused, "12 concurrent requests on a queue of 1 with batches of 1 should overflow"
     for _, headers, body in refused:
         assert headers["retry-after"] == "1" and body["error_type"] == "overloaded"
@@ -96,3 +96,29 @@ def test_lazy_ids_outside_the_patterns_or_broken_are_refused_naming_the_loaded(s
     status, _, answer = _generate(server, missing, TEXTS[0])
     assert status == 422 and f"adapter {missing!r} could not be loaded" in answer["error"]
     assert _generate(server, "summ", TEXTS[0])[2]["generated_text"] == refs["summ"][0]
+
+
+def test_an_allow_pattern_matches_resolved_folders_only(served, tmp_path):
+    """``DIR/*`` matches neither ``DIR/../outside/x`` nor a link in DIR to a folder outside it."""
+    server, paths, refs = served
+    lazy = paths["lora"].parent
+    outside = lazy.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    import shutil
+
+    shutil.copytree(paths["lora"], outside / "x", dirs_exist_ok=True)
+    (lazy / "link").symlink_to(outside / "x")
+    for escape in [f"{lazy}/../outside/x", str(lazy / "link")]:
+        status, _, answer = _generate(server, escape, TEXTS[0])
+        assert status == 422 and "Unknown adapter_id" in answer["error"], escape
+    info = http(server.url, "/info", headers=AUTH)[2]
+    assert not any("outside" in a["id"] or "link" in a["id"] for a in info["adapters"])
+    assert _generate(server, str(paths["lora"]), TEXTS[0])[2]["generated_text"] == refs["lora"][0]
+
+
+def test_an_api_key_sent_in_the_query_never_reaches_the_log(served):
+    server, _, _ = served
+    status, _, _ = http(server.url, f"/info?api_key={KEY}&x=1", headers=AUTH)
+    assert status == 200
+    assert "/info?api_key=<redacted>&x=<redacted>" in server.log()
+    assert KEY not in server.log()

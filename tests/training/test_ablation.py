@@ -102,3 +102,19 @@ def test_markdown_table_orders_card_metrics_first(tmp_path):
     paths = result.save(tmp_path)
     assert json.loads(paths["json"].read_text())["rows"][1]["metrics"]["accuracy"] == 87.5
     assert result.row("hybrid").trainable_params == 8064
+
+
+def test_use_dora_applies_to_the_rows_with_lora_only():
+    from peft_hybrid.config import HybridConfig
+    from peft_hybrid.training.ablation import ablation_config
+
+    config = HybridConfig(use_dora=True, r=8)
+    rows = {mode: ablation_config(config, mode) for mode in ablation_modes(include_full=True)}
+    assert {mode: c.part_kinds for mode, c in rows.items()} == {
+        "none": (),
+        "prompt": ("prompt",),
+        "lora": ("dora",),
+        "hybrid": ("dora", "prompt"),
+        "full": (),
+    }
+    assert all(c.r == 8 for c in rows.values())

@@ -267,3 +267,31 @@ def test_every_command_has_help(command, options, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert all(option in text for option in options)
+
+
+def test_use_dora_flag_reaches_the_adapter_config_and_needs_a_mode_with_lora(tmp_path):
+    common = ["--output_dir", str(tmp_path), "--use_cpu", "true"]
+    _, hybrid, _ = parse_args(["--mode", "lora", "--use_dora", "true", *common], task="sst2")
+    assert hybrid.use_dora is True and hybrid.part_kinds == ("dora",)
+    with pytest.raises(ValueError, match=r"use_dora=True needs a mode with LoRA \('lora' or 'hybrid'\), not 'prompt'"):
+        parse_args(["--mode", "prompt", "--use_dora", "true", *common], task="sst2")
+
+
+@pytest.mark.slow
+def test_a_dora_run_trains_saves_and_reloads_with_its_magnitudes_and_card_line(tmp_path):
+    train = samsum_csv(tmp_path / "train.csv", n=8)
+    out = tmp_path / "dora"
+    args = parse_args(
+        ["--mode", "lora", "--use_dora", "true", "--r", "2", "--lora_dropout", "0", "--train_file", str(train)]
+        + ["--validation_file", str(train), "--output_dir", str(out), "--learning_rate", "0.05", *QUICK],
+        task="samsum",
+    )
+    main(*args)
+    model = HybridModel.from_pretrained(out, t5_from_preset("tiny")[0])
+    assert model.hybrid_config.use_dora is True
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    magnitudes = [k for k in tensors if k.endswith(".lora_magnitude_vector")]
+    assert len(magnitudes) == 12
+    fresh = HybridModel(t5_from_preset("tiny")[0], HybridConfig(mode="lora", r=2, use_dora=True))
+    assert any(not torch.equal(tensors[k], fresh.adapter_tensors()[k]) for k in magnitudes)  # the magnitudes trained
+    assert "Method: DoRA (LoRA with a trained magnitude per output channel)" in (out / "README.md").read_text()

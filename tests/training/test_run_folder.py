@@ -80,7 +80,8 @@ def test_manifest_names_the_first_difference():
 def test_the_runs_own_folder_is_reused_and_records_the_run(first_run, capsys):
     out, data = first_run
     manifest = read_manifest(out)
-    assert manifest["task"] == "samsum" and manifest["base"] == {"model": "preset:tiny", "revision": None}
+    assert manifest["task"] == "samsum"
+    assert manifest["base"] == {"model": "preset:tiny", "revision": None, "quantization": None}
     assert manifest["data"]["train"] == {"name": "train.csv", "bytes": data.stat().st_size, "sha256": _sha(data)}
     assert manifest["adapter"]["num_virtual_tokens"] == 4 and manifest["adapter"]["seed"] == 42
     # The same run again, and resuming it, are this run's own.

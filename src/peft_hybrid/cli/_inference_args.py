@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from peft_hybrid.modeling.quantization import COMPUTE_DTYPES, QUANTIZE_CHOICES
 
 
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +32,35 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
     base.add_argument(
         "--model_preset", "--model-preset", default=None, help="random offline base: tiny, flan-t5-small, flan-t5-base"
     )
+
+
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quantize`` (TGI's values) and the 4-bit compute dtype: load the base quantized with bitsandbytes."""
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        choices=QUANTIZE_CHOICES,
+        help="load the base quantized: bitsandbytes-nf4 / bitsandbytes-fp4 (4-bit) or bitsandbytes (8-bit); "
+        "needs the quantize extra",
+    )
+    parser.add_argument(
+        "--bnb_4bit_compute_dtype",
+        "--bnb-4bit-compute-dtype",
+        default=None,
+        choices=COMPUTE_DTYPES,
+        help="matmul dtype of the 4-bit layers (default float32)",
+    )
+
+
+def quantization_config(args: argparse.Namespace) -> Any:
+    """The ``BitsAndBytesConfig`` that ``--quantize`` asks for, or ``None`` (a refusal names the flag)."""
+    from peft_hybrid.modeling.quantization import bnb_config
+
+    if args.quantize is None:
+        if args.bnb_4bit_compute_dtype is not None:
+            raise ValueError("--bnb_4bit_compute_dtype applies to a 4-bit base; add --quantize bitsandbytes-nf4.")
+        return None
+    return bnb_config(args.quantize, compute_dtype=args.bnb_4bit_compute_dtype)
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +93,10 @@ def device_argument(value: str) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Base override (``--base``/``--model_preset``), batching, generation cap, input prefix, device, progress."""
+    """Base override (``--base``/``--model_preset``, ``--quantize``), batching, generation cap, input prefix,
+    device, progress."""
     add_base_arguments(parser)
+    add_quantize_arguments(parser)
     parser.add_argument(
         "--batch_size", "--batch-size", type=int, default=16, help="examples per generation batch (default 16)"
     )

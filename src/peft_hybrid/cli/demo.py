@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads {args.threads}: pass 1 or more.")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_library_bars()
     summary = run_demo(
         args.output_dir,
         seed=args.seed,
@@ -61,3 +62,16 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_summary(summary), end="")
     return 0
+
+
+def _quiet_library_bars() -> None:
+    """Turn off the per-call bars of transformers (loading/writing weights) and datasets (formatting rows).
+
+    On a model this small each finishes at once, several times per stage, and only scrolls the
+    demo's own bars (pre-training, training) and its results away.
+    """
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()

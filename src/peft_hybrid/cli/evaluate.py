@@ -17,7 +17,12 @@ import argparse
 import json
 import sys
 
-from peft_hybrid.cli._inference_args import add_adapter_arguments, add_model_arguments, check_positive
+from peft_hybrid.cli._inference_args import (
+    add_adapter_arguments,
+    add_model_arguments,
+    check_positive,
+    quantization_config,
+)
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.jsonl"
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             preset=args.model_preset,
             revision=args.revision,
             device=args.device,
+            quantization_config=quantization_config(args),
             subfolder=args.subfolder,
         )
         task = resolve_task(args.task, model)

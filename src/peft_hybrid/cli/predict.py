@@ -24,7 +24,12 @@ import re
 import sys
 from pathlib import Path
 
-from peft_hybrid.cli._inference_args import add_model_arguments, add_subfolder_argument, check_positive
+from peft_hybrid.cli._inference_args import (
+    add_model_arguments,
+    add_subfolder_argument,
+    check_positive,
+    quantization_config,
+)
 
 _NAMED = re.compile(r"([A-Za-z0-9_-]+)=(.+)", re.DOTALL)
 INPUT_FORMATS = ("auto", "text", "jsonl")
@@ -188,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             revision=args.revision,
             device=args.device,
             adapter_name=first[0],
+            quantization_config=quantization_config(args),
             subfolder=args.subfolder,
         )
         for name, where in others:

@@ -31,6 +31,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from peft_hybrid.config import HybridConfig
 from peft_hybrid.hub.card_tables import (
     ablation_table,
     evaluation,
@@ -41,6 +42,8 @@ from peft_hybrid.hub.card_tables import (
     strip_prefix,
     task_of,
 )
+from peft_hybrid.modeling.parts import method_summary
+from peft_hybrid.modeling.quantization import describe
 from peft_hybrid.modeling.serialization import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -65,13 +68,6 @@ PAPER = {
 }
 # Distribution names; the card names each by its import name (dashes become underscores).
 _FRAMEWORKS = ("peft-hybrid", "transformers", "peft", "torch", "datasets", "huggingface-hub")
-METHOD_SUMMARIES = {
-    "none": "the untouched base model (no trainable parameters), the baseline row of the ablation.",
-    "prompt": "soft prompt tuning: trainable vectors prepended to the encoder input of a frozen base.",
-    "lora": "LoRA: low-rank updates to the attention projections of a frozen base.",
-    "hybrid": "LoRA on the attention projections plus a soft prompt prepended to the encoder input, on a frozen base.",
-    "full": "full fine-tuning of every base weight.",
-}
 
 
 @dataclass
@@ -97,6 +93,8 @@ class CardData:
         dataset: where the reported metrics were measured when that is not the task's Hub
             dataset (``{"id", "name", "config", "split", "revision"}``, e.g. local files).
         inference: the saved inference settings (`HybridConfig.inference`) as label -> value.
+        base_quantization: how the base was quantized in training (``HybridConfig.base_quantization``
+            in words), ``None`` for a full-precision base.
 
     Example:
         >>> CardData(mode="hybrid", base_model="google/flan-t5-base").model_index_name
@@ -121,6 +119,7 @@ class CardData:
     attribution_image: str | None = None
     dataset: dict[str, Any] | None = None
     inference: dict[str, Any] | None = None
+    base_quantization: str | None = None
 
     @classmethod
     def from_model(
@@ -163,6 +162,7 @@ class CardData:
             ablation=[dict(row) for row in ablation] if ablation else None,
             repo_id=repo_id,
             inference=inference_settings(config),
+            base_quantization=describe(config.base_quantization) if config.base_quantization else None,
         )
         for key, value in overrides.items():
             if key not in cls.__dataclass_fields__:
@@ -178,6 +178,12 @@ class CardData:
             return self.repo_id.split("/")[-1]
         base = (self.base_model or "t5").rstrip("/").split("/")[-1]
         return f"{base}-{self.mode}" + (f"-{self.task}" if self.task else "")
+
+    @property
+    def method_summary(self) -> str:
+        """The card's method line, from the adapter's parts (`peft_hybrid.modeling.parts.method_summary`)."""
+        settings = {k: v for k, v in self.adapter.items() if k in HybridConfig.__dataclass_fields__}
+        return method_summary(HybridConfig(**{**settings, "mode": self.mode}))
 
     @property
     def trainable_percent(self) -> float:
@@ -242,7 +248,7 @@ def render_card(data: CardData) -> str:
         template_str=TEMPLATE.read_text(encoding="utf-8"),
         data=data,
         title=f"{data.model_index_name}",
-        method_summary=METHOD_SUMMARIES[data.mode],
+        method_summary=data.method_summary,
         metric_rows=metrics,
         hyperparameters=hyperparameter_rows(data),
         ablation=ablation_table(data),

@@ -29,6 +29,7 @@ def load_for_inference(
     token: str | bool | None = None,
     device: str | torch.device | None = None,
     adapter_name: str = "default",
+    quantization_config: Any = None,
     subfolder: str | None = None,
 ) -> tuple[HybridModel, Any]:
     """A saved adapter (folder or Hub id) on its base, in eval mode, with its tokenizer.
@@ -39,6 +40,8 @@ def load_for_inference(
         preset: offline preset base (``tiny`` ...) overriding both.
         revision: revision of ``adapter`` on the Hub.
         device: where to put the model (default: CUDA when available, else CPU).
+        quantization_config: a ``BitsAndBytesConfig`` quantizing the base as it loads (see
+            `peft_hybrid.modeling.quantization`, whose ``bnb_config`` builds one from a TGI name).
         subfolder: one adapter of a folder or repo holding several (also ``owner/name:subfolder``).
 
     The tokenizer saved beside the adapter (training runs save it) wins over the base's.
@@ -61,14 +64,15 @@ def load_for_inference(
     # The tokenizer saved beside the adapter wins; the base's is fetched only when there is none.
     tokenizer = _saved_tokenizer(folder) if any((folder / name).is_file() for name in _TOKENIZER_FILES) else None
     if config.trains_base:
-        model = HybridModel.from_pretrained(folder, adapter_name=adapter_name)
+        model = HybridModel.from_pretrained(folder, adapter_name=adapter_name, quantization_config=quantization_config)
     else:
         name = preset_id(preset) if preset is not None else base or config.base_model_name_or_path
         revision = None if (base or preset) else config.revision
+        quantized = {"quantization_config": quantization_config}
         if tokenizer is None:
-            base_model, tokenizer = load_base(name, revision=revision, token=token)
+            base_model, tokenizer = load_base(name, revision=revision, token=token, **quantized)
         else:
-            base_model = load_base_model(name, revision=revision, token=token)
+            base_model = load_base_model(name, revision=revision, token=token, **quantized)
         model = HybridModel.from_pretrained(
             folder, base_model=base_model, tokenizer=tokenizer, adapter_name=adapter_name
         )

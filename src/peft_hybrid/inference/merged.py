@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from torch import nn
 
 from peft_hybrid.modeling import lora
+from peft_hybrid.modeling.quantization import merge_skipped
 
 __all__ = ["merged_lora"]
 
 
 @contextlib.contextmanager
 def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block, every LoRA layer is replaced by its base Linear holding ``W + s·B·A``.
+    """Inside the block, every LoRA layer is replaced by its base Linear holding ``W + s·B·A`` (DoRA: rescaled).
 
     Only the adapter in use is merged: the active adapter of a `HybridModel` holding several
     (the others stay out of the weights, and a mixed-adapter call inside the block is refused).
@@ -28,7 +29,10 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
     dtype). Leaving the block by an exception restores the model too. With `compile_model`, the
     first merged generation may compile once more (the modules inside the compiled stacks
     changed). A model without LoRA (modes ``prompt``/``none``/``full`` or after
-    ``merge_and_unload``) is yielded unchanged.
+    ``merge_and_unload``) is yielded unchanged, and so is one on a quantized base (one log line):
+    merging would dequantize every wrapped weight to a full-precision copy for the block (the memory
+    the quantization saves) or round ``W + s·B·A`` back to 4/8 bits (losing most of the update), so
+    LoRA runs unmerged beside the quantized Linears, with the same outputs as outside the block.
 
     Example:
         >>> import torch
@@ -42,6 +46,9 @@ def merged_lora(model: nn.Module) -> Iterator[nn.Module]:
         >>> torch.equal(fast, model.generate(**batch, max_new_tokens=4))
         True
     """
+    if merge_skipped(model):
+        yield model
+        return
     flag = hasattr(model, "active_adapter")
     if flag:
         model._merged_adapter = model.active_adapter

@@ -1,10 +1,11 @@
 """The named adapters of a `HybridModel`: add, load, switch, delete; one base for all of them.
 
-Each adapter has its own `HybridConfig` and owns only its parts: LoRA matrices under its name in
-the base's PEFT LoRA layers, and a soft prompt in ``HybridModel.prompts[name]``. Adding one never
-copies the base. Exactly one adapter is *active*: it is what ``forward``/``generate`` without
-``adapter_names`` use, what training updates (only its tensors require grad), and what
-``save_pretrained`` writes by default.
+Each adapter has its own `HybridConfig` and owns only its parts (`peft_hybrid.modeling.parts`):
+LoRA or DoRA matrices under its name in the base's PEFT LoRA layers, a soft prompt in
+``HybridModel.prompts[name]``. Adding one never copies the base. Exactly one adapter is *active*:
+it is what ``forward``/``generate`` without ``adapter_names`` use, what training updates (only
+its tensors require grad, whatever is added or loaded beside it), and what ``save_pretrained``
+writes by default.
 
 Modes ``prompt``, ``lora`` and ``hybrid`` mix freely; ``none`` is an adapter with no parts (a row
 using it runs the bare base, like ``__base__``). ``full`` trains every base weight, so a model
@@ -27,15 +28,17 @@ from torch import nn
 
 from peft_hybrid.config import CONFIG_NAME, HybridConfig
 from peft_hybrid.modeling.loading import record_base
-from peft_hybrid.modeling.lora import LoraPart, lora_layers, read_peft_lora_config, set_active
-from peft_hybrid.modeling.lora import expected_shapes as lora_shapes
+from peft_hybrid.modeling.lora import lora_layers, set_active
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
-from peft_hybrid.modeling.prompt import PROMPT_KEY, SoftPrompt
+from peft_hybrid.modeling.parts import AdapterPart, build_parts
+from peft_hybrid.modeling.parts import expected_shapes as parts_shapes
+from peft_hybrid.modeling.peft_folders import peft_lora_as_hybrid
+from peft_hybrid.modeling.prompt import SoftPrompt
+from peft_hybrid.modeling.quantization import check_mode, fp32_master_weights, record_quantization
 from peft_hybrid.modeling.serialization import (
     WEIGHTS_NAME,
     AdapterLoadError,
     check_tensors,
-    load_adapter_tensors_file,
 )
 from peft_hybrid.modeling.serialization import load_adapter as read_adapter_folder
 
@@ -51,19 +54,23 @@ SUPPORTED_MODEL_TYPES = ("t5", "mt5", "umt5")
 @dataclasses.dataclass
 class _Adapter:
     config: HybridConfig
-    lora: LoraPart | None
-    prompt: SoftPrompt | None
+    parts: list[AdapterPart]
     owns_base: bool  # mode full: the base weights are this adapter's, saved with it
 
     @property
+    def prompt(self) -> SoftPrompt | None:
+        return next((p.row_prompt() for p in self.parts if p.row_prompt() is not None), None)
+
+    @property
+    def lora(self) -> AdapterPart | None:
+        return next((p for p in self.parts if p.in_lora_layers), None)
+
+    @property
     def uses_dropout(self) -> bool:
-        return self.lora is not None and self.config.lora_dropout > 0
+        return any(p.drops_in_training for p in self.parts)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        tensors = dict(self.lora.tensors()) if self.lora is not None else {}
-        if self.prompt is not None:
-            tensors.update(self.prompt.tensors())
-        return tensors
+        return {key: tensor for part in self.parts for key, tensor in part.tensors().items()}
 
 
 class AdapterRegistry:
@@ -100,16 +107,18 @@ class AdapterRegistry:
             (['default', 'qa'], 'default')
         """
         self._check_new(adapter_name, config)
+        check_mode(self.base_model, config.mode, f"adapter {adapter_name!r}")
+        fresh = config.base_model_shape is None  # a loaded adapter has the shape of the base it was made on
         config = dataclasses.replace(config)  # the model fills in the base's shape and name
         config.base_model_shape = self._check_shape(config, f"adapter {adapter_name!r}")
         record_base(config, self.base_model)
-        lora = LoraPart(self.base_model, config, adapter_name) if config.uses_lora else None
-        prompt = None
-        if config.uses_prompt:
-            prompt = _build_prompt(self.base_model, config, tokenizer or getattr(self, "tokenizer", None))
-            self.prompts[adapter_name] = prompt
-        self._adapters[adapter_name] = _Adapter(config, lora, prompt, owns_base=config.trains_base)
-        self._freeze(adapter_name)
+        record_quantization(config, self.base_model, fresh=fresh, source=f"adapter {adapter_name!r}")
+        parts = build_parts(self, config, adapter_name, tokenizer)
+        self._adapters[adapter_name] = _Adapter(config, parts, owns_base=config.trains_base)
+        if getattr(self, "quantization", None) is not None:
+            fp32_master_weights(self._adapters[adapter_name].tensors().values())
+        # Only the active adapter trains; the first one becomes active as the model is built.
+        self._freeze(self._active if self._active in self._adapters else adapter_name)
 
     def load_adapter(
         self,
@@ -144,7 +153,7 @@ class AdapterRegistry:
             local_files_only=local_files_only,
             subfolder=subfolder,
         )
-        config, tensors, source = read_any_adapter(folder, allow_nonfinite=allow_nonfinite)
+        config, tensors, source = read_any_adapter(folder, self.base_model, allow_nonfinite=allow_nonfinite)
         self._check_fits(config, tensors, source)
         self.add_adapter(adapter_name, config)
         self._load_tensors(adapter_name, tensors, source)
@@ -163,14 +172,16 @@ class AdapterRegistry:
             raise ValueError(
                 f"Adapter {adapter_name!r} is the active adapter; set_adapter() to another one before deleting it."
             )
-        adapter = self._adapters.pop(adapter_name)
-        if adapter.lora is not None:
-            adapter.lora.remove()
-        if adapter.prompt is not None:
-            del self.prompts[adapter_name]
+        for part in self._adapters.pop(adapter_name).parts:
+            part.remove()
 
     # --- helpers for HybridModel -----------------------------------------------------------
     def _check_new(self, adapter_name: str, config: HybridConfig | None) -> None:
+        if self.merged:
+            raise ValueError(
+                f"Cannot add adapter {adapter_name!r}: adapter {self._active!r} was merged into the base weights "
+                "(merge_and_unload), so a new adapter would run on a changed base. Add it to an unmerged model."
+            )
         check_adapter_name(adapter_name)
         if adapter_name in self._adapters:
             raise ValueError(
@@ -251,45 +262,17 @@ def check_fits(base_model: nn.Module, config: HybridConfig, tensors: dict[str, t
 
 def expected_shapes(base_model: nn.Module, config: HybridConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor an adapter with ``config`` holds for ``base_model``, keyed as saved."""
-    expected = lora_shapes(base_model, config) if config.uses_lora else {}
-    if config.uses_prompt:
-        expected[PROMPT_KEY] = (config.num_virtual_tokens, base_model.config.d_model)
-    return expected
+    return parts_shapes(base_model, config)
 
 
 def read_any_adapter(
-    folder: Path, *, allow_nonfinite: bool = False
+    folder: Path, base_model: nn.Module, *, allow_nonfinite: bool = False
 ) -> tuple[HybridConfig, dict[str, torch.Tensor], str]:
     """A peft_hybrid adapter folder, or a vanilla PEFT LoRA one read as a mode ``lora`` adapter."""
     if (folder / CONFIG_NAME).is_file() or not (folder / PEFT_CONFIG_NAME).is_file():
         config, tensors = read_adapter_folder(folder, allow_nonfinite=allow_nonfinite)
         return config, tensors, str(folder / WEIGHTS_NAME)
-    return peft_lora_as_hybrid(folder, allow_nonfinite=allow_nonfinite)
-
-
-def peft_lora_as_hybrid(
-    folder: Path, config: HybridConfig | None = None, *, allow_nonfinite: bool = False
-) -> tuple[HybridConfig, dict[str, torch.Tensor], str]:
-    """A vanilla PEFT LoRA folder as a hybrid config + tensors; ``config`` (default mode lora) adds a prompt.
-
-    The LoRA settings (r, alpha, targets, dropout, base) come from the PEFT adapter.
-    """
-    peft_config = read_peft_lora_config(folder)
-    source = folder / WEIGHTS_NAME
-    settings: dict[str, Any] = vars(config) if config is not None else {"mode": "lora"}
-    config = HybridConfig(
-        **{
-            **settings,
-            "r": peft_config.r,
-            "lora_alpha": peft_config.lora_alpha,
-            "target_modules": sorted(peft_config.target_modules),
-            "lora_dropout": peft_config.lora_dropout,
-            "base_model_name_or_path": peft_config.base_model_name_or_path,
-        }
-    )
-    if not config.uses_lora:
-        raise ValueError(f"A PEFT LoRA adapter needs a mode with LoRA ('lora' or 'hybrid'), not {config.mode!r}.")
-    return config, load_adapter_tensors_file(source, allow_nonfinite=allow_nonfinite), str(source)
+    return peft_lora_as_hybrid(folder, base_model, allow_nonfinite=allow_nonfinite)
 
 
 def base_shape(model: nn.Module) -> dict[str, int]:
@@ -301,15 +284,6 @@ def base_shape(model: nn.Module) -> dict[str, int]:
         "num_heads": c.num_heads,
         "vocab_size": c.vocab_size,
     }
-
-
-def _build_prompt(base_model: nn.Module, config: HybridConfig, tokenizer) -> SoftPrompt:
-    embeddings = base_model.get_input_embeddings()
-    prompt = SoftPrompt(config.num_virtual_tokens, embeddings.weight.shape[1]).to(embeddings.weight.device)
-    prompt.initialize(
-        config.prompt_init, embeddings, seed=config.seed, tokenizer=tokenizer, text=config.prompt_init_text
-    )
-    return prompt
 
 
 def check_supported(model: nn.Module) -> None:

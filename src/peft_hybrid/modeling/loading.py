@@ -80,17 +80,19 @@ def load_base(
     revision: str | None = None,
     preset: str | None = None,
     token: str | bool | None = None,
+    quantization_config: Any = None,
 ) -> tuple[nn.Module, Any]:
     """``(base_model, tokenizer)`` from a preset name, a ``preset:NAME`` string, a folder or a Hub id.
 
     ``preset`` (a bare name such as ``tiny``) wins over ``name_or_path``. A folder's own
-    tokenizer is loaded with it; a Hub id's at the same ``revision``.
+    tokenizer is loaded with it; a Hub id's at the same ``revision``. ``quantization_config``
+    (a ``BitsAndBytesConfig``) quantizes the model as it loads (`peft_hybrid.modeling.quantization`).
     """
     if preset is not None:
         name_or_path = preset_id(preset)
     if preset_of(name_or_path) is not None:
-        return _build_preset(preset_of(name_or_path))
-    model = load_base_model(name_or_path, revision=revision, token=token)
+        return _build_preset(preset_of(name_or_path), quantization_config)
+    model = load_base_model(name_or_path, revision=revision, token=token, quantization_config=quantization_config)
     from transformers import AutoTokenizer
 
     # The commit the model was loaded at, so a branch moving in between cannot mix two revisions.
@@ -99,9 +101,15 @@ def load_base(
 
 
 def load_base_model(
-    name_or_path: str | Path | None, revision: str | None = None, token: str | bool | None = None
+    name_or_path: str | Path | None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    quantization_config: Any = None,
 ) -> nn.Module:
-    """Load a T5-family base from ``preset:NAME``, a folder or a Hub id: safetensors only, never remote code."""
+    """Load a T5-family base from ``preset:NAME``, a folder or a Hub id: safetensors only, never remote code.
+
+    ``quantization_config``: a ``BitsAndBytesConfig`` to quantize it with as it loads.
+    """
     if not name_or_path:
         raise ValueError(
             "No base model: pass a Hub id or folder (--model_name_or_path / --base / base_model=...) "
@@ -109,18 +117,48 @@ def load_base_model(
         )
     name = str(name_or_path)
     if preset_of(name) is not None:
-        return _build_preset(preset_of(name))[0]
+        return _build_preset(preset_of(name), quantization_config)[0]
     from transformers import AutoModelForSeq2SeqLM
 
+    quantized = {} if quantization_config is None else {"quantization_config": quantization_config}
     if Path(name).is_dir():
-        model = AutoModelForSeq2SeqLM.from_pretrained(name, use_safetensors=True)
+        model = AutoModelForSeq2SeqLM.from_pretrained(name, use_safetensors=True, **quantized)
         _SOURCES[model] = BaseSource(name)
         return model
     require_hub(f"base model {name!r}", name, revision=revision)
     commit = _resolve_commit(name, revision, token)
-    model = AutoModelForSeq2SeqLM.from_pretrained(name, revision=commit, token=token, use_safetensors=True)
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        name, revision=commit, token=token, use_safetensors=True, **quantized
+    )
     _SOURCES[model] = BaseSource(name, commit)
     return model
+
+
+def base_for_adapter(
+    folder: Path, config: HybridConfig, base_model: nn.Module | None, *, token: Any, quantization_config: Any
+) -> nn.Module:
+    """The base an adapter loads onto: the one given, else the one its config names (quantized if asked).
+
+    A fully fine-tuned folder is its own base (mode ``full``): it takes neither a base nor a quantization.
+    """
+    if config.trains_base:
+        if base_model is not None or quantization_config is not None:
+            what = "base_model" if base_model is not None else "quantization_config"
+            raise ValueError(f"{folder} holds a fully fine-tuned model, not an adapter; load it without {what}.")
+        return load_base_model(str(folder))
+    if base_model is None:
+        return load_base_model(
+            config.base_model_name_or_path,
+            revision=config.revision,
+            token=token,
+            quantization_config=quantization_config,
+        )
+    if quantization_config is not None:
+        raise ValueError(
+            "quantization_config quantizes the base that from_pretrained loads; a base_model given is used as it "
+            "is. Load that base with quantization_config, or pass base_model=None."
+        )
+    return base_model
 
 
 def base_source(base_model: nn.Module) -> BaseSource:
@@ -168,8 +206,17 @@ def _resolve_commit(repo_id: str, revision: str | None, token: str | bool | None
     return resolved.resolved
 
 
-def _build_preset(preset: str) -> tuple[nn.Module, Any]:
+def _build_preset(preset: str, quantization_config: Any = None) -> tuple[nn.Module, Any]:
     model, tokenizer = t5_from_preset(preset, seed=PRESET_SEED)
+    if quantization_config is not None:
+        # bitsandbytes quantizes Linears as transformers loads their weights: load the preset back from disk.
+        import tempfile
+
+        from transformers import AutoModelForSeq2SeqLM
+
+        with tempfile.TemporaryDirectory() as folder:
+            model.save_pretrained(folder)
+            model = AutoModelForSeq2SeqLM.from_pretrained(folder, quantization_config=quantization_config)
     _SOURCES[model] = BaseSource(preset_id(preset))
     return model, tokenizer
 

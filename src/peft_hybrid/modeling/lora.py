@@ -1,4 +1,4 @@
-"""Thin glue over PEFT's LoRA layers: inject per adapter name, PEFT key names, the one merge, interop.
+"""Thin glue over PEFT's LoRA layers: inject per adapter name, PEFT key names, the one merge, export.
 
 Several named adapters share one base: each is a key of the same PEFT ``LoraLayer`` (``lora_A[name]``,
 ``lora_B[name]``), so a second adapter allocates its own A/B matrices and nothing else. Saved keys are
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+from peft.utils.other import get_pattern_key
 from torch import nn
 
 from peft_hybrid.config import HybridConfig
@@ -30,6 +31,10 @@ def peft_lora_config(config: HybridConfig) -> LoraConfig:
         lora_alpha=config.lora_alpha,
         target_modules=list(config.target_modules),
         lora_dropout=config.lora_dropout,
+        use_dora=config.use_dora,
+        use_rslora=config.use_rslora,
+        rank_pattern=dict(config.rank_pattern),
+        alpha_pattern=dict(config.alpha_pattern),
         bias="none",
         task_type="SEQ_2_SEQ_LM",
         base_model_name_or_path=config.base_model_name_or_path,
@@ -80,98 +85,80 @@ def _base_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 def expected_shapes(model: nn.Module, config: HybridConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of the LoRA tensors an adapter for ``model`` must hold, keyed as PEFT saves them."""
+    """Shapes of the LoRA tensors an adapter for ``model`` must hold, keyed as PEFT saves them.
+
+    A module's rank is ``config.r`` unless ``rank_pattern`` names it (PEFT's own pattern match).
+    """
     shapes = {}
     for name, linear in target_linears(model, config).items():
-        shapes[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (config.r, linear.in_features)
-        shapes[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (linear.out_features, config.r)
+        r = config.rank_pattern.get(get_pattern_key(list(config.rank_pattern), name), config.r)
+        shapes[f"{PEFT_PREFIX}{name}.lora_A.weight"] = (r, linear.in_features)
+        shapes[f"{PEFT_PREFIX}{name}.lora_B.weight"] = (linear.out_features, r)
     return shapes
 
 
-class LoraPart:
-    """One named adapter's LoRA matrices, living inside the base model's PEFT LoRA layers."""
+def inject(model: nn.Module, config: HybridConfig, adapter_name: str) -> None:
+    """Add ``adapter_name``'s LoRA (or DoRA) to PEFT's layers in ``model``; what was active stays active."""
+    target_linears(model, config)  # fail before touching the model
+    active = {name: list(layer.active_adapters) for name, layer in lora_layers(model).items()}
+    with warnings.catch_warnings():
+        # Several adapters on one model is the point here, not the accident PEFT warns about.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        inject_adapter_in_model(peft_lora_config(config), model, adapter_name=adapter_name)
+    for name, layer in lora_layers(model).items():  # injecting activates the new adapter everywhere
+        set_active(layer, active.get(name, []))
+        if adapter_name in layer.lora_dropout:  # a new dropout starts in train mode: follow its layer's
+            layer.lora_dropout[adapter_name].train(layer.training)
 
-    def __init__(self, model: nn.Module, config: HybridConfig, adapter_name: str) -> None:
-        target_linears(model, config)  # fail before touching the model
-        active = {name: list(layer.active_adapters) for name, layer in lora_layers(model).items()}
-        with warnings.catch_warnings():
-            # Several adapters on one model is the point here, not the accident PEFT warns about.
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            inject_adapter_in_model(peft_lora_config(config), model, adapter_name=adapter_name)
-        for name, layer in lora_layers(model).items():  # injecting activates the new adapter everywhere
-            set_active(layer, active.get(name, []))
-            if adapter_name in layer.lora_dropout:  # a new dropout starts in train mode: follow its layer's
-                layer.lora_dropout[adapter_name].train(layer.training)
-        self.model = model
-        self.name = adapter_name
-        self.scale = config.lora_alpha / config.r
 
-    def layers(self) -> dict[str, LoraLayer]:
-        """The LoRA layers holding this adapter, by module name."""
-        return {name: layer for name, layer in lora_layers(self.model).items() if self.name in layer.lora_A}
+def remove(model: nn.Module, adapter_name: str) -> None:
+    """Drop an adapter's matrices; a layer left with no adapter becomes its plain Linear again."""
+    for name, layer in lora_layers(model).items():
+        if adapter_name not in layer.lora_A:
+            continue
+        for attribute in layer.adapter_layer_names + layer.other_param_names:
+            held = getattr(layer, attribute)
+            if adapter_name in held:
+                del held[adapter_name]
+        if not layer.lora_A:
+            _replace(model, name, layer.get_base_layer())
+    peft_configs = getattr(model, "peft_config", None)
+    if isinstance(peft_configs, dict):
+        peft_configs.pop(adapter_name, None)
+        if not peft_configs:
+            del model.peft_config
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for name, layer in self.layers().items():
-            tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A[self.name].weight
-            tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B[self.name].weight
-        return tensors
 
-    @torch.no_grad()
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for key, param in self.tensors().items():
-            param.copy_(tensors[key].to(param.dtype))
-
-    def remove(self) -> None:
-        """Drop this adapter's matrices; a layer left with no adapter becomes its plain Linear again."""
-        for name, layer in self.layers().items():
-            for attribute in layer.adapter_layer_names + layer.other_param_names:
-                held = getattr(layer, attribute)
-                if self.name in held:
-                    del held[self.name]
-            if not layer.lora_A:
-                _replace(self.model, name, layer.get_base_layer())
-        peft_configs = getattr(self.model, "peft_config", None)
-        if isinstance(peft_configs, dict):
-            peft_configs.pop(self.name, None)
-            if not peft_configs:
-                del self.model.peft_config
-
-    @torch.no_grad()
-    def merge_and_unload(self) -> None:
-        """Fold this adapter into each wrapped Linear and put the plain Linears back."""
-        for name, layer in lora_layers(self.model).items():
-            linear = layer.get_base_layer()
-            if self.name in layer.lora_A:
-                linear.weight.data = merged_weight(layer, self.name, linear.weight)
-            _replace(self.model, name, linear)
+@torch.no_grad()
+def merge_and_unload(model: nn.Module, adapter_name: str) -> None:
+    """Fold one adapter into each wrapped Linear and put the plain Linears back."""
+    for name, layer in lora_layers(model).items():
+        linear = layer.get_base_layer()
+        if adapter_name in layer.lora_A:
+            linear.weight.data = merged_weight(layer, adapter_name, linear.weight)
+        _replace(model, name, linear)
 
 
 def merged_weight(layer: LoraLayer, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
     """``W + scale · B @ A`` for one adapter of one layer: computed in fp32, stored in W's dtype.
 
-    The one merge of the package: `LoraPart.merge_and_unload` and `peft_hybrid.inference.merged_lora`
+    A DoRA adapter (PEFT's ``lora_magnitude_vector``) also rescales each output row to its
+    magnitude: ``m / ‖W + ΔW‖ · (W + ΔW)``, the norm taken per output channel as PEFT's forward does.
+    The one merge of the package: the parts' ``merge`` and `peft_hybrid.inference.merged_lora`
     both use it, so merged and unmerged generation cannot drift apart.
     """
     a = layer.lora_A[adapter_name].weight.float()
     b = layer.lora_B[adapter_name].weight.float()
-    return (weight.float() + (b @ a) * layer.scaling[adapter_name]).to(weight.dtype)
+    merged = weight.float() + (b @ a) * layer.scaling[adapter_name]
+    if adapter_name in layer.lora_magnitude_vector:
+        magnitude = layer.lora_magnitude_vector[adapter_name].weight.float()
+        merged = merged * (magnitude / torch.linalg.norm(merged, dim=1)).unsqueeze(1)
+    return merged.to(weight.dtype)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, module)
-
-
-def read_peft_lora_config(folder: str | Path) -> LoraConfig:
-    """Read a vanilla PEFT LoRA adapter's config (for loading it as a named adapter)."""
-    try:
-        config = LoraConfig.from_pretrained(str(folder))
-    except ValueError as err:  # damaged JSON: the parser's message names no file
-        raise ValueError(f"{Path(folder) / 'adapter_config.json'} is not a readable PEFT config ({err}).") from None
-    if not isinstance(config, LoraConfig):
-        raise ValueError(f"{folder} holds a {type(config).__name__}, not a LoRA adapter.")
-    return config
 
 
 def save_peft_lora(folder: Path, config: HybridConfig, tensors: dict[str, torch.Tensor]) -> Path:

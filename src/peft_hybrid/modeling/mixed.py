@@ -18,7 +18,7 @@ import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -48,21 +48,30 @@ def check_adapter_names(adapter_names: Sequence[str], rows: int, known: Sequence
 
 
 class RowLora:
-    """Per-row LoRA for the duration of a ``with`` block: hooks on every LoRA layer of ``model``."""
+    """Per-row LoRA for the duration of a ``with`` block: hooks on every LoRA layer of ``base_model``.
 
-    def __init__(self, model: nn.Module, names: list[str], *, only_named: bool = False) -> None:
-        self.model = model
+    ``layer_parts`` maps each adapter with a part in the LoRA layers to that part; the part says
+    what it adds to a layer for its rows (`peft_hybrid.modeling.parts.RowLayer`). The gathered
+    tensors keep their autograd history, so a train-mode mixed forward trains each row's adapter
+    as that row alone would.
+    """
+
+    def __init__(
+        self, base_model: nn.Module, names: list[str], layer_parts: dict[str, Any], *, only_named: bool = False
+    ) -> None:
+        self.model = base_model
         self.names = names
+        self.parts = layer_parts
         # Every adapter the layers hold, not only the ones this batch names: the per-row tensors
         # then have one shape per model and batch size, so a compiled graph serves every mix.
         # ``only_named`` gathers just the batch's adapters instead (a server holding hundreds of
         # adapters would gather them all for every call otherwise).
-        self.used = sorted({n for m in model.modules() if isinstance(m, LoraLayer) for n in m.lora_A})
+        self.used = sorted(layer_parts)
         if only_named:
             self.used = [n for n in self.used if n in set(names)]
         # slot 0 is "no LoRA here": __base__ rows and adapters without LoRA in a layer gather zeros
         self.slots = torch.tensor([1 + self.used.index(n) if n in self.used else 0 for n in names])
-        self._gathered: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gathered: dict[tuple[int, int], _Plan | None] = {}
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -92,30 +101,51 @@ class RowLora:
         plan = self._rows(layer, x.shape[0] // rows, x.device)
         if plan is None:
             return output
-        a, b, mask = plan
-        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(a.dtype)
-        if mask is None:  # per-row A and B: two batched matmuls
-            delta = torch.bmm(torch.bmm(flat, a), b)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(plan.a.dtype)
+        if plan.mask is None:  # per-row A and B: two batched matmuls
+            lora = torch.bmm(torch.bmm(flat, plan.a), plan.b)
         else:  # every adapter's A at once, each row keeping its own adapter's columns
-            delta = torch.matmul(torch.matmul(flat, a) * mask, b)
+            lora = torch.matmul(torch.matmul(flat, plan.a) * plan.mask, plan.b)
+        # The single-adapter layer's order: B(A x), then times the (fp32) scale, rounded once to the
+        # LoRA dtype; so a half-precision row rounds as it does alone.
+        if plan.magnitude is None:
+            delta = (lora * plan.scale).to(lora.dtype)
+        else:  # DoRA: (g - 1) · base + (g · B A x) · scale, PEFT's order
+            bias = layer.get_base_layer().bias
+            base = output.reshape(lora.shape).to(lora.dtype)
+            base = base - bias.to(lora.dtype) if bias is not None else base
+            delta = (plan.magnitude - 1) * base + ((plan.magnitude * lora) * plan.scale).to(lora.dtype)
         return output + delta.reshape(output.shape).to(output.dtype)
 
-    def _rows(self, layer: LoraLayer, repeat: int, device: torch.device):
+    def _rows(self, layer: LoraLayer, repeat: int, device: torch.device) -> _Plan | None:
         key = (id(layer), repeat)
         if key not in self._gathered:
             self._gathered[key] = self._gather(layer, repeat, device)
         return self._gathered[key]
 
-    def _gather(self, layer: LoraLayer, repeat: int, device: torch.device):
-        present = [n for n in self.used if n in layer.lora_A]
+    def _gather(self, layer: LoraLayer, repeat: int, device: torch.device) -> _Plan | None:
+        forms = {n: self.parts[n].row_layer(layer) for n in self.used}
+        present = {n: form for n, form in forms.items() if form is not None}
         if not present:
             return None
         linear = layer.get_base_layer()
-        dtype = layer.lora_A[present[0]].weight.dtype
+        dtype = next(iter(present.values())).a.dtype
         slots = self.slots.to(device).repeat_interleave(repeat)
-        a_t = {n: layer.lora_A[n].weight.detach().t().to(dtype) for n in present}
-        b_t = {n: (layer.lora_B[n].weight.detach() * layer.scaling[n]).t().to(dtype) for n in present}
-        total = sum(layer.r[n] for n in present)
+        scale = torch.zeros(len(self.used) + 1, dtype=torch.float32, device=device)
+        magnitude = None
+        if any(form.magnitude is not None for form in present.values()):
+            magnitude = torch.ones(len(self.used) + 1, linear.out_features, dtype=dtype, device=device)
+        for slot, name in enumerate(self.used, start=1):
+            if name in present:
+                scale[slot] = present[name].scale
+                if present[name].magnitude is not None:
+                    magnitude[slot] = present[name].magnitude.to(dtype)
+        row_scale = scale[slots].view(-1, 1, 1)
+        row_magnitude = None if magnitude is None else magnitude[slots].unsqueeze(1)
+        a_t = {n: form.a.t().to(dtype) for n, form in present.items()}
+        b_t = {n: form.b.t().to(dtype) for n, form in present.items()}
+        ranks = {n: form.a.shape[0] for n, form in present.items()}
+        total = sum(ranks.values())
         if total <= linear.in_features // 2:
             # Few adapters: one matmul against all their A's side by side is cheaper than per-row
             # matmuls of rank r; each row's mask keeps its own adapter's columns (zeros elsewhere).
@@ -123,17 +153,28 @@ class RowLora:
             start = 0
             for slot, name in enumerate(self.used, start=1):
                 if name in present:
-                    mask[slot, start : start + layer.r[name]] = 1
-                    start += layer.r[name]
-            return torch.cat(list(a_t.values()), 1), torch.cat(list(b_t.values()), 0), mask[slots].unsqueeze(1)
-        rank = max(layer.r[n] for n in present)
+                    mask[slot, start : start + ranks[name]] = 1
+                    start += ranks[name]
+            a, b = torch.cat(list(a_t.values()), 1), torch.cat(list(b_t.values()), 0)
+            return _Plan(a, b, mask[slots].unsqueeze(1), row_scale, row_magnitude)
+        rank = max(ranks.values())
         a = torch.zeros(len(self.used) + 1, linear.in_features, rank, dtype=dtype, device=device)
         b = torch.zeros(len(self.used) + 1, rank, linear.out_features, dtype=dtype, device=device)
         for slot, name in enumerate(self.used, start=1):
             if name in present:
-                a[slot, :, : layer.r[name]] = a_t[name]
-                b[slot, : layer.r[name], :] = b_t[name]
-        return a[slots], b[slots], None
+                a[slot, :, : ranks[name]] = a_t[name]
+                b[slot, : ranks[name], :] = b_t[name]
+        return _Plan(a[slots], b[slots], None, row_scale, row_magnitude)
+
+
+class _Plan(NamedTuple):
+    """One layer's per-row tensors for one call (see `RowLora._gather`)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    mask: torch.Tensor | None  # None: a and b are per row (bmm); else every adapter side by side
+    scale: torch.Tensor  # (rows, 1, 1) fp32
+    magnitude: torch.Tensor | None  # (rows, 1, out) DoRA's g, ones for other rows; None without DoRA
 
 
 def batch_rows(*tensors: Any) -> int | None:
@@ -188,7 +229,8 @@ def mixed_plan(model, names: list[str], *, only_named: bool = False):
 
     @contextlib.contextmanager
     def plan():
-        lora = RowLora(model.base_model, names, only_named=only_named)
+        layer_parts = {n: a.lora for n, a in model._adapters.items() if a.lora is not None}
+        lora = RowLora(model.base_model, names, layer_parts, only_named=only_named)
         with lora.active():
             yield [model._adapters[n].prompt if n in model._adapters else None for n in names]
 

@@ -17,10 +17,8 @@ from peft_hybrid.modeling.adapters import (
     base_shape,
     check_fits,
     check_supported,
-    peft_lora_as_hybrid,
 )
-from peft_hybrid.modeling.loading import load_base_model
-from peft_hybrid.modeling.lora import LoraPart, save_peft_lora
+from peft_hybrid.modeling.loading import base_for_adapter
 from peft_hybrid.modeling.mixed import (
     batch_rows,
     check_keywords,
@@ -28,7 +26,10 @@ from peft_hybrid.modeling.mixed import (
     generate_keywords,
     row_plan,
 )
-from peft_hybrid.modeling.prompt import SoftPrompt, prepend_per_row, save_peft_prompt
+from peft_hybrid.modeling.parts import AdapterPart
+from peft_hybrid.modeling.peft_folders import peft_lora_as_hybrid
+from peft_hybrid.modeling.prompt import SoftPrompt, join_prompts
+from peft_hybrid.modeling.quantization import check_mergeable, prepare_kbit_base, quantization_record
 from peft_hybrid.modeling.serialization import WEIGHTS_NAME, load_adapter, prepare_output_dir
 
 DEFAULT_ADAPTER = "default"
@@ -69,11 +70,16 @@ class HybridModel(AdapterRegistry, nn.Module):
     ) -> None:
         super().__init__()
         check_supported(base_model)
+        # A quantized base (QLoRA) is readied once; its LoRA then never merges into the 4/8-bit weights.
+        self.quantization = quantization_record(base_model)
+        if self.quantization is not None:
+            prepare_kbit_base(base_model)
         self.base_model = base_model
         self.prompts = nn.ModuleDict()
         self.tokenizer = tokenizer
         self.merged = False
         self._adapters = {}
+        self._active = None
         self.add_adapter(adapter_name, HybridConfig() if config is None else config)
         self.set_adapter(adapter_name)
 
@@ -89,8 +95,8 @@ class HybridModel(AdapterRegistry, nn.Module):
         return self._adapters[self._active].prompt
 
     @property
-    def lora(self) -> LoraPart | None:
-        """The active adapter's LoRA part (``None`` when its mode has none, or after merge)."""
+    def lora(self) -> AdapterPart | None:
+        """The active adapter's LoRA (or DoRA) part (``None`` when its mode has none, or after merge)."""
         return self._adapters[self._active].lora
 
     # --- what the Trainer and generation utilities look for -------------------------------
@@ -131,21 +137,8 @@ class HybridModel(AdapterRegistry, nn.Module):
 
         ``prompts``: one prompt (or ``None``) per row, for a mixed batch; default the active one.
         """
-        if prompts is None:
-            if self.prompt is None:
-                return {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
-        elif all(p is None for p in prompts):
-            return {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
-        if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("Pass input_ids or inputs_embeds.")
-            inputs_embeds = self.base_model.get_input_embeddings()(input_ids)
-        if prompts is None:
-            inputs_embeds, attention_mask = self.prompt.prepend(inputs_embeds, attention_mask)
-        else:
-            weights = [None if p is None else p.weight for p in prompts]
-            inputs_embeds, attention_mask = prepend_per_row(weights, inputs_embeds, attention_mask)
-        return {"input_ids": None, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+        embeddings = self.base_model.get_input_embeddings()
+        return join_prompts(embeddings, self.prompt, prompts, input_ids, attention_mask, inputs_embeds)
 
     def forward(
         self,
@@ -191,8 +184,10 @@ class HybridModel(AdapterRegistry, nn.Module):
         """``base_model.generate`` on the prompt-extended encoder input; returns token ids.
 
         With ``adapter_names`` (one per row, ``"__base__"`` for none), each row uses its own
-        adapter; when all rows name the same one, its LoRA is merged for the call
-        (`peft_hybrid.inference.merged_lora`), otherwise LoRA runs per row.
+        adapter; when all rows name the same one of an fp32 model, its LoRA is merged for the call
+        (`peft_hybrid.inference.merged_lora`), otherwise LoRA runs per row. A half-precision model
+        is not merged: rounding ``W + ΔW`` to 16 bits loses most of ΔW, and a row would then differ
+        from the same row in a mixed batch more than plain batching makes it differ.
         """
         from peft_hybrid.modeling.lora import merged_layers
 
@@ -202,7 +197,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         with row_plan(self, adapter_names, rows) as prompts:
             encoder = self.encoder_inputs(input_ids, attention_mask, inputs_embeds, prompts=prompts)
             encoder = {k: v for k, v in encoder.items() if v is not None}
-            if uniform and not self.merged:
+            if uniform and not self.merged and self.quantization is None and self.base_model.dtype == torch.float32:
                 with merged_layers(self):  # the layers hold just this call's adapter active
                     return self.base_model.generate(**encoder, **kwargs)
             return self.base_model.generate(**encoder, **kwargs)
@@ -233,20 +228,22 @@ class HybridModel(AdapterRegistry, nn.Module):
     def merge_and_unload(self) -> HybridModel:
         """Fold the active adapter's LoRA into the base weights (faster inference); the soft prompt stays.
 
-        The merged model generates the same outputs; it can no longer be saved as an adapter.
-        Other adapters with LoRA must be deleted first (they would be lost with the LoRA layers).
+        The merged model generates the same outputs; it can no longer be saved as an adapter, nor
+        take new adapters. Every other adapter must be deleted first: all of them run on the base
+        this would change.
         """
-        others = [n for n, a in self._adapters.items() if a.lora is not None and n != self._active]
+        check_mergeable(self, "merge_and_unload()")
+        others = [n for n in self._adapters if n != self._active]
         if others:
             raise ValueError(
-                f"merge_and_unload folds one adapter into the base, but {others} also hold LoRA; "
-                "delete_adapter() them first, or use peft_hybrid.inference.merged_lora() to merge for a block only."
+                f"merge_and_unload folds adapter {self._active!r} into the base weights that every adapter shares, "
+                f"so {others} would run on a changed base; delete_adapter() them first, or use "
+                "peft_hybrid.inference.merged_lora() to merge for a block only."
             )
         adapter = self._adapters[self._active]
-        if adapter.lora is not None:
-            adapter.lora.merge_and_unload()
-            adapter.lora = None
-            self.merged = True
+        kept = [part for part in adapter.parts if not part.merge()]
+        self.merged = self.merged or len(kept) < len(adapter.parts)
+        adapter.parts = kept
         return self
 
     # --- save / load ----------------------------------------------------------------------
@@ -320,12 +317,9 @@ class HybridModel(AdapterRegistry, nn.Module):
         """
         directory = prepare_output_dir(directory)
         written = {}
-        if self.lora is not None:
-            written["lora"] = save_peft_lora(directory / "lora", self.hybrid_config, self.lora.tensors())
-        if self.prompt is not None:
-            written["prompt"] = save_peft_prompt(
-                directory / "prompt", self.prompt, self.base_model.config, self.hybrid_config.base_model_name_or_path
-            )
+        for part in self._adapters[self._active].parts:
+            folder = "lora" if part.in_lora_layers else part.kind
+            written[folder] = part.export_peft(directory / folder)
         return written
 
     @classmethod
@@ -343,7 +337,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         The LoRA settings (r, alpha, targets, dropout) come from the PEFT adapter. To add one to a
         model that has adapters already: ``model.load_adapter(lora_folder, name)``.
         """
-        config, tensors, source = peft_lora_as_hybrid(Path(lora_folder), config or HybridConfig())
+        config, tensors, source = peft_lora_as_hybrid(Path(lora_folder), base_model, config or HybridConfig())
         model = cls(base_model, config, tokenizer=tokenizer, adapter_name=adapter_name)
         check_fits(base_model, dataclasses.replace(config, mode="lora"), tensors, source)
         model.lora.load_tensors(tensors)
@@ -363,6 +357,7 @@ class HybridModel(AdapterRegistry, nn.Module):
         subfolder: str | None = None,
         tokenizer=None,
         allow_nonfinite: bool = False,
+        quantization_config: Any = None,
     ) -> HybridModel:
         """Load an adapter from a folder or a Hub repo id onto ``base_model``, as ``adapter_name``.
 
@@ -371,7 +366,8 @@ class HybridModel(AdapterRegistry, nn.Module):
         adapter recorded; safetensors only, never remote code). A base passed in of another Hub commit
         loads with a ``BaseRevisionWarning``; one the adapter does not fit is left untouched. Tensors
         holding NaN or infinity are refused unless ``allow_nonfinite=True`` (for debugging). More adapters join
-        with ``model.load_adapter(path_or_repo_id, name)``.
+        with ``model.load_adapter(path_or_repo_id, name)``. ``quantization_config`` (a ``BitsAndBytesConfig``)
+        quantizes the base it loads (`peft_hybrid.modeling.quantization`).
         """
         folder = resolve_folder(
             path_or_repo_id,
@@ -382,14 +378,7 @@ class HybridModel(AdapterRegistry, nn.Module):
             subfolder=subfolder,
         )
         config, tensors = load_adapter(folder, allow_nonfinite=allow_nonfinite)
-        if config.trains_base:
-            if base_model is not None:
-                raise ValueError(
-                    f"{path_or_repo_id} holds a fully fine-tuned model, not an adapter; load it without base_model."
-                )
-            base_model = load_base_model(str(folder))
-        elif base_model is None:
-            base_model = load_base_model(config.base_model_name_or_path, revision=config.revision, token=token)
+        base_model = base_for_adapter(folder, config, base_model, token=token, quantization_config=quantization_config)
         check_supported(base_model)
         source = str(folder / WEIGHTS_NAME)
         check_fits(base_model, config, tensors, source)  # on the bare base: a refused adapter leaves it as is

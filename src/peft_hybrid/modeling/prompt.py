@@ -106,6 +106,29 @@ def prepend_per_row(
     return joined, (position < total.unsqueeze(1)).to(attention_mask.dtype)
 
 
+def join_prompts(
+    embeddings: nn.Module,
+    prompt: SoftPrompt | None,
+    prompts: list[SoftPrompt | None] | None,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+) -> dict[str, torch.Tensor | None]:
+    """The encoder's keyword inputs with ``prompt`` before every row, or ``prompts[i]`` before row ``i``."""
+    if (prompt is None) if prompts is None else all(p is None for p in prompts):
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+    if inputs_embeds is None:
+        if input_ids is None:
+            raise ValueError("Pass input_ids or inputs_embeds.")
+        inputs_embeds = embeddings(input_ids)
+    if prompts is None:
+        inputs_embeds, attention_mask = prompt.prepend(inputs_embeds, attention_mask)
+    else:
+        weights = [None if p is None else p.weight for p in prompts]
+        inputs_embeds, attention_mask = prepend_per_row(weights, inputs_embeds, attention_mask)
+    return {"input_ids": None, "attention_mask": attention_mask, "inputs_embeds": inputs_embeds}
+
+
 def _candidate_ids(vocab_rows: int, tokenizer) -> torch.Tensor:
     if tokenizer is not None:
         special = set(tokenizer.all_special_ids)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import atexit
 import functools
 import io
+import math
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -80,6 +82,50 @@ def t5_tokenizer(folder: str | Path):
     return T5Tokenizer.from_pretrained(str(folder), extra_ids=100, legacy=False)
 
 
+def word_tokenizer(lines: Sequence[str], vocab_size: int):
+    """A T5 tokenizer (pad 0, eos 1, unk 2, 100 sentinels last) whose pieces are the frequent words of ``lines``.
+
+    SentencePiece's unigram trainer keeps word fragments on a small templated corpus (the synthetic
+    dialogues give ``▁an`` + ``d`` and stop at 255 pieces whatever ``vocab_size`` asks), which
+    makes sequences long and names harder to copy. BPE merges find the whole words; T5's tokenizer
+    is a unigram model, so each BPE piece is scored by its log frequency in the BPE segmentation
+    of ``lines``, which gives the same whole-word segmentation. One thread: the same lines give
+    the same pieces on every machine.
+
+    Example:
+        >>> tokenizer = word_tokenizer(["Amy: see you at noon?", "Ben: see you there."] * 20, 60)
+        >>> tokenizer.tokenize("Amy: see you there?")
+        ['▁Amy', ':', '▁see', '▁you', '▁there', '?']
+    """
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=proto,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    bpe = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    counts = Counter(piece for line in lines for piece in bpe.encode(line, out_type=str))
+    total = sum(counts.values())
+    scores = {piece: math.log(count / total) for piece, count in counts.items()}
+    unseen = min(scores.values()) - 1.0  # pieces the corpus never needs rank below every seen one
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(piece, scores.get(piece, unseen)) for piece in map(bpe.id_to_piece, range(3, bpe.get_piece_size()))]
+    vocab += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(100))]
+    return T5Tokenizer(vocab=vocab, extra_ids=100)
+
+
 @functools.cache
 def _tokenizer_folder(pieces: int) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="peft-hybrid-tokenizer-"))
@@ -102,19 +148,46 @@ def t5_from_preset(name: str, seed: int = 0, device: str | torch.device | None =
         >>> model.config.d_model
         64
     """
-    from transformers import T5Config, T5ForConditionalGeneration
-
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    shape = dict(PRESETS[name])
     tokenizer = offline_tokenizer()
+    model = t5_model(PRESETS[name], tokenizer, seed=seed, device=device)
+    model.config._name_or_path = preset_id(name)
+    return model, tokenizer
+
+
+def t5_model(
+    shape: dict,
+    tokenizer,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    tied_lm_head: bool = False,
+    dropout_rate: float = 0.1,
+):
+    """A gated-GELU T5 of ``shape`` (a `PRESETS` entry) with random weights, in eval mode.
+
+    A ``vocab_size`` of None takes ``tokenizer``'s size, rounded up to a multiple of 64.
+    ``tied_lm_head=False`` gives the output layer its own weights, as FLAN-T5 (T5 v1.1) has,
+    which matters for counts and for what full fine-tuning trains; ``True`` shares the input
+    embedding with it, as the original T5 does (and scales the decoder output by d_model^-0.5).
+
+    Example:
+        >>> model = t5_model(PRESETS["tiny"], offline_tokenizer(), tied_lm_head=True)
+        >>> model.lm_head.weight is model.shared.weight
+        True
+    """
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    shape = dict(shape)
     if shape["vocab_size"] is None:
         shape["vocab_size"] = (len(tokenizer) + 63) // 64 * 64
     config = T5Config(
         **shape,
         num_decoder_layers=shape["num_layers"],
         feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied_lm_head,
+        dropout_rate=dropout_rate,
         decoder_start_token_id=0,
         pad_token_id=0,
         eos_token_id=1,
@@ -122,11 +195,10 @@ def t5_from_preset(name: str, seed: int = 0, device: str | torch.device | None =
     torch.manual_seed(seed)
     with torch.device(device or "cpu"):
         model = T5ForConditionalGeneration(config)
-        # transformers builds T5 with lm_head tied to the shared embedding; FLAN-T5 checkpoints
-        # have their own lm_head, which matters for counts and for what full fine-tuning trains.
-        model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * model.config.d_model**-0.5)
-    model.config.tie_word_embeddings = False
-    model.config._name_or_path = preset_id(name)
+        if not tied_lm_head:
+            # transformers builds T5 with lm_head tied to the shared embedding.
+            model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * model.config.d_model**-0.5)
+    model.config.tie_word_embeddings = tied_lm_head
     model.generation_config.decoder_start_token_id = 0
     model.eval()
-    return model, tokenizer
+    return model

@@ -6,9 +6,19 @@ Adapters named on the command line (``--adapter NAME=PATH_OR_REPO``) load at sta
 ``--max-adapters N`` at most N stay loaded: loading one more evicts the least recently used
 adapter that no running batch holds (an evicted adapter loads again when next asked for).
 
-Only the batch worker calls `acquire`, `release` and `attach`: it owns the model, so adapters
-change between steps, never during one. `fetch` (the download, for a Hub id) touches no model
-state, so the continuous scheduler runs it in a loader thread while the batch keeps stepping.
+Adapters may also be added and removed at runtime (``POST /v1/load_lora_adapter``): `add`
+registers a name for a source an ``--allow-adapter`` pattern allows, `remove` unregisters it, and
+the worker loads (`load_now`) or unloads (`unload`) it.
+
+A pattern is a folder pattern when it starts with ``/``, ``./``, ``../`` or ``~`` and a Hub id
+pattern otherwise. A folder matches after it is resolved (``..`` removed, symlinks followed), one
+path segment per ``*``, so ``DIR/*`` matches neither ``DIR/../outside/x`` nor a link in ``DIR``
+to a folder outside it. A Hub id must be a valid repo id (no ``..``) and must not also name a
+local folder.
+
+Only the batch worker calls `acquire`, `release`, `attach`, `load_now` and `unload`: it owns the model,
+so adapters change between steps, never during one. `fetch` (the download, for a Hub id) touches no
+model state, so the continuous scheduler runs it in a loader thread while the batch keeps stepping.
 """
 
 from __future__ import annotations
@@ -16,10 +26,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 from peft_hybrid.config import HybridConfig
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
@@ -51,6 +63,10 @@ class AdapterCache:
         self.on_load = on_load  # callback(adapter_id) for the metrics
         self.sources = dict(sources)
         self.allow = list(allow)
+        self._folder_patterns = [_resolve_pattern(p) for p in self.allow if _is_folder(p)]
+        self._hub_patterns = [p for p in self.allow if not _is_folder(p)]
+        self.lazy = True  # requests may name allowed sources (--lazy-adapters); runtime loading needs only `allow`
+        self._draining: set[str] = set()
         self.max_adapters = max_adapters
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter_id -> name on the model, LRU first
         self._configs: dict[str, HybridConfig] = {}  # the event loop reads these, never the model itself
@@ -61,7 +77,11 @@ class AdapterCache:
     # --- the event loop's side: is this id servable, and with which config --------------------
     def check(self, adapter_id: str) -> None:
         """Refuse an ``adapter_id`` the server cannot serve, naming the ones it can."""
-        if adapter_id == BASE_ADAPTER or adapter_id in self.sources or self._allowed(adapter_id):
+        if adapter_id in self._draining:
+            raise RequestError(f"adapter {adapter_id!r} is being unloaded.", status=404, error_type="not_found")
+        if adapter_id == BASE_ADAPTER or adapter_id in self.sources:
+            return
+        if self.lazy and self.allow and self.resolve(adapter_id, quiet=True) is not None:
             return
         lazy = f"; lazily loaded ids must match {self.allow}" if self.allow else ""
         raise RequestError(
@@ -139,7 +159,7 @@ class AdapterCache:
         from peft_hybrid.hub.download import resolve_folder
 
         self.check(adapter_id)
-        source = self.sources.get(adapter_id, adapter_id)
+        source = self.sources.get(adapter_id) or self.resolve(adapter_id)
         try:
             return resolve_folder(source)
         except Exception as err:
@@ -154,7 +174,7 @@ class AdapterCache:
 
     def _load(self, adapter_id: str, source=None) -> str:
         self._make_room()
-        source = source if source is not None else self.sources.get(adapter_id, adapter_id)
+        source = source if source is not None else (self.sources.get(adapter_id) or self.resolve(adapter_id))
         name = adapter_id if adapter_id in self.sources else _model_name(adapter_id)
         try:
             self.model.load_adapter(source, name)
@@ -192,8 +212,93 @@ class AdapterCache:
         self._in_use.pop(name, None)
         logger.info("evicted adapter %r (least recently used)", victim)
 
-    def _allowed(self, adapter_id: str) -> bool:
-        return any(fnmatch.fnmatchcase(adapter_id, pattern) for pattern in self.allow)
+    # --- runtime management -------------------------------------------------------------
+    def resolve(self, source: str, *, quiet: bool = False) -> str | None:
+        """The folder (resolved) or Hub id ``source`` names, when an ``--allow-adapter`` pattern allows it.
+
+        Refused (403, or ``None`` with ``quiet``) otherwise, naming the patterns.
+        """
+        found = None
+        if "\x00" in source:  # no path or Hub id holds one; os.path would raise on it
+            pass
+        elif _is_folder(source) or (os.path.exists(source) and not self._hub_patterns):
+            path = PurePosixPath(os.path.realpath(os.path.expanduser(source)))
+            if any(path.match(pattern) for pattern in self._folder_patterns):
+                found = str(path)
+        elif _is_hub_id(source) and not os.path.exists(source):
+            if any(fnmatch.fnmatchcase(source, pattern) for pattern in self._hub_patterns):
+                found = source
+        if found is None and not quiet:
+            raise RequestError(
+                f"{source!r} matches no --allow-adapter pattern ({self.allow or 'none given'}); folders match "
+                "once resolved (no '..', symlinks followed), Hub ids as owner/name.",
+                status=403,
+                error_type="forbidden",
+            )
+        return found
+
+    def add(self, name: str, source: str) -> None:
+        """Register adapter ``name`` for an allowed ``source`` (the worker then loads it with `load_now`)."""
+        if not _NAME.match(name) or name.startswith("__"):
+            raise RequestError(f"`lora_name` {name!r}: use letters, digits, '_' and '-' (not starting with '__').")
+        with self._lock:
+            if name in self.sources or name in self._loaded or name in self._draining:
+                raise RequestError(f"adapter {name!r} is already loaded; unload it first.", status=400)
+            self.sources[name] = self.resolve(source)
+
+    def load_now(self, name: str, folder) -> None:
+        """Load a registered adapter from its fetched ``folder`` (worker); a bad one is unregistered and refused."""
+        try:
+            self.attach(name, folder)
+        except AdapterBusy:
+            raise
+        except Exception:
+            self.forget(name)
+            raise
+
+    def forget(self, name: str) -> None:
+        """Unregister a runtime adapter that never loaded."""
+        with self._lock:
+            self.sources.pop(name, None)
+
+    def drain(self, name: str) -> None:
+        """Refuse new requests for ``name`` from now on (its rows in flight keep running)."""
+        with self._lock:
+            if name not in self.sources and name not in self._loaded:
+                raise RequestError(f"adapter {name!r} is not loaded.", status=404, error_type="not_found")
+            self._draining.add(name)
+
+    def unload(self, name: str) -> None:
+        """Unregister and delete ``name`` from the model (worker; its rows have finished)."""
+        with self._lock:
+            self.sources.pop(name, None)
+            model_name = self._loaded.pop(name, None)
+            self._configs.pop(name, None)
+            self._draining.discard(name)
+        if model_name is not None:
+            self.model.delete_adapter(model_name)
+            self._in_use.pop(model_name, None)
+            logger.info("unloaded adapter %r", name)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _is_folder(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~")) or text in (".", "..")
+
+
+def _is_hub_id(text: str) -> bool:
+    return bool(_HUB_ID.match(text)) and ".." not in text
+
+
+def _resolve_pattern(pattern: str) -> str:
+    """The pattern with its fixed leading folders resolved (symlinks followed), its glob segments kept."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    root = os.path.realpath(os.path.join(*parts[:fixed])) if fixed else os.path.realpath(".")
+    return str(PurePosixPath(root, *parts[fixed:]))
 
 
 def _match_base_dtype(model, name: str) -> None:

@@ -1,18 +1,19 @@
-"""The HTTP routes, in Text Generation Inference's shapes, so `huggingface_hub.InferenceClient` works unchanged.
+"""The HTTP app: TGI's routes (`peft_hybrid.serve.tgi`) and OpenAI's (`peft_hybrid.serve.openai`) over one engine.
 
-- ``POST /``: TGI's compat route (what ``InferenceClient.text_generation`` posts to): a list holding
-  one ``{"generated_text"}``, or server-sent events when the body has ``"stream": true``;
-- ``POST /generate``: ``{"generated_text", "details"}``; ``POST /generate_stream``: one event per token;
-- ``GET /info``, ``GET /health``, ``GET /metrics`` (Prometheus text).
+This module holds what both protocols share: the server's state, the API key check, the request
+size limit, reading a JSON body, queueing a request as a `Job` and reading its events, and
+errors in each protocol's shape (TGI: ``{"error": ..., "error_type": ...}``; OpenAI, on ``/v1/``:
+``{"error": {"message", "type", "param", "code"}}``). Status codes are the protocol's: an
+overloaded queue is 429 in both, a failed generation 424 in TGI and 500 in OpenAI.
 
-A token's ``text`` is what it adds to the decoded output (special tokens add nothing), so a
-stream's texts join to its ``generated_text``. Errors are TGI's JSON, ``{"error": ...,
-"error_type": ...}``. With an API key every route but ``/health`` needs ``Authorization: Bearer <key>``.
+With an API key every route but the health checks (``GET /``, ``/health``, ``/ping``) needs
+``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hmac
@@ -21,16 +22,27 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.exceptions import StarletteHTTPException as HTTPException
+from fastapi.responses import JSONResponse
 
 from peft_hybrid.serve.adapters import AdapterCache
-from peft_hybrid.serve.batcher import Batcher, Final, Job, TokenEvent
+from peft_hybrid.serve.batcher import Batcher, Final, Job
+from peft_hybrid.serve.grammar import GrammarCompiler
 from peft_hybrid.serve.metrics import Metrics
-from peft_hybrid.serve.requests import Limits, RequestError, parse_request
+from peft_hybrid.serve.requests import GenerateRequest, Limits, RequestError, check_text
 
-_OPEN_ROUTES = {"/health"}
-# A stream's last event carries a token in TGI's shape even when the row ended without a new one.
-_NO_TOKEN = {"id": 0, "text": "", "logprob": 0.0, "special": True}
+OPEN_ROUTES = {"/health", "/ping"}
+DEFAULT_MAX_REQUEST_BYTES = 2**20
+_TGI_STATUS = {"overloaded": 429, "generation": 424}
+_OPENAI = {  # error_type -> (status, OpenAI error type, code)
+    "validation": (400, "invalid_request_error", None),
+    "not_found": (404, "invalid_request_error", "model_not_found"),
+    "authentication": (401, "invalid_request_error", "invalid_api_key"),
+    "forbidden": (403, "invalid_request_error", "forbidden"),
+    "too_large": (413, "invalid_request_error", "request_too_large"),
+    "overloaded": (429, "rate_limit_exceeded", "overloaded"),
+    "generation": (500, "server_error", None),
+}
 
 
 @dataclasses.dataclass
@@ -45,10 +57,26 @@ class ServeState:
     metrics: Metrics
     info: dict[str, Any]
     api_key: str | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    grammars: GrammarCompiler | None = None
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+    # Jobs queued or running per adapter id: unloading an adapter waits until each has ended.
+    in_flight: collections.defaultdict = dataclasses.field(default_factory=lambda: collections.defaultdict(dict))
+    _idle: asyncio.Condition | None = None
+
+    def __post_init__(self) -> None:
+        if self.grammars is None:
+            self.grammars = GrammarCompiler(self.tokenizer, self.cache.model.base_model.config.vocab_size)
+
+    def idle(self) -> asyncio.Condition:
+        if self._idle is None:
+            self._idle = asyncio.Condition()
+        return self._idle
 
 
 def create_app(state: ServeState) -> FastAPI:
     """The FastAPI app serving ``state``; its lifespan starts and stops the batch worker."""
+    from peft_hybrid.serve import openai, tgi
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -59,85 +87,84 @@ def create_app(state: ServeState) -> FastAPI:
     app = FastAPI(title="peft-hybrid serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if state.api_key is not None and request.url.path not in _OPEN_ROUTES:
+    async def guard(request: Request, call_next):
+        path = request.url.path
+        if state.api_key is not None and path not in OPEN_ROUTES and not (path == "/" and request.method == "GET"):
             sent = request.headers.get("authorization", "")
-            expected = f"Bearer {state.api_key}"
-            if not hmac.compare_digest(sent.encode(), expected.encode()):
-                return _error(
-                    RequestError(
-                        "Unauthorized: send the API key as 'Authorization: Bearer <key>'.",
-                        status=401,
-                        error_type="authentication",
-                    )
-                )
+            if not hmac.compare_digest(sent.encode(), f"Bearer {state.api_key}".encode()):
+                message = "Unauthorized: send the API key as 'Authorization: Bearer <key>'."
+                return error_response(request, RequestError(message, status=401, error_type="authentication"))
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > state.max_request_bytes:
+            return error_response(request, _too_large(state))
         return await call_next(request)
 
-    @app.post("/")
-    async def compat(request: Request):
-        return await _generate(state, request, stream=None, listed=True)
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http")
+        return error_response(
+            request, RequestError(f"{err.detail}: {request.url.path}", status=err.status_code, error_type=kind)
+        )
 
-    @app.post("/generate")
-    async def generate(request: Request):
-        return await _generate(state, request, stream=False, listed=False)
-
-    @app.post("/generate_stream")
-    async def generate_stream(request: Request):
-        return await _generate(state, request, stream=True, listed=False)
-
-    @app.get("/health")
-    async def health():
-        return Response(status_code=200)
-
-    @app.get("/info")
-    async def info():
-        return {**state.info, "adapters": state.cache.describe(), "queue_depth": state.batcher.depth()}
-
-    @app.get("/metrics")
-    async def metrics():
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
+    tgi.add_routes(app, state)
+    openai.add_routes(app, state)
     return app
 
 
-async def _generate(state: ServeState, http: Request, *, stream: bool | None, listed: bool) -> Response:
-    started = time.monotonic()
-    adapter = "-"  # the metrics label until the request names a servable adapter
+async def read_json(state: ServeState, http: Request) -> Any:
+    """The decoded body, refusing bodies over ``--max-request-bytes``, bad JSON and lone surrogates."""
+    raw = bytearray()
+    async for chunk in http.stream():
+        raw += chunk
+        if len(raw) > state.max_request_bytes:
+            raise _too_large(state)
     try:
-        body = await _json_body(http)
-        request = parse_request(body, state.limits, stream=stream)
-        state.cache.check(request.adapter_id)
-        adapter = request.adapter_id
-        job = Job(request, asyncio.get_running_loop())
-        state.batcher.submit(job)
-    except RequestError as err:
-        return _finish(state, _error(err), adapter, started)
-    if request.stream:
-        return await _stream(state, job, adapter, started)
-    try:
-        tokens, final = await _collect(job)
-    except RequestError as err:
-        return _finish(state, _error(err), adapter, started)
-    finally:
-        if not job.finished:  # the client went away while waiting: free the row
-            job.cancelled = True
-    answer = {"generated_text": final.generated_text}
-    if request.details:
-        answer["details"] = {
-            "finish_reason": final.finish_reason,
-            "generated_tokens": final.generated_tokens,
-            "seed": final.seed,
-            "prefill": [],
-            "tokens": tokens,
-            "top_tokens": None,
-            "best_of_sequences": None,
-        }
-    return _finish(state, JSONResponse([answer] if listed else answer), adapter, started)
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(f"The request body is not valid JSON ({err}).") from None
+    check_text(body)
+    return body
 
 
-async def _collect(job: Job) -> tuple[list[dict], Final]:
+async def submit(state: ServeState, request: GenerateRequest) -> Job:
+    """Queue ``request``, its grammar compiled into its row's logits processor."""
+    state.cache.check(request.adapter_id)
+    if request.grammar is not None:
+        processor = await asyncio.to_thread(state.grammars.processor, request.grammar)
+        request = dataclasses.replace(request, logits_processor=processor)
+    job = Job(request, asyncio.get_running_loop())
+    state.batcher.submit(job)  # the scheduler tokenizes it (`peft_hybrid.serve.engine.prepare`)
+    state.in_flight[request.adapter_id][id(job)] = job  # by id: a Job (a dataclass) is not hashable
+    return job
+
+
+async def done(state: ServeState, job: Job) -> None:
+    """The handler of ``job`` has finished with it: a client gone early frees its row, unloads may proceed."""
+    if not job.finished:
+        job.cancelled = True
+    jobs = state.in_flight[job.request.adapter_id]
+    for key in [key for key, other in jobs.items() if other is job or other.finished or other.cancelled]:
+        del jobs[key]  # also jobs whose handler never got here (a client gone before its stream began)
+    async with state.idle():
+        state.idle().notify_all()
+
+
+async def wait_idle(state: ServeState, adapter: str) -> None:
+    """Until every job for ``adapter`` has ended (re-checked as handlers finish, and each second for
+    a job whose client left before its stream began, whose handler never gets to `done`)."""
+
+    def idle() -> bool:
+        jobs = state.in_flight.get(adapter, {})
+        return all(job.finished or job.cancelled for job in jobs.values())
+
+    async with state.idle():
+        while not idle():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.idle().wait(), 1.0)
+
+
+async def collect(job: Job) -> tuple[list[dict], Final]:
+    """Every token event of ``job`` and its end; its error raised."""
     tokens = []
     while True:
         event = await job.events.get()
@@ -149,78 +176,36 @@ async def _collect(job: Job) -> tuple[list[dict], Final]:
             return tokens, event.final
 
 
-async def _stream(state: ServeState, job: Job, adapter: str, started: float) -> Response:
-    """Server-sent events; an error before the first token is a plain error response with its status."""
-    try:
-        first = await job.events.get()
-    except asyncio.CancelledError:  # the handler was cancelled before the first token
-        job.cancelled = True
-        raise
-    if isinstance(first, RequestError):
-        return _finish(state, _error(first), adapter, started)
-
-    async def events():
-        event = first
-        status = 200
-        try:
-            while True:
-                if isinstance(event, RequestError):
-                    status = event.status
-                    yield _sse(event.body())
-                    return
-                yield _sse(_stream_json(event, job.request.details))
-                if event.final is not None:
-                    return
-                event = await job.events.get()
-        finally:
-            if not job.finished:  # the client disconnected mid-stream: its row stops at the next step
-                job.cancelled = True
-                status = 499
-            state.metrics.requests.labels(adapter, str(status)).inc()
-            state.metrics.latency.labels(adapter).observe(time.monotonic() - started)
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+def is_openai(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
 
 
-def _stream_json(event: TokenEvent, details: bool) -> dict[str, Any]:
-    final = event.final
-    out: dict[str, Any] = {
-        "index": event.index,
-        "token": event.token or _NO_TOKEN,
-        "top_tokens": None,
-        "generated_text": final.generated_text if final is not None else None,
-        "details": None,
-    }
-    if final is not None and details:
-        out["details"] = {
-            "finish_reason": final.finish_reason,
-            "generated_tokens": final.generated_tokens,
-            "seed": final.seed,
-            "input_length": final.input_length,
-        }
-    return out
+def error_response(request: Request, err: RequestError) -> JSONResponse:
+    """``err`` in the shape and status of the protocol ``request`` speaks."""
+    return openai_error(err) if is_openai(request) else tgi_error(err)
 
 
-def _sse(payload: dict[str, Any]) -> bytes:
-    return f"data:{json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+def tgi_error(err: RequestError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=_TGI_STATUS.get(err.error_type, err.status), headers=err.headers)
 
 
-async def _json_body(http: Request) -> Any:
-    raw = await http.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(f"The request body is not valid JSON ({err}).") from None
+def openai_error(err: RequestError) -> JSONResponse:
+    status, kind, code = _OPENAI.get(err.error_type, (err.status, "invalid_request_error", None))
+    body = {"error": {"message": err.message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=err.headers)
 
 
-def _error(err: RequestError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
-def _finish(state: ServeState, response: Response, adapter: str, started: float) -> Response:
-    state.metrics.requests.labels(adapter, str(response.status_code)).inc()
+def count(state: ServeState, adapter: str, status: int, started: float) -> None:
+    state.metrics.requests.labels(adapter, str(status)).inc()
     state.metrics.latency.labels(adapter).observe(time.monotonic() - started)
-    return response
+
+
+def _too_large(state: ServeState) -> RequestError:
+    return RequestError(
+        f"The request body is over {state.max_request_bytes} bytes (--max-request-bytes).",
+        status=413,
+        error_type="too_large",
+    )
 
 
 __all__ = ["ServeState", "create_app"]

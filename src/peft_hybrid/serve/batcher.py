@@ -121,6 +121,10 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    async def call_in_worker(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in the worker thread between batches (it may change the model's adapters)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     def depth(self) -> int:
         """Jobs waiting for a batch (not counting the batch running now)."""
         return self._queue.qsize() if self._queue is not None else 0

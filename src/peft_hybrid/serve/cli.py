@@ -16,6 +16,7 @@ import os
 import re
 
 from peft_hybrid.cli._inference_args import add_device_argument
+from peft_hybrid.modeling.quantization import QUANTIZE_CHOICES
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,96}")
 
@@ -49,9 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PATTERN",
-        help="with --lazy-adapters: Hub ids or folders a request may name (shell pattern like 'my-org/*'; repeatable)",
+        help="Hub ids or folders that /v1/load_lora_adapter (and with --lazy-adapters, a request) may load: "
+        "a shell pattern like 'my-org/*' or '/srv/adapters/*', folders matched once resolved (repeatable)",
     )
     what.add_argument("--max-adapters", type=int, default=None, help="adapters kept loaded, LRU (default: no limit)")
+    what.add_argument(
+        "--quantize",
+        default=None,
+        choices=QUANTIZE_CHOICES,
+        help="load the base quantized (TGI's values): bitsandbytes-nf4, bitsandbytes-fp4 (4-bit; --dtype is then "
+        "their compute dtype) or bitsandbytes (8-bit); needs the quantize extra",
+    )
     where = parser.add_argument_group("where")
     where.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, this machine only)")
     where.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
@@ -86,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="static: how long a request waits for others to batch with (10)",
     )
     limits.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
+    limits.add_argument(
+        "--max-request-bytes", type=int, default=2**20, help="largest request body; larger ones get 413 (1 MiB)"
+    )
     limits.add_argument("--max-input-tokens", type=int, default=512, help="input tokens per request (default 512)")
     limits.add_argument(
         "--max-new-tokens-limit", type=int, default=256, help="largest max_new_tokens a request may ask (256)"
@@ -94,14 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse inconsistent options, naming them; turns ``--adapter`` into ``args.adapters`` (id -> source)."""
-    for name in (
+    names = (
         "max_batch_size",
         "max_batch_total_tokens",
         "max_queue",
         "max_input_tokens",
         "max_new_tokens_limit",
         "max_adapters",
-    ):
+        "max_request_bytes",
+    )
+    for name in names:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} {value}: pass a positive number.")
@@ -113,8 +127,6 @@ def check(args: argparse.Namespace) -> None:
         )
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms {args.max_wait_ms}: pass 0 or more.")
-    if args.allow_adapter and not args.lazy_adapters:
-        raise ValueError("--allow-adapter applies to lazily loaded adapters; add --lazy-adapters.")
     if args.lazy_adapters and not args.allow_adapter:
         raise ValueError("--lazy-adapters needs at least one --allow-adapter PATTERN saying which adapters may load.")
     args.adapters = {}
@@ -142,7 +154,9 @@ def api_key(args: argparse.Namespace) -> str | None:
 def _require_extra() -> None:
     import importlib.util
 
-    missing = [m for m in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(m) is None]
+    missing = [
+        m for m in ("fastapi", "uvicorn", "prometheus_client", "outlines_core") if importlib.util.find_spec(m) is None
+    ]
     if missing:
         raise SystemExit(
             f"peft-hybrid serve needs the serve extra: pip install 'peft-hybrid[serve]' (missing: {missing})"
@@ -153,10 +167,15 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     _require_extra()
-    from peft_hybrid.serve.server import build_state, serve
+    from peft_hybrid.serve.server import bind, build_state, serve
 
     check(args)
     key = api_key(args)
+    sock = bind(args.host, args.port)  # a port in use or a bad host fails before the model loads
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = build_state(args, key)
-    return serve(state, args.host, args.port, args.log_level)
+    try:
+        state = build_state(args, key)
+    except BaseException:
+        sock.close()
+        raise
+    return serve(state, sock, args.log_level)

@@ -33,19 +33,20 @@ def prepare(job: Job, adapter_config, tokenizer, limits: Limits) -> None:
     """Tokenize the job's formatted input and fix its token budget, or raise a 422 `RequestError`."""
     request = job.request
     text = format_request(adapter_config, request.inputs)
+    ids = tokenizer(text)["input_ids"]
     if request.truncate is not None:
-        ids = tokenizer(text, truncation=True, max_length=request.truncate)["input_ids"]
-    else:
-        ids = tokenizer(text)["input_ids"]
-        if len(ids) > limits.max_input_tokens:
-            raise RequestError(
-                f"`inputs` must have at most {limits.max_input_tokens} tokens (after the adapter's task "
-                f"formatting). Given: {len(ids)}. Send a shorter input or set `truncate`."
-            )
+        ids = ids[-request.truncate :]  # TGI keeps the last N tokens (here: the end-of-sequence token too)
+    elif len(ids) > limits.max_input_tokens:
+        raise RequestError(
+            f"`inputs` must have at most {limits.max_input_tokens} tokens (after the adapter's task "
+            f"formatting). Given: {len(ids)}. Send a shorter input or set `truncate`."
+        )
     # Offline prediction keeps the adapter's max source length; so does the server, for the same answer.
     keep = max_source_tokens(adapter_config)
-    if len(ids) > keep:
+    if len(ids) > keep and request.truncate is None:
         ids = tokenizer(text, truncation=True, max_length=keep)["input_ids"]
+    elif len(ids) > keep:
+        ids = ids[-keep:]
     job.input_ids = ids
     default = min(generation_defaults(adapter_config)["max_new_tokens"], limits.max_new_tokens_limit)
     job.max_new_tokens = request.max_new_tokens or default
@@ -208,7 +209,7 @@ class _Row:
             reason = "eos_token"
         elif len(self.ids) >= self.job.max_new_tokens:
             reason = "length"
-        elif any(stop in self.text for stop in self.job.request.stop):
+        elif any(self.text.endswith(stop) for stop in self.job.request.stop):  # TGI: the text ends with it
             reason = "stop_sequence"
         self.done = reason is not None
         if self.streams:

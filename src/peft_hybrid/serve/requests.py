@@ -1,9 +1,11 @@
-"""Reading a TGI request body: ``{"inputs": str, "parameters": {...}, "stream": bool}``.
+"""Reading a TGI request body: ``{"inputs": str, "parameters": {...}, "stream": bool}``, as pydantic models.
 
-Every field is checked before a request is queued; a bad one is refused with TGI's error JSON
-(``{"error": ..., "error_type": "validation"}``, status 422) naming the field. Parameters sent as
-``null`` mean "the default", as `huggingface_hub.InferenceClient` sends every parameter it knows.
-TGI parameters this server does not implement are refused when set, never silently ignored.
+The parameters are TGI's (`huggingface_hub.TextGenerationInputGenerateParameters` names them); a
+bad one is refused with TGI's error JSON (``{"error": ..., "error_type": "validation"}``, status
+422) naming the field. As in TGI, fields the server does not know are ignored, parameters sent as
+``null`` mean "the default" (`huggingface_hub.InferenceClient` sends every parameter it knows),
+and ``parameters`` must be an object (``[]``, ``0`` or ``""`` are refused, not read as "none").
+TGI parameters this server does not implement are refused when set to anything but their "off" value.
 
 Example:
     >>> limits = Limits(max_input_tokens=512, max_new_tokens_limit=256)
@@ -15,37 +17,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from peft_hybrid.modeling.mixed import BASE_ADAPTER
 
-# TGI parameters that are accepted only at their "off" value: (name, what counts as off).
-_OFF_ONLY = {
-    "best_of": (None, 1),
-    "decoder_input_details": (None, False),
-    "watermark": (None, False),
-    "grammar": (None,),
-    "frequency_penalty": (None, 0, 0.0),
-    "top_n_tokens": (None, 0),
-    "adapter_parameters": (None,),
-}
-_PARAMETERS = {
-    "adapter_id",
-    "max_new_tokens",
-    "do_sample",
-    "temperature",
-    "top_p",
-    "top_k",
-    "typical_p",
-    "repetition_penalty",
-    "seed",
-    "stop",
-    "details",
-    "truncate",
-    "return_full_text",
-    *_OFF_ONLY,
-}
+# Below this a sampling temperature overflows float32 logits (inf, then NaN probabilities).
+MIN_TEMPERATURE = 1e-4
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 
 class RequestError(Exception):
@@ -75,7 +60,12 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class GenerateRequest:
-    """One validated request. ``max_new_tokens=None`` takes the adapter's default."""
+    """One validated request. ``max_new_tokens=None`` takes the adapter's default.
+
+    ``grammar`` is ``("regex", pattern)`` or ``("json", schema as JSON text)``; the route turns it
+    into ``logits_processor``, a callable ``(generated_ids, scores[vocab]) -> scores`` for this row
+    that the engine applies after the repetition penalty and before sampling (or argmax).
+    """
 
     inputs: str
     adapter_id: str = BASE_ADAPTER
@@ -92,8 +82,7 @@ class GenerateRequest:
     truncate: int | None = None
     return_full_text: bool = False
     stream: bool = False
-    # Structured output: ``(generated_ids, scores [vocab]) -> scores`` for this row, applied every step
-    # after the repetition penalty and before sampling or the greedy argmax.
+    grammar: tuple[str, str] | None = None
     logits_processor: Callable[[list[int], Any], Any] | None = dataclasses.field(default=None, compare=False)
 
     def sampling_key(self) -> tuple:
@@ -107,6 +96,96 @@ class GenerateRequest:
         return ("sample", *warp, self.seed)
 
 
+class Grammar(BaseModel):
+    """TGI's ``grammar``: ``{"type": "json", "value": schema}`` or ``{"type": "regex", "value": pattern}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["json", "regex", "json_schema"]
+    value: Any
+
+    def spec(self, where: str) -> tuple[str, str]:
+        """``("regex", pattern)`` or ``("json", schema text)``, or a `RequestError` naming ``where``."""
+        value = self.value
+        if self.type == "regex":
+            if not isinstance(value, str) or not value:
+                raise RequestError(f"`{where}.value` must be a non-empty regular expression string.")
+            return ("regex", value)
+        if self.type == "json_schema":  # TGI's {"name": ..., "schema": {...}}
+            value = value.get("schema") if isinstance(value, dict) else None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise RequestError(f"`{where}.value` is not valid JSON ({err}).") from None
+        if not isinstance(value, dict):
+            raise RequestError(f"`{where}.value` must be a JSON schema object.")
+        return ("json", json.dumps(value, sort_keys=True))
+
+
+class Parameters(BaseModel):
+    """TGI's ``parameters``; unknown names are ignored, as TGI ignores them."""
+
+    model_config = ConfigDict(extra="ignore")
+    adapter_id: Str | None = None
+    max_new_tokens: Annotated[Int, Field(gt=0)] | None = None
+    do_sample: Bool | None = None
+    temperature: Annotated[Float, Field(ge=MIN_TEMPERATURE)] | None = None
+    top_p: Annotated[Float, Field(gt=0, lt=1)] | None = None
+    top_k: Annotated[Int, Field(gt=0)] | None = None
+    typical_p: Annotated[Float, Field(gt=0, lt=1)] | None = None
+    repetition_penalty: Annotated[Float, Field(gt=0)] | None = None
+    seed: Annotated[Int, Field(ge=0, lt=2**64)] | None = None
+    stop: list[Annotated[Str, Field(min_length=1)]] | None = None
+    details: Bool | None = None
+    truncate: Annotated[Int, Field(gt=0)] | None = None
+    return_full_text: Bool | None = None
+    grammar: Grammar | None = None
+    # TGI parameters accepted only at their "off" value.
+    best_of: Literal[1] | None = None
+    decoder_input_details: Literal[False] | None = None
+    watermark: Literal[False] | None = None
+    frequency_penalty: Literal[0] | None = None
+    top_n_tokens: Literal[0] | None = None
+    adapter_parameters: None = None
+
+
+class Body(BaseModel):
+    """A TGI request body."""
+
+    model_config = ConfigDict(extra="ignore")
+    inputs: Str
+    parameters: Parameters | None = None
+    stream: Bool | None = None
+
+    @field_validator("inputs")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("`inputs` cannot be empty")
+        return value
+
+
+_OFF = {
+    *("best_of", "decoder_input_details", "watermark", "frequency_penalty", "top_n_tokens", "adapter_parameters"),
+    *("presence_penalty", "echo", "logprobs", "suffix"),  # OpenAI's (`peft_hybrid.serve.openai_requests`)
+}
+
+
+def validation_message(err: ValidationError, prefix: str = "") -> str:
+    """One sentence per pydantic error, each naming its field (``parameters.temperature``)."""
+    parts = []
+    for item in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith(("function-", "constrained-")))
+        field = item["loc"][-1] if item["loc"] else ""
+        if field in _OFF and item["type"] != "missing":
+            parts.append(f"`{field}` is not supported by this server; leave it unset.")
+        elif item["type"] == "missing":
+            parts.append(f"`{prefix}{loc}` is missing.")
+        else:
+            parts.append(f"`{prefix}{loc}`: {item['msg'].removeprefix('Value error, ')}.")
+    return " ".join(parts)
+
+
 def parse_request(body: Any, limits: Limits, *, stream: bool | None = None) -> GenerateRequest:
     """A `GenerateRequest` from a decoded JSON body, or a `RequestError` naming the bad field.
 
@@ -115,105 +194,65 @@ def parse_request(body: Any, limits: Limits, *, stream: bool | None = None) -> G
     """
     if not isinstance(body, dict):
         raise RequestError('The request body must be a JSON object: {"inputs": "...", "parameters": {...}}.')
-    unknown = sorted(set(body) - {"inputs", "parameters", "stream"})
-    if unknown:
-        raise RequestError(f"Unknown field(s) {unknown}; a request has `inputs`, `parameters` and `stream`.")
-    inputs = body.get("inputs")
-    if inputs is None:
-        raise RequestError("`inputs` is missing: send the text to generate from.")
-    if not isinstance(inputs, str):
-        raise RequestError(f"`inputs` must be a string, not {type(inputs).__name__}.")
-    if not inputs.strip():
-        raise RequestError("`inputs` cannot be empty.")
-    wants_stream = _typed(body, "stream", bool, "a boolean", where="")
+    try:
+        parsed = Body.model_validate(body)
+    except ValidationError as err:
+        raise RequestError(validation_message(err)) from None
     if stream is None:
-        stream = bool(wants_stream)
-    elif wants_stream is not None and wants_stream != stream:
-        route = "/generate_stream" if wants_stream else "/generate"
-        raise RequestError(f"`stream` is {str(wants_stream).lower()} on a route that does not; use {route}.")
-    params = body.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise RequestError("`parameters` must be a JSON object.")
-    return GenerateRequest(inputs=inputs, stream=stream, **_parameters(params, limits))
+        stream = bool(parsed.stream)
+    elif parsed.stream is not None and parsed.stream != stream:
+        route = "/generate_stream" if parsed.stream else "/generate"
+        raise RequestError(f"`stream` is {str(parsed.stream).lower()} on a route that does not; use {route}.")
+    params = parsed.parameters or Parameters()
+    check_limits(params.max_new_tokens, params.stop, params.truncate, limits)
+    return GenerateRequest(
+        inputs=parsed.inputs,
+        adapter_id=params.adapter_id or BASE_ADAPTER,
+        max_new_tokens=params.max_new_tokens,
+        seed=params.seed,
+        stop=tuple(params.stop or ()),
+        details=bool(params.details),
+        truncate=params.truncate,
+        return_full_text=bool(params.return_full_text),
+        stream=stream,
+        grammar=params.grammar.spec("parameters.grammar") if params.grammar else None,
+        **sampling(params),
+    )
 
 
-def _parameters(params: dict, limits: Limits) -> dict[str, Any]:
-    unknown = sorted(set(params) - _PARAMETERS)
-    if unknown:
-        raise RequestError(f"Unknown parameter(s) {unknown}; supported: {sorted(_PARAMETERS - set(_OFF_ONLY))}.")
-    for name, off in _OFF_ONLY.items():
-        if params.get(name) not in off:
-            raise RequestError(f"`{name}` is not supported by this server; leave it unset.")
-    out: dict[str, Any] = {}
-    adapter = _typed(params, "adapter_id", str, "a string")
-    out["adapter_id"] = adapter if adapter else BASE_ADAPTER
-    max_new = _typed(params, "max_new_tokens", int, "an integer")
-    if max_new is not None and max_new <= 0:
-        raise RequestError("`max_new_tokens` must be strictly positive.")
+def check_limits(max_new: int | None, stop: list | None, truncate: int | None, limits: Limits) -> None:
+    """The server's limits on one request (its ``--max-new-tokens-limit`` and so on)."""
     if max_new is not None and max_new > limits.max_new_tokens_limit:
         raise RequestError(
             f"`max_new_tokens` must be <= {limits.max_new_tokens_limit} (the server's limit). Given: {max_new}."
         )
-    out["max_new_tokens"] = max_new
-    out.update(_sampling(params))
-    out["seed"] = _typed(params, "seed", int, "an integer")
-    if out["seed"] is not None and out["seed"] < 0:
-        raise RequestError("`seed` must be a non-negative integer.")
-    out["stop"] = _stop(params, limits)
-    out["details"] = bool(_typed(params, "details", bool, "a boolean"))
-    out["return_full_text"] = bool(_typed(params, "return_full_text", bool, "a boolean"))
-    truncate = _typed(params, "truncate", int, "an integer")
-    if truncate is not None and not 0 < truncate <= limits.max_input_tokens:
-        raise RequestError(
-            f"`truncate` must be strictly positive and <= {limits.max_input_tokens}. Given: {truncate}."
-        )
-    out["truncate"] = truncate
-    return out
-
-
-# Sampling parameters: (type, what the type is called, the valid range, how the range reads).
-_SAMPLING = {
-    "temperature": (float, "a number", lambda v: v > 0, "strictly positive"),
-    "top_p": (float, "a number", lambda v: 0 < v < 1, "> 0.0 and < 1.0"),
-    "top_k": (int, "an integer", lambda v: v > 0, "strictly positive"),
-    "typical_p": (float, "a number", lambda v: 0 < v < 1, "> 0.0 and < 1.0"),
-    "repetition_penalty": (float, "a number", lambda v: v > 0, "strictly positive"),
-}
-
-
-def _sampling(params: dict) -> dict[str, Any]:
-    """The sampling settings; any warper set means sampling, as in TGI."""
-    out = {}
-    for name, (kind, what, valid, rule) in _SAMPLING.items():
-        value = _typed(params, name, kind, what)
-        if value is not None and not valid(value):
-            raise RequestError(f"`{name}` must be {rule}.")
-        out[name] = value
-    if out["repetition_penalty"] == 1.0:
-        out["repetition_penalty"] = None  # no penalty: batches with unpenalised requests
-    do_sample = bool(_typed(params, "do_sample", bool, "a boolean"))
-    warpers = [out[name] for name in ("top_p", "top_k", "typical_p")]
-    warped = out["temperature"] not in (None, 1.0) or any(v is not None for v in warpers)
-    return {"do_sample": do_sample or warped, **out}
-
-
-def _stop(params: dict, limits: Limits) -> tuple[str, ...]:
-    stop = params.get("stop")
-    if stop is None:
-        return ()
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError("`stop` must be a list of non-empty strings.")
-    if len(stop) > limits.max_stop_sequences:
+    if stop and len(stop) > limits.max_stop_sequences:
         raise RequestError(f"`stop` must hold at most {limits.max_stop_sequences} sequences. Given: {len(stop)}.")
-    return tuple(stop)
+    if truncate is not None and truncate > limits.max_input_tokens:
+        raise RequestError(f"`truncate` must be <= {limits.max_input_tokens} (--max-input-tokens). Given: {truncate}.")
 
 
-def _typed(params: dict, name: str, kind: type, what: str, where: str = "parameters.") -> Any:
-    value = params.get(name)
-    if value is None:
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise RequestError(f"`{where}{name}` must be {what}, not {type(value).__name__}.")
-    return value
+def sampling(params: Parameters) -> dict[str, Any]:
+    """The sampling settings; any warper set means sampling, as in TGI."""
+    out = {name: getattr(params, name) for name in ("temperature", "top_p", "top_k", "typical_p")}
+    out["repetition_penalty"] = None if params.repetition_penalty == 1.0 else params.repetition_penalty
+    warped = out["temperature"] not in (None, 1.0) or any(out[n] is not None for n in ("top_p", "top_k", "typical_p"))
+    return {"do_sample": bool(params.do_sample) or warped, **out}
+
+
+def check_text(value: Any, where: str = "body") -> None:
+    """Refuse a string that is not Unicode text (a lone surrogate, ``"\\ud800"``), naming where it is."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(
+                f"`{where}` holds a lone surrogate (not valid Unicode text); send UTF-8 text."
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, where)
+            check_text(item, f"{where}.{key}" if where != "body" else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_text(item, f"{where}[{i}]")

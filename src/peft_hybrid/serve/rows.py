@@ -76,9 +76,8 @@ class Row:
         stops = self.job.request.stop
         if not stops or not piece:
             return False
-        text = self.detok.text
-        # only the end of the text can hold a stop sequence that this token completed
-        return any(stop in text[max(0, len(text) - len(piece) - len(stop) + 1) :] for stop in stops)
+        # TGI's rule: the row stops when its text ends with a stop sequence
+        return any(self.detok.text.endswith(stop) for stop in stops)
 
     def _final(self, reason: str) -> tuple[Final, str]:
         if not self.reads_text:

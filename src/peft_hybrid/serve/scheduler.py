@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import copy
 import logging
 import threading
@@ -73,6 +74,7 @@ class ContinuousBatcher:
         self._parked: dict[str, list[Job]] = {}  # adapter id -> jobs waiting for its fetch
         self._fetched: collections.deque = collections.deque()  # (adapter id, folder or error) from the loader
         self._pending_attach: list[tuple[str, object]] = []  # fetched, waiting for a free adapter slot
+        self._calls: collections.deque = collections.deque()  # (fn, future) to run between steps
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -103,6 +105,14 @@ class ContinuousBatcher:
         for pool in (self._tokenizer_pool, self._loader):
             if pool is not None:
                 pool.shutdown(wait=True)
+
+    async def call_in_worker(self, fn):
+        """Run ``fn`` in the worker thread between two decoder steps (it may change the model's adapters)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            self._calls.append((fn, future))
+            self._cond.notify_all()
+        return await asyncio.wrap_future(future)
 
     def depth(self) -> int:
         """Requests waiting to join the batch (their adapter's fetch included)."""
@@ -154,7 +164,7 @@ class ContinuousBatcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._stopping or self._waiting or self._fetched or self.rows):
+                while not (self._stopping or self._waiting or self._fetched or self.rows or self._calls):
                     self._cond.wait()
                 if self._stopping and not self.rows and not self._waiting and not self._parked:
                     break
@@ -167,6 +177,7 @@ class ContinuousBatcher:
             self.batch.close_adapters()
 
     def _iterate(self) -> None:
+        self._run_calls()
         self._attach_fetched()
         self._drop_cancelled()
         joining = self._admit()
@@ -178,6 +189,19 @@ class ContinuousBatcher:
             with self._cond:  # only parked jobs or head-of-line waits: sleep until something changes
                 if not self._stopping and not self._fetched:
                     self._cond.wait(0.05)
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._cond:
+                if not self._calls:
+                    return
+                fn, future = self._calls.popleft()
+            if self.batch is not None:
+                self.batch.close_adapters()  # the layers may change: the hooks are rebuilt at the next step
+            try:
+                future.set_result(fn())
+            except Exception as err:
+                future.set_exception(err)
 
     def _admit(self) -> list[tuple[Job, str]]:
         """Waiting jobs that fit now, in arrival order, each with its adapter held."""

@@ -6,6 +6,9 @@ steps or epochs, learning rate, batch size and seed; only ``HybridConfig.mode`` 
 baseline) lands in ``<output_dir>/<mode>/``, and the table in ``<output_dir>/ablation.md`` and
 ``<output_dir>/ablation.json``.
 
+``--use_dora`` makes the LoRA of the ``lora`` and ``hybrid`` rows DoRA (the other rows have no
+LoRA to change); the settings record ``use_dora``.
+
 Unlike the paper's code, no row gets different inputs: task tags are off for every mode unless
 ``use_task_tags`` is set (then on for every mode), so the prompt-only row does not also lose an
 instruction that the other rows keep.
@@ -178,6 +181,20 @@ def ablation_modes(modes: Sequence[str] | None = None, include_full: bool = Fals
     return chosen
 
 
+def ablation_config(hybrid_config: HybridConfig, mode: str) -> HybridConfig:
+    """``hybrid_config`` for one row: its mode, and ``use_dora`` kept for the rows with LoRA only.
+
+    Example:
+        >>> config = HybridConfig(use_dora=True)
+        >>> [ablation_config(config, mode).use_dora for mode in ("prompt", "lora", "hybrid")]
+        [False, True, True]
+    """
+    uses_lora = HybridConfig(mode=mode).uses_lora
+    return dataclasses.replace(
+        hybrid_config, mode=mode, base_model_shape=None, use_dora=hybrid_config.use_dora and uses_lora
+    )
+
+
 def run_ablation(
     script_args: Any,
     hybrid_config: HybridConfig,
@@ -210,7 +227,7 @@ def run_ablation(
     result = AblationResult(task=training_args.task, split="test" if script_args.test_file else "validation")
     result.settings = _settings(script_args, hybrid_config, training_args, command)
     for mode in chosen:
-        config = dataclasses.replace(hybrid_config, mode=mode, base_model_shape=None)
+        config = ablation_config(hybrid_config, mode)
         args = dataclasses.replace(training_args, output_dir=str(root / mode))
         start = time.perf_counter()
         summary = run_recipe(script_args, config, args)

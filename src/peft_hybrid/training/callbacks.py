@@ -148,6 +148,7 @@ class TrainingSummaryCallback(TrainerCallback):
             self.summary.model = {
                 "mode": hybrid_config.mode,
                 "base_model": hybrid_config.base_model_name_or_path,
+                "base_quantization": hybrid_config.base_quantization,
                 "trainable_params": model.num_parameters(trainable_only=True),
                 "total_params": model.num_parameters(),
             }

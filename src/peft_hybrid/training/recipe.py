@@ -43,6 +43,7 @@ from typing import Any
 
 from peft_hybrid.config import HybridConfig, InferenceSettings
 from peft_hybrid.hub.errors import HubError
+from peft_hybrid.modeling.quantization import QuantizationArguments
 from peft_hybrid.modeling.serialization import DISK_ERRORS, SaveError, save_failure
 from peft_hybrid.training import config_file
 from peft_hybrid.training.trainer import HybridTrainingArguments
@@ -52,12 +53,23 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "google/flan-t5-base"
 RESULTS_NAME = "results.json"
 # Filled from the script/training arguments, not set by hand on the command line.
-_DERIVED_CONFIG_FIELDS = ("seed", "task", "base_model_name_or_path", "revision", "base_model_shape", "inference")
+_DERIVED_CONFIG_FIELDS = (
+    "seed",
+    "task",
+    "base_model_name_or_path",
+    "revision",
+    "base_model_shape",
+    "base_quantization",
+    "inference",
+)
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(QuantizationArguments):
     """Data and base-model arguments of the recipes (the task itself is ``--task``).
+
+    The base's quantization takes TRL's argument names (`QuantizationArguments`: ``--load_in_4bit``,
+    ``--load_in_8bit``, ``--bnb_4bit_quant_type``, ``--use_bnb_nested_quant``, ``--bnb_4bit_compute_dtype``).
 
     Example:
         >>> ScriptArguments(model_preset="tiny").model_preset
@@ -103,6 +115,7 @@ class ScriptArguments:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         local = [self.train_file, self.validation_file, self.test_file]
         if self.dataset_id is not None and any(local):
             raise ValueError(
@@ -255,7 +268,10 @@ def _train_in_folder(
         raise ValueError("No task: pass --task (one of the registered tasks, e.g. samsum, wikisql, sst2).")
     wanted = wanted_splits(script_args, training_args, hybrid_config)
     base, tokenizer = load_base(
-        script_args.model_name_or_path, revision=script_args.model_revision, preset=script_args.model_preset
+        script_args.model_name_or_path,
+        revision=script_args.model_revision,
+        preset=script_args.model_preset,
+        quantization_config=script_args.quantization_config(),
     )
     splits, data_stats = load_splits(wanted, script_args, training_args, hybrid_config, tokenizer)
     model = HybridModel(base, hybrid_config, tokenizer=tokenizer)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_hybrid.config import CONFIG_NAME, HybridConfig, read_config_dict
+from peft_hybrid.modeling.quantization import method_of
 from peft_hybrid.modeling.serialization import atomic_write_bytes, prepare_output_dir
 
 try:
@@ -51,7 +52,14 @@ LOCK_NAME = ".peft_hybrid.lock"
 MANIFEST_FORMAT = 1
 # Where the run came from rather than what the adapter is: compared under "task" and "base".
 # Not the adapter's identity: provenance (compared as task and base), and how it is run for inference.
-_PROVENANCE_FIELDS = ("task", "base_model_name_or_path", "revision", "base_model_shape", "inference")
+_PROVENANCE_FIELDS = (
+    "task",
+    "base_model_name_or_path",
+    "revision",
+    "base_model_shape",
+    "base_quantization",
+    "inference",
+)
 # Files that say nothing about a run's results: a folder holding only these counts as empty.
 _BOOKKEEPING = {MANIFEST_NAME, LOCK_NAME}
 
@@ -102,7 +110,11 @@ def run_identity(config: HybridConfig) -> dict[str, Any]:
     fields = config.to_dict()
     return {
         "task": fields.get("task"),
-        "base": {"model": fields.get("base_model_name_or_path"), "revision": fields.get("revision")},
+        "base": {
+            "model": fields.get("base_model_name_or_path"),
+            "revision": fields.get("revision"),
+            "quantization": method_of(fields.get("base_quantization")),
+        },
         "adapter": {
             name: fields[name] for name in sorted(HybridConfig.__dataclass_fields__) if name not in _PROVENANCE_FIELDS
         },
@@ -140,7 +152,11 @@ def recipe_manifest(script_args: Any, config: HybridConfig) -> dict[str, Any]:
     from peft_hybrid.offline.presets import preset_id
 
     base = preset_id(script_args.model_preset) if script_args.model_preset else script_args.model_name_or_path
-    manifest["base"] = {"model": base, "revision": script_args.model_revision}
+    manifest["base"] = {
+        "model": base,
+        "revision": script_args.model_revision,
+        "quantization": getattr(script_args, "quantize", None),
+    }
     return manifest
 
 

@@ -55,6 +55,7 @@ from peft_hybrid.hub.trainer_push import HubPushMixin
 from peft_hybrid.inference import fast as fast_decoding
 from peft_hybrid.inference.merged import merged_lora
 from peft_hybrid.modeling.model import HybridModel
+from peft_hybrid.modeling.quantization import check_frozen_dtype
 from peft_hybrid.modeling.serialization import (
     AdapterLoadError,
     atomic_write_bytes,
@@ -148,6 +149,7 @@ class HybridTrainer(HubPushMixin, Seq2SeqTrainer):
         if args.bf16_frozen_base:
             if not args.bf16:
                 raise ValueError("bf16_frozen_base=True needs bf16=True (bf16 autocast over the bf16 base).")
+            check_frozen_dtype(model.base_model, "bf16_frozen_base=True")
             cast_frozen_base_(model, torch.bfloat16)
         if args.compile_stacks:
             compile_model(model, dynamic=True)
