@@ -71,6 +71,11 @@ def batch(tok, texts=TEXTS, targets=TARGETS) -> dict:
     return {**enc, "labels": labels}
 
 
+# A child process's timeout in tests: it only turns a hang into a failure, so it sits far above what
+# a busy machine takes (the Hub end-to-end test of test_loading took 400 s on 2 busy cores); never a speed check.
+HANG_S = 1800
+
+
 def run_child(code: str, args: list[str], stdin, out: Path, env: dict, timeout: float) -> tuple[dict, str]:
     """Run ``code`` in a fresh interpreter with ``args`` and ``stdin`` as JSON; it must exit 0 and
     write its findings as JSON to ``out``. Returns the findings and the child's stderr."""

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from peft_hybrid.hub_server.server import HubServer
+from peft_hybrid.hub_server.server import SLOW_MACHINE_TIMEOUT_S, HubServer
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +37,13 @@ def hub_online(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> HubSer
     huggingface_hub checks ``constants.HF_HUB_OFFLINE`` (through ``is_offline_mode()``) on every
     request and ``constants.HF_HUB_DISABLE_XET`` before each upload/download, so patching the two
     constants for the test is enough; the Xet protocol, which this server lacks, stays off.
+    The etag and download timeouts are raised too, as `HubServer.subprocess_env` does.
     """
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    # The 10 s defaults trip on a busy machine; the ones read per call wait as long as a child's do.
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", SLOW_MACHINE_TIMEOUT_S)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", SLOW_MACHINE_TIMEOUT_S)
     return hub_server

@@ -274,11 +274,11 @@ def test_unreachable_hub_is_retried_then_reported_and_nothing_local_changes(hub_
 def test_server_killed_mid_push_then_a_later_push_uploads_only_what_is_missing(hub_online, tmp_path):
     users = {"alice": "hf_" + "a1" * 16}
     folder = _saved_adapter(tmp_path / "adapter")
-    # A big image, so the kill lands inside its upload (LFS, streamed to the server's tmp folder).
-    (folder / "attribution_heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(96 * 1024 * 1024))
+    # An image, uploaded through LFS; the server stalls each LFS upload once its first bytes are on disk.
+    (folder / "attribution_heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(4 * 1024 * 1024))
     before = _tree_digest(folder)
     data_dir = tmp_path / "hub"
-    server = HubServer(data_dir, users).start()
+    server = HubServer(data_dir, users, stall_uploads=True).start()
     outcome: dict[str, BaseException] = {}
 
     def push() -> None:
@@ -289,13 +289,13 @@ def test_server_killed_mid_push_then_a_later_push_uploads_only_what_is_missing(h
 
     worker = threading.Thread(target=push)
     worker.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(
-        p.stat().st_size > 0 for p in (data_dir / "blobs" / "tmp").iterdir()
-    ):
-        time.sleep(0.002)
+    # Polls a state that, stalled, cannot pass by; the deadline only turns a hang into a failure.
+    deadline = time.monotonic() + 600
+    while not any(p.stat().st_size > 0 for p in (data_dir / "blobs" / "tmp").iterdir()):
+        assert time.monotonic() < deadline and worker.is_alive(), outcome
+        time.sleep(0.01)
     server.kill()
-    worker.join(120)
+    worker.join(600)
     assert isinstance(outcome.get("error"), HubUnavailableError), outcome
     assert "alice/killed" in str(outcome["error"]) and "Nothing local was changed" in str(outcome["error"])
     assert _tree_digest(folder) == before

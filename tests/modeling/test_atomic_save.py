@@ -49,21 +49,34 @@ def _load(folder):
 
 
 def _kill_second_save_before_renaming(target, file_name):
-    """Run WRITER and SIGKILL it while the second save is about to rename ``file_name`` into place."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    """Run WRITER and SIGKILL it while the second save is about to rename ``file_name`` into place.
+
+    Only the writer's ``replacing`` lines are answered (anything else a library prints on stdout
+    must not let a rename through), and nothing is timed: the writer waits on its stdin.
+    """
+    stderr = target.parent / "writer.stderr"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(target)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
         for line in proc.stdout:
+            if not line.startswith("replacing "):
+                continue
             if line.strip() == f"replacing {file_name}":
                 break
             proc.stdin.write("\n")  # let earlier renames of this save go through
             proc.stdin.flush()
         else:
-            raise AssertionError(f"the writer never reached the rename of {file_name}")
+            raise AssertionError(f"the writer never reached the rename of {file_name}:\n{stderr.read_text()[-3000:]}")
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait(timeout=60)
+        proc.kill()  # a no-op after the SIGKILL; ends a writer left waiting when the test failed
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
 

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import run_child
+from helpers import HANG_S, run_child
 from peft_hybrid import HybridConfig, HybridModel
 from peft_hybrid.modeling import loading
 from peft_hybrid.modeling.loading import BaseRevisionWarning, BaseSource, base_source, load_base, record_base
@@ -126,6 +126,7 @@ json.dump(dict(first=first, second=second, recorded=recorded, expected=expected,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3 * HANG_S)  # three children, each bounded by HANG_S: above the suite's --timeout on purpose
 def test_a_hub_base_is_pinned_and_the_cli_predicts_offline_from_the_cache(hub_server, tmp_path):
     """Train on a Hub base, re-push the base, reload: the pinned commit comes back; then offline CLI."""
     for seed, name in ((5, "base"), (6, "base2")):
@@ -137,7 +138,7 @@ def test_a_hub_base_is_pinned_and_the_cli_predicts_offline_from_the_cache(hub_se
     env["OMP_NUM_THREADS"] = "1"
     out = tmp_path / "child.json"
     args = [str(tmp_path / "base"), str(tmp_path / "base2"), base_id, adapter_id, str(out)]
-    child, _ = run_child(HUB_CHILD, args, TEXTS, out, env, timeout=300)
+    child, _ = run_child(HUB_CHILD, args, TEXTS, out, env, timeout=HANG_S)
     assert child["first"] != child["second"]
     assert child["recorded"] == [base_id, child["first"]]  # by id, with the commit it resolved to
     assert child["reloaded_revision"] == child["first"] and child["again"] == child["expected"]
@@ -153,7 +154,7 @@ def test_a_hub_base_is_pinned_and_the_cli_predicts_offline_from_the_cache(hub_se
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
     assert predict.stdout.splitlines() == child["expected"]
@@ -165,6 +166,6 @@ def test_a_hub_base_is_pinned_and_the_cli_predicts_offline_from_the_cache(hub_se
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
     )
     assert missing.returncode == 1 and "not in the local cache" in missing.stderr

@@ -75,7 +75,7 @@ class ServeProcess:
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
 
-    def start(self, timeout: float = 120.0) -> ServeProcess:
+    def start(self, timeout: float = 600.0) -> ServeProcess:  # a hang guard: start-up takes minutes on a busy machine
         cmd = [sys.executable, "-m", "peft_hybrid.serve", *self.args, "--port", "0", "--log-level", "info"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)

@@ -36,6 +36,9 @@ __all__ = ["HubServer", "create_app", "main", "READY_MESSAGE"]
 READY_MESSAGE = "Hub server ready at"
 # HubServer hands tokens to its child through the environment, not argv, which `ps` shows to all.
 USERS_ENV = "PEFT_HYBRID_HUB_SERVER_USERS"
+# Set to "1" (``HubServer(stall_uploads=True)``): LFS uploads stop after their first bytes, until a kill.
+STALL_UPLOADS_ENV = "PEFT_HYBRID_HUB_SERVER_STALL_UPLOADS"
+SLOW_MACHINE_TIMEOUT_S = 600
 
 
 def create_app(data_dir: str | os.PathLike[str], users: Mapping[str, str]) -> FastAPI:
@@ -62,7 +65,8 @@ class HubServer:
         host: str = "127.0.0.1",
         port: int = 0,
         log_path: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 60.0,
+        startup_timeout: float = 300.0,
+        stall_uploads: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.users = dict(users)
@@ -70,6 +74,7 @@ class HubServer:
         self.port = port
         self.log_path = Path(log_path) if log_path is not None else self.data_dir / "server.log"
         self.startup_timeout = startup_timeout
+        self.stall_uploads = stall_uploads
         self.url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -87,6 +92,9 @@ class HubServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env[USERS_ENV] = json.dumps(self.users)
+        env.pop(STALL_UPLOADS_ENV, None)
+        if self.stall_uploads:
+            env[STALL_UPLOADS_ENV] = "1"
         cmd = [
             sys.executable,
             "-m",
@@ -161,6 +169,10 @@ class HubServer:
         env.update(
             HF_ENDPOINT=self.url,
             HF_HUB_DISABLE_XET="1",
+            # The client's 10 s metadata and download timeouts trip on a busy machine (a file then
+            # falls back to the cache or fails); against this local server, waiting is always right.
+            HF_HUB_ETAG_TIMEOUT=str(SLOW_MACHINE_TIMEOUT_S),
+            HF_HUB_DOWNLOAD_TIMEOUT=str(SLOW_MACHINE_TIMEOUT_S),
             HF_HUB_OFFLINE="0",
             TRANSFORMERS_OFFLINE="0",
             NO_PROXY=no_proxy,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import os
 import re
 from typing import Any
 
@@ -30,6 +32,7 @@ from peft_hybrid.hub_server.records import (
     lfs_patterns,
     matches_any,
 )
+from peft_hybrid.hub_server.server import STALL_UPLOADS_ENV
 
 
 def commit_routes(app: FastAPI, hub: HubState) -> None:
@@ -117,6 +120,9 @@ def commit_routes(app: FastAPI, hub: HubState) -> None:
 def lfs_routes(app: FastAPI, hub: HubState) -> None:
     """The LFS batch API, the upload of LFS objects and their verification."""
     store = hub.store
+    # A test hook: each LFS upload stops for good once its first bytes are on disk, so a test can
+    # kill the server at a known point mid-upload, however fast the machine sends the rest.
+    stall = os.environ.get(STALL_UPLOADS_ENV) == "1"
 
     @app.post("/{ns}/{name}.git/info/lfs/objects/batch")
     @app.post("/{tp}/{ns}/{name}.git/info/lfs/objects/batch")
@@ -159,6 +165,9 @@ def lfs_routes(app: FastAPI, hub: HubState) -> None:
                 async for chunk in request.stream():
                     digest.update(chunk)
                     f.write(chunk)
+                    if stall and chunk:
+                        f.flush()
+                        await asyncio.Event().wait()  # never set: the test kills the server
             store.adopt_upload(tmp, oid, size, digest.hexdigest())
         finally:
             tmp.unlink(missing_ok=True)  # no-op once adopted
