@@ -391,7 +391,7 @@ def test_predict_an_empty_adapter_argument_is_refused_not_read_as_the_current_fo
 def test_serve_adapter_name_with_a_trailing_newline_is_refused():
     import argparse
 
-    from peft_hybrid.serve import cli as serve_cli
+    from peft_hybrid.cli import serve as serve_cli
 
     parser = argparse.ArgumentParser()
     serve_cli.add_arguments(parser)
@@ -403,7 +403,7 @@ def test_serve_adapter_name_with_a_trailing_newline_is_refused():
 def test_serve_adapter_with_a_repo_subfolder_keeps_the_colon_form_for_loading():
     import argparse
 
-    from peft_hybrid.serve import cli as serve_cli
+    from peft_hybrid.cli import serve as serve_cli
 
     parser = argparse.ArgumentParser()
     serve_cli.add_arguments(parser)

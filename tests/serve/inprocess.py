@@ -10,7 +10,7 @@ import argparse
 import socket
 import threading
 
-from peft_hybrid.serve import cli
+from peft_hybrid.cli import serve as cli
 from peft_hybrid.serve.app import create_app
 from peft_hybrid.serve.server import build_state
 
