@@ -209,7 +209,9 @@ def test_train_mode_mixed_forward_gives_every_rows_adapter_its_own_gradient():
                 total.add_(grad)
     for got, want in zip(mixed, alone):
         assert got is not None and want.abs().max() > 0
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        # Padding changes the order of fp32 sums, so the tolerance follows the gradient's size: a wrong
+        # row's or a missing gradient is off by the whole magnitude.
+        torch.testing.assert_close(got, want, atol=1e-3 * want.abs().max().item(), rtol=1e-3)
     assert len(tensors) == 24 + 1 + 48 + 36  # every LoRA matrix, DoRA magnitude and the prompt got a gradient
 
 
