@@ -91,6 +91,7 @@ def test_summary_callback_collects_a_run(args):
         "base_model": "preset:tiny",
         "trainable_params": model.num_parameters(True),
         "total_params": model.num_parameters(),
+        "base_quantization": None,
     }
     assert data["training_curve"] == [
         {"step": 1, "epoch": 0.5, "loss": 3.0, "learning_rate": 1e-3},
