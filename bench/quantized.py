@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    setup("cpu", args.seed)
+    setup("cpu", seed=args.seed)
     if args.child is not None:
         print(json.dumps(_memory_child(args)), flush=True)
         return {}
