@@ -63,6 +63,23 @@ def quantization_config(args: argparse.Namespace) -> Any:
     return bnb_config(args.quantize, compute_dtype=args.bnb_4bit_compute_dtype)
 
 
+def load_from_args(args: argparse.Namespace, adapter: str, **extra: Any) -> tuple[Any, Any]:
+    """`peft_hybrid.inference.load_for_inference` with the shared flags: base, revision, device, quantization."""
+    from peft_hybrid import inference
+
+    quantization = quantization_config(args) if hasattr(args, "quantize") else None
+    return inference.load_for_inference(
+        adapter,
+        base=args.base,
+        preset=args.model_preset,
+        revision=args.revision,
+        device=args.device,
+        quantization_config=quantization,
+        subfolder=args.subfolder,
+        **extra,
+    )
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", type=device_argument, default=None, help="torch device (default: cuda if available, else cpu)"

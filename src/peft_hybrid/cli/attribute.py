@@ -13,7 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from peft_hybrid.cli._inference_args import add_adapter_arguments, add_base_arguments, add_device_argument
+from peft_hybrid.cli._inference_args import (
+    add_adapter_arguments,
+    add_base_arguments,
+    add_device_argument,
+    load_from_args,
+)
 from peft_hybrid.interpret.attribution import BASELINES, attribute
 from peft_hybrid.interpret.heatmap import NORMALIZE, add_heatmap_to_card, save_heatmaps
 
@@ -79,7 +84,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the attribution described by parsed ``args``; returns the exit status (0 on success)."""
-    from peft_hybrid.inference import generation_settings, load_for_inference, model_inputs
+    from peft_hybrid.inference import generation_settings, model_inputs
 
     adapter_dir = Path(args.adapter) / args.subfolder if args.subfolder else Path(args.adapter)
     if args.add_to_card and not adapter_dir.is_dir():
@@ -87,14 +92,7 @@ def run(args: argparse.Namespace) -> int:
             f"--add-to-card writes into a local adapter folder, and {args.adapter!r} is not one; "
             "download it or save it first."
         )
-    model, tokenizer = load_for_inference(
-        args.adapter,
-        base=args.base,
-        preset=args.model_preset,
-        revision=args.revision,
-        device=args.device,
-        subfolder=args.subfolder,
-    )
+    model, tokenizer = load_from_args(args, args.adapter)
 
     # As the adapter's run formatted its inputs and generated (saved with it); flags override.
     text = model_inputs(model.hybrid_config, [args.text], task=args.task)[0]

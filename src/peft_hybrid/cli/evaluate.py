@@ -20,7 +20,7 @@ from peft_hybrid.cli._inference_args import (
     add_adapter_arguments,
     add_model_arguments,
     check_positive,
-    quantization_config,
+    load_from_args,
 )
 
 METRICS_NAME = "metrics.json"
@@ -72,7 +72,7 @@ def resolve_task(name: str | None, model) -> object:
 
 def run(args: argparse.Namespace) -> int:
     from peft_hybrid.hub.access import require_hub
-    from peft_hybrid.inference import evaluate_rows, load_for_inference
+    from peft_hybrid.inference import evaluate_rows
     from peft_hybrid.serialization import atomic_write_bytes
     from peft_hybrid.training.run_folder import require_writable_dir
 
@@ -80,15 +80,7 @@ def run(args: argparse.Namespace) -> int:
         check_positive(name, getattr(args, name))
     # Before any generation: a place that cannot be written would otherwise fail after all of it.
     out = require_writable_dir(args.out, "--out")
-    model, tokenizer = load_for_inference(
-        args.adapter,
-        base=args.base,
-        preset=args.model_preset,
-        revision=args.revision,
-        device=args.device,
-        quantization_config=quantization_config(args),
-        subfolder=args.subfolder,
-    )
+    model, tokenizer = load_from_args(args, args.adapter)
     task = resolve_task(args.task, model)
     if args.data_file is None:
         repo = args.dataset_id or task.hub_dataset.id

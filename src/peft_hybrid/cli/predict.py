@@ -28,7 +28,7 @@ from peft_hybrid.cli._inference_args import (
     add_model_arguments,
     add_subfolder_argument,
     check_positive,
-    quantization_config,
+    load_from_args,
 )
 
 _NAMED = re.compile(r"([A-Za-z0-9_-]+)=(.+)", re.DOTALL)
@@ -172,7 +172,7 @@ def _line_adapters(records, adapters: dict[str, str], source: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_hybrid.inference import generate_texts, load_for_inference, model_inputs
+    from peft_hybrid.inference import generate_texts, model_inputs
 
     for name in ("batch_size", "max_new_tokens", "num_beams", "max_source_length"):
         check_positive(name, getattr(args, name))
@@ -184,16 +184,7 @@ def run(args: argparse.Namespace) -> int:
     records = read_records(args.input, args.field, args.input_format)
     names = _line_adapters(records, adapters, args.input)
     first, *others = adapters.items()
-    model, tokenizer = load_for_inference(
-        first[1],
-        base=args.base,
-        preset=args.model_preset,
-        revision=args.revision,
-        device=args.device,
-        adapter_name=first[0],
-        quantization_config=quantization_config(args),
-        subfolder=args.subfolder,
-    )
+    model, tokenizer = load_from_args(args, first[1], adapter_name=first[0])
     for name, where in others:
         model.load_adapter(where, name)
     model.to(model.device).eval()
