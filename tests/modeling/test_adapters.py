@@ -96,6 +96,21 @@ def test_only_the_active_adapter_trains_and_switching_and_deleting_keep_the_base
         model.delete_adapter("c")
 
 
+def test_whatever_is_added_or_loaded_only_the_active_adapter_trains(saved):
+    model = HybridModel.from_pretrained(saved["a"], t5_from_preset("tiny", seed=0)[0], adapter_name="a")
+    for name, source in (("b", saved["b"]), ("c", saved["c"]), ("d", None), ("e", None)):
+        if source is None:
+            model.add_adapter(name, HybridConfig(mode="hybrid", use_dora=name == "e"))
+        else:
+            model.load_adapter(source, name)
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        assert trainable == {id(t) for t in model.adapter_tensors("a").values()}, name
+    model.set_adapter("e")
+    model.add_adapter("f", HybridConfig(mode="lora"))
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(t) for t in model.adapter_tensors("e").values()}
+
+
 def test_deleting_frees_exactly_the_adapters_tensors(saved):
     model = HybridModel.from_pretrained(saved["a"], t5_from_preset("tiny", seed=0)[0], adapter_name="a")
     alone = model.num_parameters()

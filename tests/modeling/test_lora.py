@@ -2,10 +2,11 @@ import copy
 
 import peft
 import torch
+from peft.tuners.lora import LoraLayer
 
 from helpers import SCALED_LORA, batch, tiny_model
 from peft_hybrid import HybridConfig, HybridModel
-from peft_hybrid.modeling.lora import lora_layers, merged_weight
+from peft_hybrid.modeling.lora import base_modules, lora_layers, merged_weight, peft_lora_config, set_active
 from peft_hybrid.offline import t5_from_preset
 
 
@@ -58,3 +59,79 @@ def test_the_merge_is_peft_s_own_and_scales_by_alpha_over_r():
         assert layer.scaling["default"] == 16 / 4
         assert torch.allclose(ours, weight + 4 * b @ a, atol=1e-6), name
         assert not torch.allclose(ours, weight + b @ a, atol=1e-3), name  # the scale matters here
+
+
+def _layer_entries(layer, name):
+    """What a LoRA layer holds for adapter ``name``: numbers as they are, modules by type and tensors."""
+    out = {}
+    for attribute in (*layer.adapter_layer_names, *layer.other_param_names, "use_dora", "lora_bias", "use_rslora"):
+        table = getattr(layer, attribute)
+        if name in table:
+            entry = table[name]
+            if isinstance(entry, torch.nn.Module):
+                entry = (type(entry).__name__, {k: v.shape for k, v in entry.state_dict().items()})
+            out[attribute] = entry
+    return out
+
+
+def test_an_adapter_added_to_wrapped_layers_matches_peft_s_own_injection():
+    """The second adapter goes into the layers directly; PEFT's injection would build the same."""
+    configs = [
+        HybridConfig(mode="lora", lora_dropout=0.1, rank_pattern={"q": 3}, alpha_pattern={"v": 5}),
+        HybridConfig(mode="lora", use_dora=True, r=2),
+        HybridConfig(mode="lora", use_rslora=True, target_modules=("q", "v", "o")),
+    ]
+    for config in configs:
+        for first in (HybridConfig(mode="lora"), HybridConfig(mode="lora", use_dora=True)):
+            ours = HybridModel(t5_from_preset("tiny")[0], first)
+            theirs = copy.deepcopy(ours)
+            ours.add_adapter("b", config)
+            peft.inject_adapter_in_model(peft_lora_config(config), theirs.base_model, adapter_name="b")
+            mine, peft_layers = lora_layers(ours.base_model), lora_layers(theirs.base_model)
+            assert mine.keys() == peft_layers.keys()
+            x = torch.randn(2, 3, 64)
+            for key, layer in mine.items():
+                other = peft_layers[key]
+                assert _layer_entries(layer, "b") == _layer_entries(other, "b"), key
+                assert set(layer.adapter_layer_names) == set(other.adapter_layer_names), key
+                if "b" not in layer.lora_A:
+                    continue
+                other.load_state_dict(layer.state_dict())
+                set_active(layer, ["b"]), set_active(other, ["b"])
+                layer.eval(), other.eval()
+                with torch.no_grad():
+                    assert torch.equal(layer(x[..., : layer.in_features]), other(x[..., : other.in_features])), key
+
+
+def test_adding_an_adapter_shows_peft_s_layer_update_only_the_new_one(monkeypatch):
+    """PEFT's ``update_layer`` visits every adapter a layer holds: it sees none of the loaded ones."""
+    model = HybridModel(t5_from_preset("tiny")[0], HybridConfig(mode="lora"))
+    model.add_adapter("b", HybridConfig(mode="hybrid"))
+    seen = []
+    original = LoraLayer.update_layer
+
+    def spy(self, adapter_name, *args, **kwargs):
+        seen.append((adapter_name, sorted(self.lora_A), sorted(self.scaling), sorted(self.lora_dropout)))
+        return original(self, adapter_name, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLayer, "update_layer", spy)
+    model.add_adapter("c", HybridConfig(mode="lora", use_dora=True))
+    layers = lora_layers(model.base_model)
+    assert seen == [("c", [], [], [])] * len(layers)
+    for layer in layers.values():
+        assert sorted(layer.lora_A) == sorted(layer.scaling) == ["b", "c", "default"]
+        assert list(layer.lora_magnitude_vector) == ["c"]
+        assert layer.adapter_layer_names.count("lora_magnitude_vector") == 1
+
+
+def test_base_modules_is_named_modules_without_the_lora_layers_insides():
+    model = HybridModel(t5_from_preset("tiny")[0], HybridConfig(mode="lora"))
+    model.add_adapter("b", HybridConfig(mode="lora"))
+    layers = lora_layers(model.base_model)
+    expected = [
+        (name, module)
+        for name, module in model.base_model.named_modules()
+        if not any(name.startswith(f"{layer}.") for layer in layers)
+    ]
+    assert list(base_modules(model.base_model)) == expected
+    assert len(layers) == 2 * 2 + 2 * 4  # q and v: encoder self-attention, decoder self- and cross-attention

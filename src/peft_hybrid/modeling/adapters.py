@@ -113,12 +113,19 @@ class AdapterRegistry:
         config.base_model_shape = self._check_shape(config, f"adapter {adapter_name!r}")
         record_base(config, self.base_model)
         record_quantization(config, self.base_model, fresh=fresh, source=f"adapter {adapter_name!r}")
+        # PEFT's injection sets requires_grad in the layers it touches for the adapters they apply
+        applied = {name for layer in lora_layers(self.base_model).values() for name in layer.active_adapters}
         parts = build_parts(self, config, adapter_name, tokenizer)
         self._adapters[adapter_name] = _Adapter(config, parts, owns_base=config.trains_base)
         if getattr(self, "quantization", None) is not None:
             fp32_master_weights(self._adapters[adapter_name].tensors().values())
-        # Only the active adapter trains; the first one becomes active as the model is built.
-        self._freeze(self._active if self._active in self._adapters else adapter_name)
+        # Only the active adapter trains; the first one becomes active as the model is built. Later
+        # ones touch only what the injection may have changed: freezing every adapter again would
+        # make each load cost as much as all the loads before it.
+        if self._active not in self._adapters or self._active == adapter_name:
+            self._freeze(adapter_name)
+        else:
+            self._freeze(self._active, only={adapter_name, self._active, *applied})
 
     def load_adapter(
         self,
@@ -211,11 +218,15 @@ class AdapterRegistry:
             for key, param in own.items():
                 param.copy_(tensors[key].to(param.dtype))
 
-    def _freeze(self, active: str) -> None:
-        """Only the active adapter's tensors train (and the base, for mode ``full``)."""
-        self.base_model.requires_grad_(self._adapters[active].owns_base)
-        for name, adapter in self._adapters.items():
-            for tensor in adapter.tensors().values():
+    def _freeze(self, active: str, only: set[str] | None = None) -> None:
+        """Only the active adapter's tensors train (and the base, for mode ``full``).
+
+        ``only``: set just these adapters' tensors (the base and the others are as they should be).
+        """
+        if only is None:
+            self.base_model.requires_grad_(self._adapters[active].owns_base)
+        for name in self._adapters if only is None else [n for n in only if n in self._adapters]:
+            for tensor in self._adapters[name].tensors().values():
                 tensor.requires_grad_(name == active)
 
     def _activate_layers(self, adapter_name: str | None) -> None:

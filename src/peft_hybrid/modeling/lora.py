@@ -44,7 +44,28 @@ def peft_lora_config(config: HybridConfig) -> LoraConfig:
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
     """Every PEFT LoRA layer inside ``model``, by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    return {name: m for name, m in base_modules(model) if isinstance(m, LoraLayer)}
+
+
+def base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``model.named_modules()`` without the insides of its LoRA layers (their per-adapter matrices).
+
+    A walk over the base's own modules then costs the same however many adapters the layers hold
+    (``named_modules`` visits every adapter's A, B and dropout: a thousand adapters, tens of
+    thousands of modules per walk).
+    """
+    seen: set[int] = set()
+    stack = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield name, module
+        if isinstance(module, LoraLayer):
+            continue
+        children = [(f"{name}.{child}" if name else child, m) for child, m in module.named_children()]
+        stack.extend(reversed(children))
 
 
 def set_active(layer: LoraLayer, adapter_names: list[str]) -> None:
@@ -72,13 +93,10 @@ def target_linears(model: nn.Module, config: HybridConfig) -> dict[str, nn.Linea
 
 def _base_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """The model's own Linears: a LoRA-wrapped one counts under its own name, its A/B matrices do not."""
-    wrapped = lora_layers(model)
     found = {}
-    for name, module in model.named_modules():
-        if any(name.startswith(f"{outer}.") for outer in wrapped):
-            continue
-        if name in wrapped:
-            module = wrapped[name].get_base_layer()
+    for name, module in base_modules(model):
+        if isinstance(module, LoraLayer):
+            module = module.get_base_layer()
         if isinstance(module, nn.Linear):
             found[name] = module
     return found
@@ -98,17 +116,63 @@ def expected_shapes(model: nn.Module, config: HybridConfig) -> dict[str, tuple[i
 
 
 def inject(model: nn.Module, config: HybridConfig, adapter_name: str) -> None:
-    """Add ``adapter_name``'s LoRA (or DoRA) to PEFT's layers in ``model``; what was active stays active."""
-    target_linears(model, config)  # fail before touching the model
-    active = {name: list(layer.active_adapters) for name, layer in lora_layers(model).items()}
-    with warnings.catch_warnings():
-        # Several adapters on one model is the point here, not the accident PEFT warns about.
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        inject_adapter_in_model(peft_lora_config(config), model, adapter_name=adapter_name)
-    for name, layer in lora_layers(model).items():  # injecting activates the new adapter everywhere
+    """Add ``adapter_name``'s LoRA (or DoRA) to PEFT's layers in ``model``; what was active stays active.
+
+    When every target is already a PEFT LoRA layer (another adapter wraps it), the new adapter is
+    added to those layers directly, as PEFT's injection does for a wrapped layer
+    (``LoraLayer.update_layer``): PEFT's own injection walks and snapshots every module and
+    parameter of the model, every adapter's included, so the thousandth adapter would cost a
+    thousand times the first.
+    """
+    targets = target_linears(model, config)  # fail before touching the model
+    layers = lora_layers(model)
+    active = {name: list(layer.active_adapters) for name, layer in layers.items()}
+    peft_config = peft_lora_config(config)
+    if all(getattr(type(layers.get(name)), "update_layer", None) is LoraLayer.update_layer for name in targets):
+        for name in targets:
+            r = peft_config.rank_pattern.get(get_pattern_key(list(peft_config.rank_pattern), name), peft_config.r)
+            alpha_key = get_pattern_key(list(peft_config.alpha_pattern), name)
+            alpha = peft_config.alpha_pattern.get(alpha_key, peft_config.lora_alpha)
+            with _holding_only_new(layers[name]):
+                layers[name].update_layer(adapter_name, r, lora_alpha=alpha, target_name=name, config=peft_config)
+        if not isinstance(getattr(model, "peft_config", None), dict):
+            model.peft_config = {}
+        model.peft_config[adapter_name] = peft_config
+    else:
+        with warnings.catch_warnings():
+            # Several adapters on one model is the point here, not the accident PEFT warns about.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(peft_config, model, adapter_name=adapter_name)
+        layers = lora_layers(model)
+    for name, layer in layers.items():  # injecting activates the new adapter everywhere
         set_active(layer, active.get(name, []))
         if adapter_name in layer.lora_dropout:  # a new dropout starts in train mode: follow its layer's
             layer.lora_dropout[adapter_name].train(layer.training)
+
+
+@contextlib.contextmanager
+def _holding_only_new(layer: LoraLayer) -> Iterator[None]:
+    """The layer's per-adapter tables emptied for the block, the other adapters' entries put back after.
+
+    ``update_layer`` visits every adapter a layer holds (each one's ``requires_grad``, each one's
+    device), which makes the N-th adapter cost N; with the others set aside it sees one.
+    """
+    names = layer.adapter_layer_names
+    held = {}
+    for attribute in dict.fromkeys(names + layer.other_param_names):
+        table = getattr(layer, attribute, None)
+        if isinstance(table, (nn.ModuleDict, dict)):
+            held[attribute] = table
+            setattr(layer, attribute, type(table)())
+    try:
+        yield
+    finally:
+        for attribute, table in held.items():
+            for key, value in getattr(layer, attribute).items():
+                table[key] = value
+            setattr(layer, attribute, table)
+        # DoRA adds its table's name when the layer's table is empty, as it was for the block
+        layer.adapter_layer_names = tuple(dict.fromkeys(names + layer.adapter_layer_names))
 
 
 def remove(model: nn.Module, adapter_name: str) -> None:
@@ -195,7 +259,7 @@ def merged_layers(model: nn.Module) -> Iterator[nn.Module]:
 
 def _lora_layers(model: nn.Module) -> list[tuple[nn.Module, str, Any]]:
     found = []
-    for name, module in model.named_modules():
+    for name, module in base_modules(model):
         if isinstance(module, LoraLayer):
             if getattr(module, "merged", False):
                 raise RuntimeError(f"LoRA layer {name} is already merged in place; unmerge it before merged_lora().")

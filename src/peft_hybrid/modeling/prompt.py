@@ -138,15 +138,15 @@ def _candidate_ids(vocab_rows: int, tokenizer) -> torch.Tensor:
             for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(size))))
             if tok and tok.startswith("<extra_id_")
         }
-        ids = [i for i in range(size) if i not in special and i not in sentinel_like]
+        ids = torch.tensor([i for i in range(size) if i not in special and i not in sentinel_like], dtype=torch.long)
     else:
         # Without a tokenizer, assume T5's layout (sentinels and padding rows at the end) and keep
         # a conservative range: round the end down to a multiple of 128 below the sentinels.
         real_end = max((vocab_rows - _T5_SENTINELS) // 128 * 128, _T5_LEADING_SPECIAL + 1)
-        ids = list(range(_T5_LEADING_SPECIAL, real_end))
-    if not ids:
+        ids = torch.arange(_T5_LEADING_SPECIAL, real_end)
+    if not len(ids):
         raise ValueError("No ordinary vocabulary tokens to initialise the soft prompt from; use prompt_init='random'.")
-    return torch.tensor(ids)
+    return ids
 
 
 def _sample_ids(vocab_rows: int, n: int, generator: torch.Generator, tokenizer) -> torch.Tensor:

@@ -157,8 +157,12 @@ def quantization_record(model: nn.Module) -> dict[str, Any] | None:
     except ImportError:  # the quantize extra is optional
         return None
     import torch
+    from peft.tuners.lora import LoraLayer
 
-    for module in model.modules():
+    from peft_hybrid.modeling.lora import base_modules
+
+    for _, module in base_modules(model):  # not every adapter's matrices: a LoRA layer's own base
+        module = module.get_base_layer() if isinstance(module, LoraLayer) else module
         if isinstance(module, bnb.nn.Linear4bit):
             state = module.weight.quant_state
             return {
