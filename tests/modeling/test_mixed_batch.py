@@ -263,3 +263,33 @@ def test_only_named_gathers_just_the_batchs_adapters_with_the_same_outputs():
         with torch.no_grad(), mixed_plan(model, names, only_named=only_named):
             logits.append(model.base_model(**batch, labels=labels).logits)
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-5)
+
+
+def test_a_mixed_call_asks_only_the_batchs_adapters_for_their_layers(monkeypatch):
+    """With ``only_named``, a call's per-row LoRA reads the adapters its rows name and no other,
+    so its cost does not grow with the adapters loaded beside them."""
+    from peft_hybrid.modeling.adapters import _Adapter
+    from peft_hybrid.modeling.lora import lora_layers
+    from peft_hybrid.modeling.mixed import mixed_plan
+    from peft_hybrid.modeling.parts.lora import LoraPart
+
+    base, tok = t5_from_preset("tiny", seed=0)
+    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tok)
+    for i in range(8):
+        model.add_adapter(f"a{i}", HybridConfig(mode="hybrid", num_virtual_tokens=2, lora_dropout=0.0))
+    _randomize({str(i): t for i, t in enumerate(model.all_adapter_tensors())}, 5)
+    model.eval()
+    asked, read = [], set()
+    row_layer = LoraPart.row_layer
+    monkeypatch.setattr(LoraPart, "row_layer", lambda p, layer: (asked.append(p.name), row_layer(p, layer))[1])
+    by_id = {id(adapter): name for name, adapter in model._adapters.items()}
+    lora = _Adapter.lora
+    monkeypatch.setattr(_Adapter, "lora", property(lambda self: (read.add(by_id[id(self)]), lora.fget(self))[1]))
+    names = ["a3", "__base__", "a6", "a3"]
+    batch = tok(TEXTS[:4], return_tensors="pt", padding=True)
+    labels = tok(TEXTS[4:8], return_tensors="pt", padding=True)["input_ids"]
+    with torch.no_grad(), mixed_plan(model, names, only_named=True):
+        model.base_model(**batch, labels=labels)
+    layers = len(lora_layers(model.base_model))
+    assert sorted(asked) == ["a3"] * layers + ["a6"] * layers  # once per layer and adapter of the batch
+    assert read == {"a3", "a6"}

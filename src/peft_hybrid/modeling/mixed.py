@@ -24,7 +24,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from peft_hybrid.modeling.lora import set_active
+from peft_hybrid.modeling.lora import lora_layers, set_active
 
 BASE_ADAPTER = "__base__"
 
@@ -75,7 +75,7 @@ class RowLora:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
-        layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        layers = list(lora_layers(self.model).values())  # not a walk over every adapter's matrices
         saved = [list(layer.active_adapters) for layer in layers]
         handles = []
         try:
@@ -229,7 +229,9 @@ def mixed_plan(model, names: list[str], *, only_named: bool = False):
 
     @contextlib.contextmanager
     def plan():
-        layer_parts = {n: a.lora for n, a in model._adapters.items() if a.lora is not None}
+        # ``only_named``: the batch's adapters only, so a call costs the same however many are loaded
+        held = [n for n in dict.fromkeys(names) if n in model._adapters] if only_named else model._adapters
+        layer_parts = {n: model._adapters[n].lora for n in held if model._adapters[n].lora is not None}
         lora = RowLora(model.base_model, names, layer_parts, only_named=only_named)
         with lora.active():
             yield [model._adapters[n].prompt if n in model._adapters else None for n in names]
