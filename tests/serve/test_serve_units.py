@@ -216,3 +216,45 @@ def test_the_static_scheduler_refuses_a_logits_processor_instead_of_ignoring_it(
 
     refused = asyncio.run(scenario())
     assert isinstance(refused, RequestError) and refused.status == 422 and "--scheduler continuous" in refused.message
+
+
+def test_greedy_rows_are_chosen_together_with_each_rows_own_log_probability():
+    """One argmax and one log-softmax for the batch's plain greedy rows give what each row alone gives."""
+    import torch
+
+    from peft_hybrid.serve.scheduler import _greedy_choices
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 4
+    for greedy, streams in (([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]), ([0, 2, 3, 5], [2, 5]), ([1], []), ([], [])):
+        tokens, logprobs = _greedy_choices(logits, greedy, streams)
+        assert tokens == [int(logits[i].argmax()) if i in greedy else 0 for i in range(6)]
+        assert logprobs == {i: float(torch.log_softmax(logits[i], -1)[tokens[i]]) for i in streams}
+
+
+def test_an_outbox_delivers_a_steps_events_in_order_in_one_wake_up_of_the_loop():
+    from peft_hybrid.serve.batcher import Final, Outbox, TokenEvent
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        jobs = [Job(GenerateRequest(inputs="hi"), loop) for _ in range(3)]
+        wakeups = []
+        wake = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args: (wakeups.append(args), wake(*args))[1]
+        outbox = Outbox()
+        final = Final("text", "length", 2, None, 3)
+        sent = [(0, TokenEvent(1, {"id": 5})), (1, TokenEvent(1, None, final)), (0, TokenEvent(2, None, final))]
+        sent.append((2, RequestError("bad row")))
+        for job, event in sent:
+            outbox.send(jobs[job], event)
+        recorded = [(job.finished, job.emitted) for job in jobs]  # at once, before any delivery
+        assert all(job.events.empty() for job in jobs)
+        outbox.flush()
+        outbox.flush()  # nothing left: no wake-up
+        await asyncio.sleep(0)
+        got = [[job.events.get_nowait() for _ in range(job.events.qsize())] for job in jobs]
+        return recorded, len(wakeups), got, sent
+
+    recorded, wakeups, got, sent = asyncio.run(scenario())
+    assert recorded == [(True, 2), (True, 1), (True, 0)]
+    assert wakeups == 1
+    assert got == [[sent[0][1], sent[2][1]], [sent[1][1]], [sent[3][1]]]

@@ -65,11 +65,45 @@ class Job:
 
     def send(self, event: TokenEvent | RequestError) -> None:
         """Hand an event to the job's handler; safe to call from the worker thread."""
+        self.record(event)
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def record(self, event: TokenEvent | RequestError) -> None:
+        """What sending ``event`` says about the job (finished, events emitted), at once in the sender's thread."""
         if isinstance(event, RequestError) or event.final is not None:
             self.finished = True
         if isinstance(event, TokenEvent):
             self.emitted += 1
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class Outbox:
+    """Events of many jobs from one worker step, handed to each event loop in one wake-up.
+
+    Waking an event loop from another thread writes to its self-pipe and schedules a callback:
+    once per token of every row, that cost grows with the batch and keeps the loop busy
+    while the worker steps. An event is recorded on its job at once (`Job.record`) and delivered,
+    in the order sent, at `flush`.
+    """
+
+    def __init__(self) -> None:
+        self._events: list[tuple[Job, TokenEvent | RequestError]] = []
+
+    def send(self, job: Job, event: TokenEvent | RequestError) -> None:
+        job.record(event)
+        self._events.append((job, event))
+
+    def flush(self) -> None:
+        events, self._events = self._events, []
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, event in events:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        for loop, batch in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, batch)
+
+
+def _deliver(batch: list[tuple[Job, TokenEvent | RequestError]]) -> None:
+    for job, event in batch:
+        job.events.put_nowait(event)
 
 
 def group_jobs(jobs: list[Job]) -> list[list[Job]]:

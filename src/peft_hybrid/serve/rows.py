@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from peft_hybrid.serve.batcher import Final, Job, TokenEvent
+from peft_hybrid.serve.batcher import Final, Job, Outbox, TokenEvent
 from peft_hybrid.serve.decoding import Detokenizer, RowDecoder
 from peft_hybrid.serve.engine import generation_error
 from peft_hybrid.serve.requests import RequestError
@@ -24,8 +24,9 @@ __all__ = ["Row", "generation_error"]
 class Row:
     """A job in the running batch, holding adapter ``name`` on the model."""
 
-    def __init__(self, job: Job, name: str, tokenizer, start_token: int) -> None:
+    def __init__(self, job: Job, name: str, tokenizer, start_token: int, outbox: Outbox | None = None) -> None:
         self.job = job
+        self.outbox = outbox  # events go out with the step's others; None: each at once
         self.name = name
         self.cost = len(job.input_ids) + job.max_new_tokens  # what the row holds of the token budget
         self.decoder = RowDecoder(job.request, start_token=start_token)
@@ -39,8 +40,12 @@ class Row:
         self.reads_text = self.streams or bool(request.stop)
         self.ended = False
 
-    def add(self, token: int, scores: torch.Tensor) -> None:
-        """Record ``token`` (chosen from ``scores``, the row's processed logits) and send its event."""
+    def add(self, token: int, scores: torch.Tensor | None = None, logprob: float | None = None) -> None:
+        """Record ``token`` and send its event.
+
+        ``scores``: the row's processed logits it was chosen from; a row that reports log-probabilities
+        needs them, or ``logprob`` (the token's, taken with the batch's others).
+        """
         if self.ended or self.job.cancelled:
             self.ended = True
             return
@@ -60,17 +65,24 @@ class Row:
             piece += rest
         index = len(self.decoder.ids)
         if self.streams:
-            logprob = float(torch.log_softmax(scores.float(), dim=-1)[token])
+            if logprob is None:
+                logprob = float(torch.log_softmax(scores.float(), dim=-1)[token])
             logprob = logprob if math.isfinite(logprob) else -1e30  # JSON has no -Infinity
             token_json = {"id": token, "text": piece, "logprob": logprob, "special": token in self.special}
-            self.job.send(TokenEvent(index=index, token=token_json, final=final))
+            self._send(TokenEvent(index=index, token=token_json, final=final))
         elif final is not None:
-            self.job.send(TokenEvent(index=index, token=None, final=final))
+            self._send(TokenEvent(index=index, token=None, final=final))
 
     def fail(self, error: RequestError) -> None:
         self.ended = True
         if not self.job.finished and not self.job.cancelled:
-            self.job.send(error)
+            self._send(error)
+
+    def _send(self, event) -> None:
+        if self.outbox is None:
+            self.job.send(event)
+        else:
+            self.outbox.send(self.job, event)
 
     def _stopped(self, piece: str) -> bool:
         stops = self.job.request.stop

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from peft_hybrid.serve.adapters import AdapterBusy
-from peft_hybrid.serve.batcher import RETRY_AFTER_S, Job
+from peft_hybrid.serve.batcher import RETRY_AFTER_S, Job, Outbox
 from peft_hybrid.serve.engine import prepare
 from peft_hybrid.serve.requests import RequestError
 from peft_hybrid.serve.rowbatch import RowBatch
@@ -87,6 +87,7 @@ class ContinuousBatcher:
         self.rows: list[Row] = []
         self.batch: RowBatch | None = None
         self._next: torch.Tensor | None = None  # each row's newest token, the next step's input
+        self._outbox = Outbox()  # the rows' events, sent once per step
 
     # --- the event loop's side ----------------------------------------------------------------
     async def start(self) -> None:
@@ -173,6 +174,7 @@ class ContinuousBatcher:
             except Exception as err:  # a broken step fails the rows it held, never the worker
                 logger.exception("a decoder step failed; answering its rows with the error")
                 self._fail_all(err)
+            self._outbox.flush()
         if self.batch is not None:
             self.batch.close_adapters()
 
@@ -257,7 +259,8 @@ class ContinuousBatcher:
         for job, name in joining:
             if self.metrics is not None:
                 self.metrics.queue_time.observe(now - job.enqueued)
-            rows.append(Row(job, name, self.tokenizer, self.model.base_model.config.decoder_start_token_id))
+            start = self.model.base_model.config.decoder_start_token_id
+            rows.append(Row(job, name, self.tokenizer, start, self._outbox))
         if self.batch is not None:
             self.batch.close_adapters()  # the new rows' encoder pass hooks the layers with their own LoRA
         try:
@@ -280,26 +283,29 @@ class ContinuousBatcher:
             self.rows = self.rows + rows
             self._next = torch.cat([self._next, tokens])
         self._leave()
+        self._outbox.flush()
 
     def _step(self) -> None:
         logits = self.batch.step(self._next)
         self._next = self._advance(self.rows, logits)
         self._leave()
+        self._outbox.flush()  # the step's events in one wake-up of the event loop, once ended rows have left
 
     def _advance(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
-        """Each row's next token from its own logits; sends the events; returns the tokens ``[rows]``."""
-        tokens = [0] * len(rows)
+        """Each row's next token from its own logits; sends the events; returns the tokens ``[rows]``.
+
+        Plain greedy rows (most) are decided together: one argmax, and one log-softmax for those
+        that report log-probabilities; the others choose from their own row (`RowDecoder.choose`).
+        """
         greedy = [i for i, row in enumerate(rows) if row.decoder.plain_greedy]
-        if greedy:
-            index = torch.tensor(greedy, device=logits.device)
-            for i, token in zip(greedy, torch.argmax(logits[index], dim=-1).tolist()):
-                tokens[i] = token
+        tokens, logprobs = _greedy_choices(logits, greedy, [i for i in greedy if rows[i].streams])
         for i, row in enumerate(rows):
             try:
-                scores = logits[i]
-                if not row.decoder.plain_greedy:
+                if row.decoder.plain_greedy:
+                    row.add(tokens[i], logprob=logprobs.get(i))
+                else:
                     tokens[i], scores = row.decoder.choose(logits[i])
-                row.add(tokens[i], scores)
+                    row.add(tokens[i], scores)
             except Exception as err:  # e.g. a request's logits processor raising: that row only
                 logger.warning("one row failed: %s", err)
                 row.fail(generation_error(err))
@@ -384,3 +390,24 @@ class ContinuousBatcher:
                 error = result if isinstance(result, RequestError) else generation_error(result)
                 for job in jobs:
                     job.send(error)
+
+
+def _greedy_choices(logits: torch.Tensor, greedy: list[int], streams: list[int]) -> tuple[list[int], dict[int, float]]:
+    """The argmax of the ``greedy`` rows (0 for the others), and the log-probability of it for ``streams``."""
+    rows = logits.shape[0]
+    tokens = [0] * rows
+    if not greedy:
+        return tokens, {}
+    whole = len(greedy) == rows  # the usual batch: no rows to pick out first
+    picked = logits if whole else logits[torch.tensor(greedy, device=logits.device)]
+    chosen = torch.argmax(picked, dim=-1)
+    for i, token in zip(greedy, chosen.tolist()):
+        tokens[i] = token
+    if not streams:
+        return tokens, {}
+    at = {i: n for n, i in enumerate(greedy)}
+    index = torch.tensor([at[i] for i in streams], device=logits.device)
+    scores = picked if len(streams) == len(greedy) else picked[index]
+    chosen = chosen[:, None] if len(streams) == len(greedy) else chosen[index, None]
+    values = torch.log_softmax(scores.float(), dim=-1).gather(1, chosen)[:, 0].tolist()
+    return tokens, dict(zip(streams, values))
