@@ -9,7 +9,7 @@ import torch
 from serve_helpers import TEXTS, offline, save_adapters
 
 from peft_hybrid.serve.batcher import Job
-from peft_hybrid.serve.decoding import Detokenizer, RowDecoder
+from peft_hybrid.serve.decoding import Detokenizer, RowDecoder, greedy_choices
 from peft_hybrid.serve.formatting import decode_output
 from peft_hybrid.serve.requests import GenerateRequest, Limits, RequestError
 
@@ -153,3 +153,12 @@ def test_the_token_budget_admits_a_request_only_when_it_fits(served_model):
     want = offline(folder, [TEXTS[0]], 5)[0]
     assert [a.generated_text for a in answers[:3]] == [want] * 3
     assert isinstance(answers[3], RequestError) and "--max-batch-total-tokens" in answers[3].message
+
+
+def test_greedy_rows_are_chosen_together_with_each_rows_own_log_probability():
+    """One argmax and one log-softmax for the batch's plain greedy rows give what each row alone gives."""
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 4
+    for greedy, streams in (([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]), ([0, 2, 3, 5], [2, 5]), ([1], []), ([], [])):
+        tokens, logprobs = greedy_choices(logits, greedy, streams)
+        assert tokens == [int(logits[i].argmax()) if i in greedy else 0 for i in range(6)]
+        assert logprobs == {i: float(torch.log_softmax(logits[i], -1)[tokens[i]]) for i in streams}

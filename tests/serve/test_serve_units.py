@@ -218,19 +218,6 @@ def test_the_static_scheduler_refuses_a_logits_processor_instead_of_ignoring_it(
     assert isinstance(refused, RequestError) and refused.status == 422 and "--scheduler continuous" in refused.message
 
 
-def test_greedy_rows_are_chosen_together_with_each_rows_own_log_probability():
-    """One argmax and one log-softmax for the batch's plain greedy rows give what each row alone gives."""
-    import torch
-
-    from peft_hybrid.serve.scheduler import _greedy_choices
-
-    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 4
-    for greedy, streams in (([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]), ([0, 2, 3, 5], [2, 5]), ([1], []), ([], [])):
-        tokens, logprobs = _greedy_choices(logits, greedy, streams)
-        assert tokens == [int(logits[i].argmax()) if i in greedy else 0 for i in range(6)]
-        assert logprobs == {i: float(torch.log_softmax(logits[i], -1)[tokens[i]]) for i in streams}
-
-
 def test_an_outbox_delivers_a_steps_events_in_order_in_one_wake_up_of_the_loop():
     from peft_hybrid.serve.batcher import Final, Outbox, TokenEvent
 

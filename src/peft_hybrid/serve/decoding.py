@@ -117,6 +117,31 @@ class RowDecoder:
         self.ids.append(token)
 
 
+def greedy_choices(logits: torch.Tensor, greedy: list[int], streams: list[int]) -> tuple[list[int], dict[int, float]]:
+    """The argmax of the batch's ``greedy`` rows (0 for the others), and its log-probability for ``streams``.
+
+    Plain greedy rows (`RowDecoder.plain_greedy`) need nothing of their own: one argmax and one
+    log-softmax for all of them give each row what its own would.
+    """
+    rows = logits.shape[0]
+    tokens = [0] * rows
+    if not greedy:
+        return tokens, {}
+    whole = len(greedy) == rows  # the usual batch: no rows to pick out first
+    picked = logits if whole else logits[torch.tensor(greedy, device=logits.device)]
+    chosen = torch.argmax(picked, dim=-1)
+    for i, token in zip(greedy, chosen.tolist()):
+        tokens[i] = token
+    if not streams:
+        return tokens, {}
+    at = {i: n for n, i in enumerate(greedy)}
+    index = torch.tensor([at[i] for i in streams], device=logits.device)
+    scores = picked if len(streams) == len(greedy) else picked[index]
+    chosen = chosen[:, None] if len(streams) == len(greedy) else chosen[index, None]
+    values = torch.log_softmax(scores.float(), dim=-1).gather(1, chosen)[:, 0].tolist()
+    return tokens, dict(zip(streams, values))
+
+
 class Detokenizer:
     """Text of a growing token list, a piece per token (O(1) each); pieces join to the final text.
 

@@ -33,6 +33,7 @@ import torch
 
 from peft_hybrid.serve.adapters import AdapterBusy
 from peft_hybrid.serve.batcher import RETRY_AFTER_S, Job, Outbox
+from peft_hybrid.serve.decoding import greedy_choices
 from peft_hybrid.serve.engine import prepare
 from peft_hybrid.serve.requests import RequestError
 from peft_hybrid.serve.rowbatch import RowBatch
@@ -298,7 +299,7 @@ class ContinuousBatcher:
         that report log-probabilities; the others choose from their own row (`RowDecoder.choose`).
         """
         greedy = [i for i, row in enumerate(rows) if row.decoder.plain_greedy]
-        tokens, logprobs = _greedy_choices(logits, greedy, [i for i in greedy if rows[i].streams])
+        tokens, logprobs = greedy_choices(logits, greedy, [i for i in greedy if rows[i].streams])
         for i, row in enumerate(rows):
             try:
                 if row.decoder.plain_greedy:
@@ -390,24 +391,3 @@ class ContinuousBatcher:
                 error = result if isinstance(result, RequestError) else generation_error(result)
                 for job in jobs:
                     job.send(error)
-
-
-def _greedy_choices(logits: torch.Tensor, greedy: list[int], streams: list[int]) -> tuple[list[int], dict[int, float]]:
-    """The argmax of the ``greedy`` rows (0 for the others), and the log-probability of it for ``streams``."""
-    rows = logits.shape[0]
-    tokens = [0] * rows
-    if not greedy:
-        return tokens, {}
-    whole = len(greedy) == rows  # the usual batch: no rows to pick out first
-    picked = logits if whole else logits[torch.tensor(greedy, device=logits.device)]
-    chosen = torch.argmax(picked, dim=-1)
-    for i, token in zip(greedy, chosen.tolist()):
-        tokens[i] = token
-    if not streams:
-        return tokens, {}
-    at = {i: n for n, i in enumerate(greedy)}
-    index = torch.tensor([at[i] for i in streams], device=logits.device)
-    scores = picked if len(streams) == len(greedy) else picked[index]
-    chosen = chosen[:, None] if len(streams) == len(greedy) else chosen[index, None]
-    values = torch.log_softmax(scores.float(), dim=-1).gather(1, chosen)[:, 0].tolist()
-    return tokens, dict(zip(streams, values))
