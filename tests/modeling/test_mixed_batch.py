@@ -177,6 +177,32 @@ def test_high_rank_adapters_take_the_gathered_path_and_still_match():
     _check_rows(mixed, solos, tok.pad_token_id)
 
 
+def test_the_gathered_path_pads_smaller_ranks_and_carries_dora_magnitudes():
+    """Per-row bmm with ranks 16, 12 and a DoRA adapter of rank 8 (padded to 16): each row as alone."""
+    from peft_hybrid.modeling.mixed import RowLora
+
+    base, tok = t5_from_preset("tiny", seed=0)
+    model = HybridModel(base, HybridConfig(mode="lora", r=16, lora_dropout=0.0), tokenizer=tok, adapter_name="x")
+    model.add_adapter("y", HybridConfig(mode="hybrid", r=12, num_virtual_tokens=3, lora_dropout=0.0))
+    model.add_adapter("d", HybridConfig(mode="lora", r=8, use_dora=True, lora_dropout=0.0))
+    _randomize({str(i): t for i, t in enumerate(model.all_adapter_tensors())}, 6)
+    model.eval()
+    names = ["d", "x", "__base__", "y", "d"]
+    layer = model.base_model.encoder.block[0].layer[0].SelfAttention.q
+    parts = {name: model._adapters[name].lora for name in model.adapters}
+    plan = RowLora(model.base_model, names, parts)._gather(layer, 1, torch.device("cpu"))
+    assert plan.mask is None and plan.a.shape == (5, 64, 16) and plan.magnitude.shape[:2] == (5, 1)
+    assert not plan.a[2].any() and not plan.a[0, :, 8:].any()  # the base row adds nothing; d's rank ends at 8
+    texts = TEXTS[:5]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    mixed = model.generate(**batch, adapter_names=names, max_new_tokens=8)
+    solos = [
+        model.generate(**tok(t, return_tensors="pt"), adapter_names=[n], max_new_tokens=8)
+        for t, n in zip(texts, names)
+    ]
+    _check_rows(mixed, solos, tok.pad_token_id)
+
+
 def test_train_mode_mixed_forward_gives_every_rows_adapter_its_own_gradient():
     """A train-mode mixed batch backpropagates into each row's LoRA and prompt exactly as each row alone."""
     base, tok = t5_from_preset("tiny", seed=0)

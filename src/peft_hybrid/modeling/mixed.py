@@ -124,47 +124,50 @@ class RowLora:
         return self._gathered[key]
 
     def _gather(self, layer: LoraLayer, repeat: int, device: torch.device) -> _Plan | None:
-        forms = {n: self.parts[n].row_layer(layer) for n in self.used}
-        present = {n: form for n, form in forms.items() if form is not None}
+        # one form per slot: slot 0 and adapters without LoRA in this layer add nothing
+        forms = [None, *(self.parts[n].row_layer(layer) for n in self.used)]
+        present = [form for form in forms if form is not None]
         if not present:
             return None
         linear = layer.get_base_layer()
-        dtype = next(iter(present.values())).a.dtype
-        slots = self.slots.to(device).repeat_interleave(repeat)
-        scale = torch.zeros(len(self.used) + 1, dtype=torch.float32, device=device)
-        magnitude = None
-        if any(form.magnitude is not None for form in present.values()):
-            magnitude = torch.ones(len(self.used) + 1, linear.out_features, dtype=dtype, device=device)
-        for slot, name in enumerate(self.used, start=1):
-            if name in present:
-                scale[slot] = present[name].scale
-                if present[name].magnitude is not None:
-                    magnitude[slot] = present[name].magnitude.to(dtype)
-        row_scale = scale[slots].view(-1, 1, 1)
-        row_magnitude = None if magnitude is None else magnitude[slots].unsqueeze(1)
-        a_t = {n: form.a.t().to(dtype) for n, form in present.items()}
-        b_t = {n: form.b.t().to(dtype) for n, form in present.items()}
-        ranks = {n: form.a.shape[0] for n, form in present.items()}
-        total = sum(ranks.values())
+        dtype = present[0].a.dtype
+        rows = self.slots.repeat_interleave(repeat).tolist()
+        scale = torch.tensor([0.0 if f is None else f.scale for f in forms], dtype=torch.float32, device=device)
+        row_scale = scale[torch.tensor(rows, device=device)].view(-1, 1, 1)
+        row_magnitude = None
+        if any(form.magnitude is not None for form in present):
+            ones = torch.ones(linear.out_features, dtype=dtype, device=device)
+            magnitudes = [ones if f is None or f.magnitude is None else f.magnitude.to(dtype) for f in forms]
+            row_magnitude = torch.stack([magnitudes[slot] for slot in rows]).unsqueeze(1)
+        total = sum(form.a.shape[0] for form in present)
         if total <= linear.in_features // 2:
             # Few adapters: one matmul against all their A's side by side is cheaper than per-row
             # matmuls of rank r; each row's mask keeps its own adapter's columns (zeros elsewhere).
-            mask = torch.zeros(len(self.used) + 1, total, dtype=dtype, device=device)
+            mask = torch.zeros(len(forms), total, dtype=dtype, device=device)
             start = 0
-            for slot, name in enumerate(self.used, start=1):
-                if name in present:
-                    mask[slot, start : start + ranks[name]] = 1
-                    start += ranks[name]
-            a, b = torch.cat(list(a_t.values()), 1), torch.cat(list(b_t.values()), 0)
-            return _Plan(a, b, mask[slots].unsqueeze(1), row_scale, row_magnitude)
-        rank = max(ranks.values())
-        a = torch.zeros(len(self.used) + 1, linear.in_features, rank, dtype=dtype, device=device)
-        b = torch.zeros(len(self.used) + 1, rank, linear.out_features, dtype=dtype, device=device)
-        for slot, name in enumerate(self.used, start=1):
-            if name in present:
-                a[slot, :, : ranks[name]] = a_t[name]
-                b[slot, : ranks[name], :] = b_t[name]
-        return _Plan(a[slots], b[slots], None, row_scale, row_magnitude)
+            for slot, form in enumerate(forms):
+                if form is not None:
+                    mask[slot, start : start + form.a.shape[0]] = 1
+                    start += form.a.shape[0]
+            a = torch.cat([form.a.t().to(dtype) for form in present], 1)
+            b = torch.cat([form.b.t().to(dtype) for form in present], 0)
+            return _Plan(a, b, mask[torch.tensor(rows, device=device)].unsqueeze(1), row_scale, row_magnitude)
+        # Per-row A and B, stacked straight from each row's slot (zeros: no LoRA, and past a smaller rank).
+        rank = max(form.a.shape[0] for form in present)
+        a_zero = torch.zeros(linear.in_features, rank, dtype=dtype, device=device)
+        b_zero = torch.zeros(rank, linear.out_features, dtype=dtype, device=device)
+        slot_a = [a_zero if f is None else _pad_rank(f.a.t().to(dtype), rank, 1) for f in forms]
+        slot_b = [b_zero if f is None else _pad_rank(f.b.t().to(dtype), rank, 0) for f in forms]
+        a, b = torch.stack([slot_a[s] for s in rows]), torch.stack([slot_b[s] for s in rows])
+        return _Plan(a, b, None, row_scale, row_magnitude)
+
+
+def _pad_rank(tensor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    """``tensor`` with zeros after its own rank along ``dim``, up to ``rank``."""
+    extra = rank - tensor.shape[dim]
+    if not extra:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, extra) if dim == 1 else (0, 0, 0, extra))
 
 
 class _Plan(NamedTuple):
