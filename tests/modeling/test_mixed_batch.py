@@ -191,8 +191,9 @@ def test_the_gathered_path_pads_smaller_ranks_and_carries_dora_magnitudes():
     layer = model.base_model.encoder.block[0].layer[0].SelfAttention.q
     parts = {name: model._adapters[name].lora for name in model.adapters}
     plan = RowLora(model.base_model, names, parts)._gather(layer, 1, torch.device("cpu"))
-    assert plan.mask is None and plan.a.shape == (5, 64, 16) and plan.magnitude.shape[:2] == (5, 1)
-    assert not plan.a[2].any() and not plan.a[0, :, 8:].any()  # the base row adds nothing; d's rank ends at 8
+    assert plan.mask is None and plan.a is None and plan.row_a.shape == (5, 64, 16)
+    assert plan.magnitude.shape[:2] == (5, 1)
+    assert not plan.row_a[2].any() and not plan.row_a[0, :, 8:].any()  # the base row adds nothing; d's rank ends at 8
     texts = TEXTS[:5]
     batch = tok(texts, return_tensors="pt", padding=True)
     mixed = model.generate(**batch, adapter_names=names, max_new_tokens=8)
@@ -319,3 +320,31 @@ def test_a_mixed_call_asks_only_the_batchs_adapters_for_their_layers(monkeypatch
     layers = len(lora_layers(model.base_model))
     assert sorted(asked) == ["a3"] * layers + ["a6"] * layers  # once per layer and adapter of the batch
     assert read == {"a3", "a6"}
+
+
+def test_few_adapters_go_side_by_side_for_a_decoder_step_and_per_row_for_a_whole_input(monkeypatch):
+    """Side by side costs every adapter's columns per token: a one-token step takes it, a long input the bmm."""
+    from peft_hybrid.modeling.mixed import RowLora
+
+    base, tok = t5_from_preset("tiny", seed=0)
+    model = HybridModel(base, HybridConfig(mode="lora", r=4, lora_dropout=0.0), tokenizer=tok, adapter_name="x")
+    model.add_adapter("y", HybridConfig(mode="lora", r=4, lora_dropout=0.0))
+    _randomize({str(i): t for i, t in enumerate(model.all_adapter_tensors())}, 7)
+    model.eval()
+    names = ["y", "x", "__base__"]
+    layer = model.base_model.encoder.block[0].layer[0].SelfAttention.q
+    lora = RowLora(model.base_model, names, {n: model._adapters[n].lora for n in model.adapters})
+    plan = lora._gather(layer, 1, torch.device("cpu"))
+    assert plan.a.shape == (64, 8) and plan.mask.shape == (3, 1, 8)  # total rank 8 <= 64 // 2
+    bmm_calls = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: (bmm_calls.append(a[0].shape), bmm(*a))[1])
+    lora._gathered[(id(layer), 1)] = plan
+    for tokens, per_row in ((1, False), (4, False), (5, True), (30, True)):
+        x = torch.randn(3, tokens, 64, generator=torch.Generator().manual_seed(tokens))
+        with torch.no_grad():
+            delta = lora._hook(layer, (x,), torch.zeros(3, tokens, 64))
+            alone = [x[i] @ plan.row_a[i] @ plan.row_b[i] * plan.scale[i] for i in range(3)]
+        torch.testing.assert_close(delta, torch.stack(alone), rtol=1e-5, atol=1e-6)
+        assert bool(bmm_calls) == per_row, tokens  # 4 tokens x 8 columns = 32 <= 32 side by side; 5 not
+        bmm_calls.clear()

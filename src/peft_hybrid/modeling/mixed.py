@@ -4,10 +4,10 @@ Each row's encoder input is its own soft prompt (of its own length, or none) fol
 tokens, padded on the right (`peft_hybrid.modeling.prompt.prepend_per_row`): T5's relative
 position bias then sees every real token at the same distances as when the row runs alone, and
 the padding is masked out of attention. LoRA runs per row through one batched path, prepared
-once per call and layer: with few adapters, ``((x @ [A_1ᵀ … A_kᵀ]) * row_mask) @ [s·B_1ᵀ; …]``
-(two plain matmuls; each row keeps only its adapter's columns), else
-``bmm(bmm(x, A_rowᵀ), (s·B_row)ᵀ)`` with each row's A and B gathered (rows without LoRA in a layer
-get zeros). Generation repeats rows for beams and
+once per call and layer: for few adapters and a token or two per row (a decoder step),
+``((x @ [A_1ᵀ … A_kᵀ]) * row_mask) @ [s·B_1ᵀ; …]`` (two plain matmuls; each row keeps only its
+adapter's columns), else ``bmm(bmm(x, A_rowᵀ), (s·B_row)ᵀ)`` with each row's A and B gathered
+(rows without LoRA in a layer get zeros). Generation repeats rows for beams and
 ``num_return_sequences`` (``repeat_interleave``); the layers see a batch that many times larger
 and repeat the row plan the same way.
 """
@@ -101,11 +101,13 @@ class RowLora:
         plan = self._rows(layer, x.shape[0] // rows, x.device)
         if plan is None:
             return output
-        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(plan.a.dtype)
-        if plan.mask is None:  # per-row A and B: two batched matmuls
-            lora = torch.bmm(torch.bmm(flat, plan.a), plan.b)
-        else:  # every adapter's A at once, each row keeping its own adapter's columns
+        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(plan.row_a.dtype)
+        # Side by side costs every adapter's columns for every token: for a token or two per row
+        # (a decoder step) that beats per-row matmuls of rank r, for a whole input it does not.
+        if plan.mask is not None and flat.shape[1] * plan.a.shape[1] <= flat.shape[2] // 2:
             lora = torch.matmul(torch.matmul(flat, plan.a) * plan.mask, plan.b)
+        else:  # per-row A and B: two batched matmuls
+            lora = torch.bmm(torch.bmm(flat, plan.row_a), plan.row_b)
         # The single-adapter layer's order: B(A x), then times the (fp32) scale, rounded once to the
         # LoRA dtype; so a half-precision row rounds as it does alone.
         if plan.magnitude is None:
@@ -139,27 +141,27 @@ class RowLora:
             ones = torch.ones(linear.out_features, dtype=dtype, device=device)
             magnitudes = [ones if f is None or f.magnitude is None else f.magnitude.to(dtype) for f in forms]
             row_magnitude = torch.stack([magnitudes[slot] for slot in rows]).unsqueeze(1)
-        total = sum(form.a.shape[0] for form in present)
-        if total <= linear.in_features // 2:
-            # Few adapters: one matmul against all their A's side by side is cheaper than per-row
-            # matmuls of rank r; each row's mask keeps its own adapter's columns (zeros elsewhere).
-            mask = torch.zeros(len(forms), total, dtype=dtype, device=device)
-            start = 0
-            for slot, form in enumerate(forms):
-                if form is not None:
-                    mask[slot, start : start + form.a.shape[0]] = 1
-                    start += form.a.shape[0]
-            a = torch.cat([form.a.t().to(dtype) for form in present], 1)
-            b = torch.cat([form.b.t().to(dtype) for form in present], 0)
-            return _Plan(a, b, mask[torch.tensor(rows, device=device)].unsqueeze(1), row_scale, row_magnitude)
         # Per-row A and B, stacked straight from each row's slot (zeros: no LoRA, and past a smaller rank).
         rank = max(form.a.shape[0] for form in present)
         a_zero = torch.zeros(linear.in_features, rank, dtype=dtype, device=device)
         b_zero = torch.zeros(rank, linear.out_features, dtype=dtype, device=device)
         slot_a = [a_zero if f is None else _pad_rank(f.a.t().to(dtype), rank, 1) for f in forms]
         slot_b = [b_zero if f is None else _pad_rank(f.b.t().to(dtype), rank, 0) for f in forms]
-        a, b = torch.stack([slot_a[s] for s in rows]), torch.stack([slot_b[s] for s in rows])
-        return _Plan(a, b, None, row_scale, row_magnitude)
+        row_a, row_b = torch.stack([slot_a[s] for s in rows]), torch.stack([slot_b[s] for s in rows])
+        total = sum(form.a.shape[0] for form in present)
+        if total > linear.in_features // 2:
+            return _Plan(None, None, None, row_a, row_b, row_scale, row_magnitude)
+        # Few adapters: every adapter's A side by side, each row's mask keeping its own columns.
+        mask = torch.zeros(len(forms), total, dtype=dtype, device=device)
+        start = 0
+        for slot, form in enumerate(forms):
+            if form is not None:
+                mask[slot, start : start + form.a.shape[0]] = 1
+                start += form.a.shape[0]
+        a = torch.cat([form.a.t().to(dtype) for form in present], 1)
+        b = torch.cat([form.b.t().to(dtype) for form in present], 0)
+        row_mask = mask[torch.tensor(rows, device=device)].unsqueeze(1)
+        return _Plan(a, b, row_mask, row_a, row_b, row_scale, row_magnitude)
 
 
 def _pad_rank(tensor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
@@ -173,9 +175,11 @@ def _pad_rank(tensor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
 class _Plan(NamedTuple):
     """One layer's per-row tensors for one call (see `RowLora._gather`)."""
 
-    a: torch.Tensor
-    b: torch.Tensor
-    mask: torch.Tensor | None  # None: a and b are per row (bmm); else every adapter side by side
+    a: torch.Tensor | None  # (in, total): every adapter's Aᵀ side by side; None with too many adapters
+    b: torch.Tensor | None  # (total, out)
+    mask: torch.Tensor | None  # (rows, 1, total): 1 on each row's own adapter's columns
+    row_a: torch.Tensor  # (rows, in, rank): each row's own Aᵀ (zeros past its rank, and for no LoRA)
+    row_b: torch.Tensor  # (rows, rank, out)
     scale: torch.Tensor  # (rows, 1, 1) fp32
     magnitude: torch.Tensor | None  # (rows, 1, out) DoRA's g, ones for other rows; None without DoRA
 
