@@ -10,8 +10,9 @@ workloads alternate between them in one run:
 - ``closed``: 64 closed-loop clients, mixed lengths (half short, half long) and uniform lengths
   (16 new tokens): generated tokens per second;
 - ``adapters``: a continuous server holding ``--many`` lazily loaded adapters
-  (``--max-adapters``): closed-loop tokens/s with requests spread over all of them, against the
-  same load over 4 of them.
+  (``--max-adapters``; how long loading them all took, and each one's memory as ``/info``
+  reports it): closed-loop tokens/s with requests spread over all of them (each adapter in turn),
+  against the same requests over 4 of them, the two loads alternating in halves (4, all, all, 4).
 
 Every greedy answer is checked against offline generation (`peft_hybrid.inference.generate_texts`,
 the adapter's own settings), and 8 seeded sampled requests sent at once must each reproduce the
@@ -46,6 +47,7 @@ from peft_hybrid import HybridConfig, HybridModel
 
 SHORT, LONG, UNIFORM = 2, 48, 16  # new tokens
 SCHEDULERS = ("static", "continuous")
+MANY_WORKLOADS = ("adapters_4", "adapters_many")
 COLUMNS = ["workload", "scheduler", "requests", "short_p50_s", "short_p99_s", "tokens_per_s", "errors"]
 READY = re.compile(r"peft-hybrid serve ready at http://([\d.]+):(\d+)")
 
@@ -207,9 +209,19 @@ def workloads(sizes: Sizes, count: int, rng: random.Random) -> dict[str, Any]:
         "open_mixed": mixed,
         "closed_mixed": [req(SHORT if i % 2 else LONG) for i in range(n)],
         "closed_uniform": [req(UNIFORM) for _ in range(n)],
-        "adapters_4": [req(UNIFORM, 4) for _ in range(n)],
-        "adapters_many": [req(UNIFORM, sizes.many) for _ in range(n)],
+        **many_adapters(sizes, count, rng),
     }
+
+
+def many_adapters(sizes: Sizes, count: int, rng: random.Random) -> dict[str, list[Request]]:
+    """One request per adapter of ``sizes.many`` (at least ``closed_requests``), in a shuffled order,
+    and the same requests (texts and lengths) over 4 adapters."""
+    order = list(range(sizes.many))
+    rng.shuffle(order)
+    n = max(sizes.closed_requests, sizes.many)
+    many = [Request(f"t{order[i % sizes.many]}", rng.randrange(count), UNIFORM) for i in range(n)]
+    four = [dataclasses.replace(r, adapter=f"t{rng.randrange(4)}") for r in many]
+    return {"adapters_4": four, "adapters_many": many}
 
 
 def run_schedulers(base, adapters, loads, inputs, args) -> tuple[list[dict], list[dict], dict[str, Any]]:
@@ -245,29 +257,53 @@ def sampled(server: Server, inputs: list[str]) -> dict[str, Any]:
     return {"seeded_sampled_reproduced": same, "seeded_sampled_sent": len(requests)}
 
 
-def run_adapters(base, adapters, loads, inputs, args, sizes: Sizes) -> tuple[list[dict], list[dict]]:
-    """One continuous server holding ``sizes.many`` adapters: the load over 4 of them, then over all."""
+def run_adapters(base, adapters, loads, inputs, args, sizes: Sizes) -> tuple[list[dict], list[dict], dict]:
+    """One continuous server holding ``sizes.many`` adapters: the load over 4 of them and over all, alternating."""
     folder = Path(adapters["t0"]).parent
     flags = ["--lazy-adapters", "--allow-adapter", f"{folder}/*", "--max-adapters", str(sizes.many)]
     server = Server(base, [*flags, "--scheduler", "continuous"], args.threads)
-    rows, answers = [], []
+    answers, walls = [], {}
     try:
         log(f"loading {sizes.many} adapters lazily")
-        warm = [Request(str(adapters[f"t{i}"]), 0, 1) for i in range(sizes.many)]
-        closed_loop(server, warm, 8, inputs)
-        for workload in ("adapters_4", "adapters_many"):
-            load = [dataclasses.replace(r, adapter=str(adapters[r.adapter])) for r in loads[workload]]
+        start = time.perf_counter()
+        closed_loop(server, [Request(str(adapters[f"t{i}"]), 0, 1) for i in range(sizes.many)], 8, inputs)
+        loading = {"many_adapters_load_s": time.perf_counter() - start, **adapter_memory(server)}
+        log(loading)
+        halves = {w: [loads[w][: len(loads[w]) // 2], loads[w][len(loads[w]) // 2 :]] for w in MANY_WORKLOADS}
+        for half, workload in ((0, "adapters_4"), (0, "adapters_many"), (1, "adapters_many"), (1, "adapters_4")):
+            load = [dataclasses.replace(r, adapter=str(adapters[r.adapter])) for r in halves[workload][half]]
             results, wall = closed_loop(server, load, args.clients, inputs)
             for result in results:  # report by name, as the offline check looks them up
-                result["request"] = dataclasses.replace(
-                    result["request"], adapter=Path(result["request"].adapter).name
-                )
-            rows.append(summary(workload, "continuous", results, wall))
-            answers += results
-            log(rows[-1])
+                named = Path(result["request"].adapter).name
+                result["request"] = dataclasses.replace(result["request"], adapter=named)
+            answers.append((workload, results))
+            walls[workload] = walls.get(workload, 0.0) + wall
+            log(f"{workload}, half {half + 1}: {sum(r.get('tokens', 0) for r in results) / wall:.1f} tokens/s")
     finally:
         server.stop()
-    return rows, answers
+    rows = []
+    for workload in MANY_WORKLOADS:
+        results = [r for w, part in answers if w == workload for r in part]
+        rows.append(summary(workload, "continuous", results, walls[workload]))
+        log(rows[-1])
+    return rows, [r for _, part in answers for r in part], loading
+
+
+def adapter_memory(server: Server) -> dict[str, Any]:
+    """What ``/info`` says of the loaded adapters: how many, each one's bytes (smallest, largest), all."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=600)
+    try:
+        conn.request("GET", "/info")
+        listed = [a for a in json.loads(conn.getresponse().read())["adapters"] if a["loaded"]]
+    finally:
+        conn.close()
+    each = [a["memory_bytes"] for a in listed]
+    return {
+        "adapters_loaded": len(listed),
+        "adapter_bytes_min": min(each),
+        "adapter_bytes_max": max(each),
+        "adapter_bytes_total": sum(each),
+    }
 
 
 def offline_mismatches(base: Path, adapters: dict[str, Path], answers: list[dict], inputs: list[str]) -> int:
@@ -335,11 +371,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         inputs = texts(AutoTokenizer.from_pretrained(str(base)), 16, sizes.src)
         loads = workloads(sizes, len(inputs), rng)
         rows, answers, seeds = run_schedulers(base, adapters, loads, inputs, args)
-        many_rows, many_answers = run_adapters(base, adapters, loads, inputs, args, sizes)
+        many_rows, many_answers, loading = run_adapters(base, adapters, loads, inputs, args, sizes)
         rows += many_rows
         log("checking every greedy answer against offline generation")
         mismatches = offline_mismatches(base, adapters, answers + many_answers, inputs)
-    result = {"rows": rows, **ratios(rows), **seeds, "greedy_answers_checked": len(answers + many_answers)}
+    result = {"rows": rows, **ratios(rows), **seeds, **loading, "greedy_answers_checked": len(answers + many_answers)}
     result["greedy_mismatches_vs_offline"] = mismatches
     log(f"serve, shape={args.shape}, size={args.size} {sizes}\n{markdown_table(rows, COLUMNS)}")
     log(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

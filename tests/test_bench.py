@@ -115,6 +115,11 @@ def test_serve_bench_runs_every_workload_on_both_schedulers_with_offline_answers
     assert result["seeded_sampled_reproduced"] == result["seeded_sampled_sent"] == 8
     many, four = rows[("adapters_many", "continuous")], rows[("adapters_4", "continuous")]
     assert result["many_over_4_adapters_tokens_per_s"] == many["tokens_per_s"] / four["tokens_per_s"]
+    assert many["requests"] == four["requests"] == result["sizes"]["many"]  # one request per adapter
+    # every adapter resident, each as large as the others (the same shapes), as /info reports them
+    assert result["adapters_loaded"] == result["sizes"]["many"]
+    assert result["adapter_bytes_total"] == result["adapters_loaded"] * result["adapter_bytes_min"]
+    assert result["adapter_bytes_min"] == result["adapter_bytes_max"] > 0
 
 
 def test_fast_generation_rows_match_eager_tokens_and_pair_like_with_like(gpu_smoke):
