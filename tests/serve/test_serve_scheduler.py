@@ -2,7 +2,9 @@
 
 Rows join and leave the running batch mid-way and still answer what offline prediction answers;
 a seeded request samples the same text whatever shares its batch; a client leaving frees its
-slot at once; an adapter that loads slowly holds up nobody else. Nothing here waits on time:
+slot at once; an adapter that loads slowly holds up nobody else; rows over many resident adapters
+read only their own, and adapters attached or unloaded mid-batch leave the running rows' tokens
+as they were. Nothing here waits on time:
 every ordering is proven with events, counts and the scheduler's own state.
 """
 
@@ -13,11 +15,14 @@ import http.client as http_client
 import json
 import threading
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from inprocess import InProcessServer
-from serve_helpers import TEXTS, client_online, http, metric, offline, save_adapters
+from safetensors.torch import load_file
+from serve_helpers import TEXTS, client_online, http, metric, offline, save_adapters, wait_until
 
+from peft_hybrid.modeling import mixed
 from peft_hybrid.serve.rowbatch import RowBatch
 
 pytestmark = pytest.mark.slow
@@ -136,3 +141,142 @@ def test_an_adapter_loading_lazily_does_not_stall_other_requests(paths, client_f
     assert quick == offline(paths["summ"], [TEXTS[1]], 6)[0]
     assert lazy_answer == offline(paths["lora"], [TEXTS[0]], 5)[0]
     assert loads == 1
+
+
+def _many(folder, count: int) -> list:
+    """``count`` hybrid adapters on the tiny preset, each moved off its initial values by its own seed."""
+    import torch
+
+    from peft_hybrid import HybridConfig, HybridModel
+    from peft_hybrid.modeling.loading import load_base
+
+    base, tokenizer = load_base("preset:tiny")
+    model = HybridModel(base, HybridConfig(mode="none"), tokenizer=tokenizer)
+    folders = []
+    for i in range(count):
+        config = HybridConfig(mode="hybrid", r=2, lora_alpha=8, num_virtual_tokens=2 + i % 3, lora_dropout=0.0)
+        model.add_adapter(f"a{i}", config)
+        generator = torch.Generator().manual_seed(200 + i)
+        with torch.no_grad():
+            for tensor in model.adapter_tensors(f"a{i}").values():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+        model.set_adapter(f"a{i}")
+        folders.append(str(model.save_pretrained(folder / f"a{i}")))
+    return folders
+
+
+def test_rows_over_many_resident_adapters_each_get_their_adapters_text_gathering_only_their_own(
+    tmp_path, client_for, monkeypatch
+):
+    """Eight adapters resident, batches of three: each row answers as its adapter alone, and every
+    per-row LoRA plan reads exactly the adapters its batch names, never the other resident ones."""
+    folders = _many(tmp_path, 8)
+    plans = []  # (adapters the batch names, adapters the plan read), for every prefill and step
+    row_lora = mixed.RowLora.__init__
+
+    def spy(self, base_model, names, layer_parts, **kwargs):
+        plans.append((set(names), set(layer_parts)))
+        row_lora(self, base_model, names, layer_parts, **kwargs)
+
+    monkeypatch.setattr(mixed.RowLora, "__init__", spy)
+    args = ["--base", "preset:tiny", "--lazy-adapters", "--allow-adapter", f"{tmp_path}/*", "--max-adapters", "8"]
+    work = [(folder, TEXTS[i % 4], 4 + i % 5) for i, folder in enumerate(folders * 2)]
+    with InProcessServer(*args, "--max-batch-size", "3") as server:
+        client = client_for(server)
+        for folder in folders:  # all eight loaded first
+            client.text_generation(TEXTS[0], adapter_id=folder, max_new_tokens=1)
+        assert len(server.state.cache.loaded()) == 8
+        plans.clear()
+        with concurrent.futures.ThreadPoolExecutor(len(work)) as pool:
+            answers = list(
+                pool.map(lambda w: client.text_generation(w[1], adapter_id=w[0], max_new_tokens=w[2]), work)
+            )
+        names = {folder: server.state.cache._loaded[folder] for folder in folders}
+        memory = {a["id"]: a["memory_bytes"] for a in http(server.url, "/info")[2]["adapters"]}
+    assert plans and all(named == read for named, read in plans)
+    assert max(len(read) for _, read in plans) <= 3 < len(names)
+    for (folder, text, new), answer in zip(work, answers):
+        assert answer == offline(Path(folder), [text], new)[0], (folder, new)
+    for folder in folders:  # /info: each adapter's bytes, its saved tensors' (served in the base's fp32)
+        saved = load_file(str(Path(folder) / "adapter_model.safetensors"))
+        assert memory[folder] == sum(t.numel() * t.element_size() for t in saved.values()) > 0
+
+
+def _running(batcher) -> list[str]:
+    return [row.name for row in batcher.rows]
+
+
+def _long_row(server, monkeypatch, at_step: int, then) -> concurrent.futures.Future:
+    """A request for 64 tokens of adapter "summ" sent to ``server``; at the batch's ``at_step``-th decoder
+    step the worker runs ``then()`` (which may wait on the server's state) before stepping on."""
+    step, steps = RowBatch.step, []
+
+    def spy(self, tokens):
+        steps.append(list(self.names))
+        if len(steps) == at_step:
+            then()
+        return step(self, tokens)
+
+    monkeypatch.setattr(RowBatch, "step", spy)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    body = {"inputs": TEXTS[2], "parameters": {"adapter_id": "summ", "max_new_tokens": 64, "details": True}}
+    future = pool.submit(http, server.url, "/generate", body)
+    pool.shutdown(wait=False)
+    return future
+
+
+def test_an_adapter_attached_while_rows_run_leaves_their_tokens_unchanged(paths, client_for, monkeypatch):
+    lazy = str(paths["lora"])
+    args = _args({"summ": paths["summ"]}, "--lazy-adapters", "--allow-adapter", str(paths["lora"].parent / "*"))
+    with InProcessServer(*args, "--max-new-tokens-limit", "64") as server:
+        batcher, cache = server.state.batcher, server.state.cache
+        fetching, gate = threading.Event(), threading.Event()
+        fetch, attach = cache.fetch, cache.attach
+        attached = []  # the rows running when the adapter was attached
+
+        def gated_fetch(adapter_id):
+            fetching.set()
+            assert gate.wait(120), "the long row never reached its step"
+            return fetch(adapter_id)
+
+        cache.fetch = gated_fetch
+        cache.attach = lambda adapter_id, at: (attached.append(_running(batcher)), attach(adapter_id, at))[1]
+        client = client_for(server)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            lazy_answer = pool.submit(client.text_generation, TEXTS[1], adapter_id=lazy, max_new_tokens=6)
+            assert fetching.wait(120)
+
+            def open_gate():  # the fetch finishes while the long row is mid-way
+                gate.set()
+                wait_until(lambda: len(batcher._fetched) > 0, "the fetched adapter")
+
+            long_answer = _long_row(server, monkeypatch, 3, open_gate).result(timeout=120)
+            assert lazy_answer.result(timeout=120) == offline(paths["lora"], [TEXTS[1]], 6)[0]
+    status, _, body = long_answer
+    assert status == 200 and body["details"]["generated_tokens"] > 3
+    assert attached == [["summ"]]
+    assert body["generated_text"] == offline(paths["summ"], [TEXTS[2]], 64)[0]
+
+
+def test_an_adapter_unloaded_while_rows_run_leaves_their_tokens_unchanged(paths, monkeypatch):
+    args = _args({"summ": paths["summ"]}, "--allow-adapter", str(paths["lora"].parent / "*"))
+    with InProcessServer(*args, "--max-new-tokens-limit", "64") as server:
+        batcher, cache = server.state.batcher, server.state.cache
+        load = {"lora_name": "extra", "lora_path": str(paths["lora"])}
+        assert http(server.url, "/v1/load_lora_adapter", load)[0] == 200
+        unload, unloaded = cache.unload, []
+        cache.unload = lambda name: (unloaded.append(_running(batcher)), unload(name))[1]
+        reached = threading.Event()
+
+        def hold_for_unload():  # the unload is queued for the worker while the long row is mid-way
+            reached.set()
+            wait_until(lambda: len(batcher._calls) > 0, "the queued unload")
+
+        long_row = _long_row(server, monkeypatch, 3, hold_for_unload)
+        assert reached.wait(120)
+        assert http(server.url, "/v1/unload_lora_adapter", {"lora_name": "extra"})[0] == 200
+        status, _, body = long_row.result(timeout=120)
+        listed = {a["id"] for a in http(server.url, "/info")[2]["adapters"]}
+    assert status == 200 and body["details"]["generated_tokens"] > 3
+    assert unloaded == [["summ"]] and "extra" not in listed and "extra" not in cache.model.adapters
+    assert body["generated_text"] == offline(paths["summ"], [TEXTS[2]], 64)[0]

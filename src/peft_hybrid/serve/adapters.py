@@ -274,6 +274,7 @@ class AdapterCache:
             self.sources.pop(name, None)
             model_name = self._loaded.pop(name, None)
             self._configs.pop(name, None)
+            self._bytes.pop(name, None)
             self._draining.discard(name)
         if model_name is not None:
             self.model.delete_adapter(model_name)
