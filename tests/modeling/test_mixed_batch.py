@@ -348,3 +348,10 @@ def test_few_adapters_go_side_by_side_for_a_decoder_step_and_per_row_for_a_whole
         torch.testing.assert_close(delta, torch.stack(alone), rtol=1e-5, atol=1e-6)
         assert bool(bmm_calls) == per_row, tokens  # 4 tokens x 8 columns = 32 <= 32 side by side; 5 not
         bmm_calls.clear()
+    # told every call feeds one token per row (a decoder step), the plan holds only the side-by-side path
+    one = RowLora(model.base_model, names, {n: model._adapters[n].lora for n in model.adapters}, tokens=1)
+    plan = one._gather(layer, 1, torch.device("cpu"))
+    assert plan.row_a is None and plan.row_b is None and plan.a.shape == (64, 8)
+    one._gathered[(id(layer), 1)] = plan
+    with pytest.raises(RuntimeError, match="saw 5 tokens per row, prepared for 1"):
+        one._hook(layer, (torch.zeros(3, 5, 64),), torch.zeros(3, 5, 64))

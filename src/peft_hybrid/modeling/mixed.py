@@ -57,11 +57,20 @@ class RowLora:
     """
 
     def __init__(
-        self, base_model: nn.Module, names: list[str], layer_parts: dict[str, Any], *, only_named: bool = False
+        self,
+        base_model: nn.Module,
+        names: list[str],
+        layer_parts: dict[str, Any],
+        *,
+        only_named: bool = False,
+        tokens: int | None = None,
     ) -> None:
         self.model = base_model
         self.names = names
         self.parts = layer_parts
+        # Tokens a row feeds each layer, when the caller knows (a decoder step: 1): the plans then
+        # hold only the path such calls take.
+        self.tokens = tokens
         # Every adapter the layers hold, not only the ones this batch names: the per-row tensors
         # then have one shape per model and batch size, so a compiled graph serves every mix.
         # ``only_named`` gathers just the batch's adapters instead (a server holding hundreds of
@@ -101,13 +110,13 @@ class RowLora:
         plan = self._rows(layer, x.shape[0] // rows, x.device)
         if plan is None:
             return output
-        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(plan.row_a.dtype)
-        # Side by side costs every adapter's columns for every token: for a token or two per row
-        # (a decoder step) that beats per-row matmuls of rank r, for a whole input it does not.
-        if plan.mask is not None and flat.shape[1] * plan.a.shape[1] <= flat.shape[2] // 2:
+        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to((plan.row_a if plan.a is None else plan.a).dtype)
+        if plan.mask is not None and _side_by_side(flat.shape[1], plan.a.shape[1], flat.shape[2]):
             lora = torch.matmul(torch.matmul(flat, plan.a) * plan.mask, plan.b)
-        else:  # per-row A and B: two batched matmuls
+        elif plan.row_a is not None:  # per-row A and B: two batched matmuls
             lora = torch.bmm(torch.bmm(flat, plan.row_a), plan.row_b)
+        else:
+            raise RuntimeError(f"A LoRA layer saw {flat.shape[1]} tokens per row, prepared for {self.tokens}.")
         # The single-adapter layer's order: B(A x), then times the (fp32) scale, rounded once to the
         # LoRA dtype; so a half-precision row rounds as it does alone.
         if plan.magnitude is None:
@@ -134,34 +143,46 @@ class RowLora:
         linear = layer.get_base_layer()
         dtype = present[0].a.dtype
         rows = self.slots.repeat_interleave(repeat).tolist()
+        at = torch.tensor(rows, device=device)
         scale = torch.tensor([0.0 if f is None else f.scale for f in forms], dtype=torch.float32, device=device)
-        row_scale = scale[torch.tensor(rows, device=device)].view(-1, 1, 1)
+        row_scale = scale[at].view(-1, 1, 1)
         row_magnitude = None
         if any(form.magnitude is not None for form in present):
             ones = torch.ones(linear.out_features, dtype=dtype, device=device)
             magnitudes = [ones if f is None or f.magnitude is None else f.magnitude.to(dtype) for f in forms]
             row_magnitude = torch.stack([magnitudes[slot] for slot in rows]).unsqueeze(1)
-        # Per-row A and B, stacked straight from each row's slot (zeros: no LoRA, and past a smaller rank).
-        rank = max(form.a.shape[0] for form in present)
-        a_zero = torch.zeros(linear.in_features, rank, dtype=dtype, device=device)
-        b_zero = torch.zeros(rank, linear.out_features, dtype=dtype, device=device)
-        slot_a = [a_zero if f is None else _pad_rank(f.a.t().to(dtype), rank, 1) for f in forms]
-        slot_b = [b_zero if f is None else _pad_rank(f.b.t().to(dtype), rank, 0) for f in forms]
-        row_a, row_b = torch.stack([slot_a[s] for s in rows]), torch.stack([slot_b[s] for s in rows])
-        total = sum(form.a.shape[0] for form in present)
-        if total > linear.in_features // 2:
+        a_t = [None if f is None else _as(f.a.t(), dtype) for f in forms]
+        b_t = [None if f is None else _as(f.b.t(), dtype) for f in forms]
+        ranks = [f.a.shape[0] for f in present]
+        side_by_side = sum(ranks) <= linear.in_features // 2
+        row_a = row_b = None
+        if not side_by_side or self.tokens is None or not _side_by_side(self.tokens, sum(ranks), linear.in_features):
+            # Per-row A and B, stacked straight from each row's slot (zeros: no LoRA, and past a smaller rank).
+            rank = max(ranks)
+            a_zero = torch.zeros(linear.in_features, rank, dtype=dtype, device=device)
+            b_zero = torch.zeros(rank, linear.out_features, dtype=dtype, device=device)
+            slot_a = [a_zero if a is None else _pad_rank(a, rank, 1) for a in a_t]
+            slot_b = [b_zero if b is None else _pad_rank(b, rank, 0) for b in b_t]
+            row_a, row_b = torch.stack([slot_a[s] for s in rows]), torch.stack([slot_b[s] for s in rows])
+        if not side_by_side:
             return _Plan(None, None, None, row_a, row_b, row_scale, row_magnitude)
         # Few adapters: every adapter's A side by side, each row's mask keeping its own columns.
-        mask = torch.zeros(len(forms), total, dtype=dtype, device=device)
-        start = 0
-        for slot, form in enumerate(forms):
-            if form is not None:
-                mask[slot, start : start + form.a.shape[0]] = 1
-                start += form.a.shape[0]
-        a = torch.cat([form.a.t().to(dtype) for form in present], 1)
-        b = torch.cat([form.b.t().to(dtype) for form in present], 0)
-        row_mask = mask[torch.tensor(rows, device=device)].unsqueeze(1)
+        owners = [slot for slot, f in enumerate(forms) if f is not None]
+        owner = torch.repeat_interleave(torch.tensor(owners, device=device), torch.tensor(ranks, device=device))
+        row_mask = (at[:, None] == owner[None, :]).to(dtype).unsqueeze(1)
+        a = torch.cat([a for a in a_t if a is not None], 1)
+        b = torch.cat([b for b in b_t if b is not None], 0)
         return _Plan(a, b, row_mask, row_a, row_b, row_scale, row_magnitude)
+
+
+def _side_by_side(tokens: int, total_rank: int, in_features: int) -> bool:
+    """Side by side costs every adapter's columns for every token: for a token or two per row (a
+    decoder step) that beats per-row matmuls of rank r, for a whole input it does not."""
+    return tokens * total_rank <= in_features // 2
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _pad_rank(tensor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
@@ -178,8 +199,8 @@ class _Plan(NamedTuple):
     a: torch.Tensor | None  # (in, total): every adapter's Aᵀ side by side; None with too many adapters
     b: torch.Tensor | None  # (total, out)
     mask: torch.Tensor | None  # (rows, 1, total): 1 on each row's own adapter's columns
-    row_a: torch.Tensor  # (rows, in, rank): each row's own Aᵀ (zeros past its rank, and for no LoRA)
-    row_b: torch.Tensor  # (rows, rank, out)
+    row_a: torch.Tensor | None  # (rows, in, rank): each row's own Aᵀ (zeros past its rank, and for no LoRA)
+    row_b: torch.Tensor | None  # (rows, rank, out); None when every call of the plan goes side by side
     scale: torch.Tensor  # (rows, 1, 1) fp32
     magnitude: torch.Tensor | None  # (rows, 1, out) DoRA's g, ones for other rows; None without DoRA
 
@@ -231,15 +252,19 @@ def single_plan(model, name: str, rows: int):
     return plan()
 
 
-def mixed_plan(model, names: list[str], *, only_named: bool = False):
-    """Rows name different adapters: per-row prompts, per-row LoRA through the batched path."""
+def mixed_plan(model, names: list[str], *, only_named: bool = False, tokens: int | None = None):
+    """Rows name different adapters: per-row prompts, per-row LoRA through the batched path.
+
+    ``only_named``: gather only the adapters ``names`` holds; ``tokens``: how many tokens per row
+    every LoRA layer will see in the block, when the caller knows (see `RowLora`).
+    """
 
     @contextlib.contextmanager
     def plan():
         # ``only_named``: the batch's adapters only, so a call costs the same however many are loaded
         held = [n for n in dict.fromkeys(names) if n in model._adapters] if only_named else model._adapters
         layer_parts = {n: model._adapters[n].lora for n in held if model._adapters[n].lora is not None}
-        lora = RowLora(model.base_model, names, layer_parts, only_named=only_named)
+        lora = RowLora(model.base_model, names, layer_parts, only_named=only_named, tokens=tokens)
         with lora.active():
             yield [model._adapters[n].prompt if n in model._adapters else None for n in names]
 

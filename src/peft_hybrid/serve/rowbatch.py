@@ -110,7 +110,8 @@ class RowBatch:
         self.last = tokens.to(self.last.device)
         if self._lora is None:
             self._lora = contextlib.ExitStack()
-            self._lora.enter_context(mixed_plan(self.model, self.names, only_named=True))
+            # a step feeds every LoRA layer one token per row (cross-attention keys come from the cache)
+            self._lora.enter_context(mixed_plan(self.model, self.names, only_named=True, tokens=1))
         return self._forward()
 
     def close_adapters(self) -> None:
