@@ -84,6 +84,7 @@ def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, cli
         client = client_for(server)
         natural = client.text_generation(long_body["inputs"], adapter_id="prompt", max_new_tokens=64, details=True)
         assert natural.details.generated_tokens >= 32, "pick an input whose generation runs long"
+
         def counted() -> float:
             return metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
 
