@@ -130,6 +130,19 @@ def test_a_longer_source_grows_to_the_next_bucket_with_one_more_compile(mixed):
     assert counts[9]["frames"] == 1 and dynamo_counters()["frames"] == 2  # the longer source: one recompile
 
 
+def test_more_lora_adapters_than_slots_gather_only_the_rows_own_and_equal_offline(mixed, monkeypatch):
+    from peft_hybrid.serve import slotbatch
+
+    model, tokenizer = mixed
+    plans = []
+    plan = slotbatch.mixed_plan
+    monkeypatch.setattr(slotbatch, "mixed_plan", lambda m, names, **k: (plans.append(k), plan(m, names, **k))[1])
+    expected = {row: offline(model, tokenizer, row) for row in range(len(TEXTS))}
+    got = drive(model, tokenizer, SlotBatch(model, slots=1, columns=32, backend="eager"))  # 2 LoRA adapters, 1 slot
+    assert got == expected
+    assert plans and all(k == {"only_named": True} for k in plans)
+
+
 def test_too_many_rows_or_a_batch_too_short_are_refused(mixed):
     model, tokenizer = mixed
     with pytest.raises(ValueError, match="slots"):

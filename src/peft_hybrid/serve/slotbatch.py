@@ -20,7 +20,10 @@ CUDA graphs on a GPU):
 Joining rows run their encoder pass and first decoder step eagerly (`RowBatch.prefill`, once per
 request); `SlotBatch.concat` copies them into free slots. Per-row LoRA is gathered for every
 adapter the model holds (`peft_hybrid.modeling.mixed.mixed_plan`), so the graph's inputs keep
-their shapes whatever the rows' mix; loading an adapter changes them (one more compile).
+their shapes whatever the rows' mix; loading an adapter changes them (one more compile). A model
+holding more LoRA adapters than the batch has slots gathers only the rows' own instead (gathering
+hundreds at every join would cost more than it saves); the shapes then follow the mix, and dynamo
+marks the changing size dynamic after its first recompile.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class SlotBatch:
         self._heads, self._head_dim = config.num_heads, config.d_kv
         self.names: list[str] = []  # each live row's adapter, in the scheduler's row order
         self._slot_of: list[int] = []  # each live row's slot
+        self._rows = torch.zeros(0, dtype=torch.long, device=self._device)  # the same, as an index
         self._slot_names = [BASE_ADAPTER] * slots
         self._lora: contextlib.ExitStack | None = None
         with torch.inference_mode():
@@ -130,6 +134,7 @@ class SlotBatch:
         for slot, name in zip(slots.tolist(), other.names):
             self._slot_names[slot] = name
         self._slot_of += slots.tolist()
+        self._rows = torch.tensor(self._slot_of, dtype=torch.long, device=self._device)
         self.names = self.names + list(other.names)
 
     # --- leaving ----------------------------------------------------------------------------
@@ -140,6 +145,7 @@ class SlotBatch:
         for slot in set(self._slot_of) - set(kept):
             self._slot_names[slot] = BASE_ADAPTER  # an evicted adapter must not be gathered for a free slot
         self._slot_of = kept
+        self._rows = torch.tensor(kept, dtype=torch.long, device=self._device)
         self.names = [self.names[i] for i in keep]
         if not kept:
             with torch.inference_mode():
@@ -152,11 +158,13 @@ class SlotBatch:
         """Feed each row's newest token; returns the next logits ``[rows, vocab]``."""
         if self._t == self.columns:
             self._shift()
-        rows = torch.tensor(self._slot_of, device=self._device)
+        rows = self._rows
         self._last[rows] = tokens.to(self._device)
         if self._lora is None:
+            with_lora = sum(config.uses_lora for config in self.model.adapters.values())
+            plan = mixed_plan(self.model, list(self._slot_names), only_named=with_lora > self.slots)
             self._lora = contextlib.ExitStack()
-            self._lora.enter_context(mixed_plan(self.model, list(self._slot_names)))
+            self._lora.enter_context(plan)
         allowed = (self._cols >= self._start[:, None]) & (self._cols <= self._t)
         mask = torch.zeros(allowed.shape, dtype=self._dtype, device=self._device)
         mask.masked_fill_(~allowed, torch.finfo(self._dtype).min)
@@ -187,8 +195,7 @@ class SlotBatch:
 
     def _shift(self) -> None:
         """Move every live row's columns left by the columns no live row uses; ``t`` moves with them."""
-        live = torch.tensor(self._slot_of, device=self._device)
-        by = int(self._start[live].min()) if self._slot_of else self._t - 1
+        by = int(self._start[self._rows].min()) if self._slot_of else self._t - 1
         if by < 1:
             raise RuntimeError(f"SlotBatch: a row holds all {self.columns} cache columns; build it with more columns.")
         for layer in self._self_cache.layers:
