@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="continuous: decode in fixed shapes with a compiled decoder step (CUDA graphs on a GPU); "
-        "default on for a GPU, off on a CPU, where it does not win",
+        "default on for a GPU (unless --quantize), off on a CPU, where it does not win",
     )
     limits.add_argument("--max-batch-size", type=int, default=32, help="rows per generation batch (default 32)")
     limits.add_argument(
