@@ -4,7 +4,8 @@ Both drive the same workload the way the continuous scheduler does: requests (hy
 and the bare base, mixed per row; input and answer lengths drawn at random) join as rows leave,
 ``--rows`` at a time, greedy. The variants alternate in one run (``--reps`` rounds each, after one
 untimed warm-up round that compiles), every round's tokens must equal the eager ones, and the
-table gives generated tokens per second and the compiled variant's ratio to eager.
+table gives generated tokens per second, the seconds spent in decoder steps (the part compiled;
+joining rows' prefill is eager in both), and the compiled variant's ratios to eager.
 
     python bench/serve_decode.py --shape small --rows 16 64 --threads 1
 """
@@ -24,7 +25,8 @@ from peft_hybrid.serve.rowbatch import RowBatch
 from peft_hybrid.serve.slotbatch import SlotBatch
 
 ADAPTERS = ("a", "b")
-COLUMNS = ["rows", "variant", "requests", "tokens", "tokens_per_s", "ratio_to_eager", "mismatched_rows"]
+COLUMNS = ["rows", "variant", "requests", "tokens", "tokens_per_s", "ratio_to_eager", "step_s", "step_ratio_to_eager"]
+COLUMNS += ["mismatched_rows"]
 
 
 def build(shape, device: str) -> tuple[HybridModel, object]:
@@ -54,11 +56,11 @@ def workload(count: int, src: int, max_new: int, vocab: int, seed: int) -> list[
     ]
 
 
-def decode(model, pad_id: int, requests, rows: int, slots: SlotBatch | None) -> tuple[list[list[int]], float]:
-    """Every request's greedy tokens, ``rows`` in flight at a time; and the seconds it took."""
+def decode(model, pad_id: int, requests, rows: int, slots: SlotBatch | None) -> tuple[list[list[int]], float, float]:
+    """Every request's greedy tokens, ``rows`` in flight at a time; the seconds it took, and those of the steps."""
     queue, live, done = collections.deque(range(len(requests))), [], {}
     batch, next_tokens = slots, None
-    start = time.perf_counter()
+    start, stepping = time.perf_counter(), 0.0
     while queue or live:
         joining = [queue.popleft() for _ in range(min(len(queue), rows - len(live)))]
         if joining:
@@ -84,14 +86,16 @@ def decode(model, pad_id: int, requests, rows: int, slots: SlotBatch | None) -> 
                 batch.close_adapters()
                 batch = None
         if live:
+            before = time.perf_counter()
             next_tokens = batch.step(next_tokens).argmax(-1)
-            for row, token in zip(live, next_tokens.tolist()):
+            for row, token in zip(live, next_tokens.tolist()):  # .tolist() waits for the step
                 row[1].append(token)
+            stepping += time.perf_counter() - before
     if batch is not None:
         batch.close_adapters()
     if model.device.type == "cuda":
         torch.cuda.synchronize()
-    return [done[i] for i in range(len(requests))], time.perf_counter() - start
+    return [done[i] for i in range(len(requests))], time.perf_counter() - start, stepping
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,30 +115,32 @@ def main(argv: list[str] | None = None) -> dict:
     for rows in args.rows:
         requests = workload(args.requests or 2 * rows, args.src, args.max_new, len(tokenizer) - 100, seed=rows)
         slots = SlotBatch.sized(model, rows, args.max_new, backend=args.backend)
-        expected, _ = decode(model, tokenizer.pad_token_id, requests, rows, None)
-        warm, _ = decode(model, tokenizer.pad_token_id, requests, rows, slots)  # compiles
+        expected, _, _ = decode(model, tokenizer.pad_token_id, requests, rows, None)
+        warm, _, _ = decode(model, tokenizer.pad_token_id, requests, rows, slots)  # compiles
         mismatched = sum(a != b for a, b in zip(warm, expected))
-        seconds = {"eager": [], "compiled": []}
+        seconds = {"eager": ([], []), "compiled": ([], [])}  # (whole round, decoder steps only)
         for rep in range(args.reps):
             for variant in ("eager", "compiled"):
-                got, took = decode(
-                    model, tokenizer.pad_token_id, requests, rows, slots if variant == "compiled" else None
-                )
+                batch = slots if variant == "compiled" else None
+                got, took, stepping = decode(model, tokenizer.pad_token_id, requests, rows, batch)
                 mismatched += sum(a != b for a, b in zip(got, expected))
-                seconds[variant].append(took)
-                log(f"rows {rows} rep {rep} {variant}: {took:.2f} s")
+                seconds[variant][0].append(took)
+                seconds[variant][1].append(stepping)
+                log(f"rows {rows} rep {rep} {variant}: {took:.2f} s, steps {stepping:.2f} s")
         tokens = sum(len(out) for out in expected)
-        eager_rate = tokens / statistics.median(seconds["eager"])
-        for variant, times in seconds.items():
-            rate = tokens / statistics.median(times)
+        eager = [statistics.median(times) for times in seconds["eager"]]
+        for variant, (whole, steps) in seconds.items():
+            took, stepping = statistics.median(whole), statistics.median(steps)
             results.append(
                 dict(
                     rows=rows,
                     variant=variant,
                     requests=len(requests),
                     tokens=tokens,
-                    tokens_per_s=round(rate, 1),
-                    ratio_to_eager=round(rate / eager_rate, 3),
+                    tokens_per_s=round(tokens / took, 1),
+                    ratio_to_eager=round(eager[0] / took, 3),
+                    step_s=round(stepping, 3),
+                    step_ratio_to_eager=round(eager[1] / stepping, 3),
                     mismatched_rows=mismatched,
                 )
             )
