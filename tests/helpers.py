@@ -55,7 +55,11 @@ def samsum_csv(path: Path, n: int = 4, seed: int = 0) -> Path:
 def tiny_model(mode: str = "hybrid", seed: int = 0, perturb: bool = True, **config) -> tuple[HybridModel, object]:
     """A tiny HybridModel whose adapter is moved off its initial values (LoRA B starts at zero)."""
     base, tok = t5_from_preset("tiny", seed=seed)
-    model = HybridModel(base, HybridConfig(mode=mode, lora_dropout=0.0, **config), tokenizer=tok)
+    # The adapter's own initialisation draws from torch's global generator: seeded here, so the
+    # model does not depend on which tests ran before it in the same process (pytest -n, -k).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = HybridModel(base, HybridConfig(mode=mode, lora_dropout=0.0, **config), tokenizer=tok)
     if perturb:
         gen = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
