@@ -90,7 +90,7 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
             on_batch=metrics.batch_size.observe,
         )
     info = _info(options, limits, torch.device(device).type, getattr(base.config, "_commit_hash", None), scheduler)
-    info["fast"] = fast
+    info["fast"] = fast  # the decision, not the flag: unset means "where it wins" (`fast_decoding`)
     # The event loop tokenizes requests while the worker decodes: a fast tokenizer must not be
     # shared between threads (changing its truncation borrows it mutably), so each gets its own.
     request_tokenizer = copy.deepcopy(tokenizer)

@@ -88,7 +88,7 @@ class SlotBatch:
             self._self_cache.early_initialization(slots, self._heads, self._head_dim, self._dtype, self._device)
             self._source = 0
             self._grow_source(1)
-            self._set_column(1)  # column 0 stays free: a joining row's start token goes just before ``t``
+            self._set_column(1)  # a joining row's start token goes just before ``t``: the first rows' in column 0
 
     @classmethod
     def sized(cls, model, max_batch_size: int, max_new_tokens: int, **compile_options) -> SlotBatch:
