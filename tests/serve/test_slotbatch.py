@@ -1,7 +1,7 @@
 """The fixed-shape running batch (`peft_hybrid.serve.slotbatch.SlotBatch`) on the tiny preset.
 
-Rows join and leave at chosen steps, each with its own adapter (soft prompt + LoRA, LoRA only,
-the bare base); every row's greedy tokens must equal offline ``generate`` of that row alone
+Rows join and leave at chosen steps, each with its own adapter (soft prompts of two lengths +
+LoRA, LoRA only, the bare base); every row's greedy tokens must equal offline ``generate`` of that row alone
 (fp32), also when the run outlasts the cache's columns (the cache shifts), and the decoder step
 compiles exactly once while rows come and go. The compile is dynamo with ``backend="eager"``
 (tracing only) except in the one inductor test.
@@ -12,8 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import SCALED_LORA, tiny_model
-from peft_hybrid import HybridConfig
+from helpers import mixed_model
 from peft_hybrid.inference import GenerationBuckets
 from peft_hybrid.serve.rowbatch import RowBatch
 from peft_hybrid.serve.slotbatch import SlotBatch
@@ -27,29 +26,17 @@ TEXTS = [
     "Kim: ok",
     "Lea: can you bring the charger? Max: yes",
 ]
-NAMES = ["default", "lora", "__base__", "lora", "default", "__base__"]
+NAMES = ["default", "lora", "__base__", "short", "default", "__base__"]
 NEW_TOKENS = [30, 7, 20, 12, 25, 9]
 JOINS = {0: [0, 1], 3: [2], 9: [3, 5], 15: [4]}  # step -> requests joining then (if a slot is free)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.fixture(scope="module")
 def mixed():
-    """A 4-token hybrid adapter, a LoRA-only one, and the bare base: three ways a row runs."""
-    model, tokenizer = tiny_model("hybrid", num_virtual_tokens=4)
-    model.add_adapter("lora", HybridConfig(mode="lora", lora_dropout=0.0, seed=4, **SCALED_LORA))
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for tensor in model.all_adapter_tensors():
-            tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.2)
-    return model.eval(), tokenizer
+    return mixed_model()
 
 
 def offline(model, tokenizer, row: int, text: str | None = None) -> list[int]:
@@ -138,7 +125,7 @@ def test_more_lora_adapters_than_slots_gather_only_the_rows_own_and_equal_offlin
     plan = slotbatch.mixed_plan
     monkeypatch.setattr(slotbatch, "mixed_plan", lambda m, names, **k: (plans.append(k), plan(m, names, **k))[1])
     expected = {row: offline(model, tokenizer, row) for row in range(len(TEXTS))}
-    got = drive(model, tokenizer, SlotBatch(model, slots=1, columns=32, backend="eager"))  # 2 LoRA adapters, 1 slot
+    got = drive(model, tokenizer, SlotBatch(model, slots=1, columns=32, backend="eager"))  # 3 LoRA adapters, 1 slot
     assert got == expected
     assert plans and all(k == {"only_named": True} for k in plans)
 
