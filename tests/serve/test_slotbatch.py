@@ -153,3 +153,30 @@ def test_inductor_slot_batch_equals_offline(mixed):
     expected = {row: offline(model, tokenizer, row) for row in range(len(TEXTS))}
     assert drive(model, tokenizer, SlotBatch(model, slots=4, columns=32)) == expected
     assert dynamo_counters()["frames"] == 1 and dynamo_counters()["graph_breaks"] == 0
+
+
+def test_transformers_static_cache_behaves_as_the_slot_batch_relies_on(mixed):
+    # The slot batch sets a static layer's write column (``cumulative_length``) itself and marks a
+    # filled cross-attention cache through its length; an upgrade that changes either fails here.
+    import transformers
+    from transformers.cache_utils import EncoderDecoderCache, StaticCache
+
+    versions = f"transformers {transformers.__version__}"
+    base = mixed[0].base_model
+    config = base.get_decoder().config
+    cache = StaticCache(config=config, max_cache_len=8)
+    cache.early_initialization(2, config.num_heads, config.d_kv, torch.float32, torch.device("cpu"))
+    layer = cache.layers[0]
+    layer.cumulative_length.fill_(5)
+    keys = torch.ones(2, config.num_heads, 1, config.d_kv)
+    layer.update(keys, keys)
+    assert bool(layer.keys[:, :, 5].eq(1).all()) and int(cache.get_seq_length(0)) == 6, (
+        f"StaticLayer.cumulative_length is no longer the column update writes at, with {versions}"
+    )
+    cross = StaticCache(config=config, max_cache_len=4)
+    cross.early_initialization(2, config.num_heads, config.d_kv, torch.float32, torch.device("cpu"))
+    for filled in cross.layers:
+        filled.cumulative_length.fill_(4)
+    assert all(EncoderDecoderCache(cache, cross).is_updated.values()), (
+        f"EncoderDecoderCache no longer reads a cross-attention cache's length as filled, with {versions}"
+    )
