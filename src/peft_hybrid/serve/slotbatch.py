@@ -51,6 +51,25 @@ class SlotBatch:
         columns: decoder self-attention cache length; must exceed the most tokens a row decodes.
         backend, mode: the ``torch.compile`` backend and mode (``mode=None``: CUDA graphs on a GPU).
         buckets: the source-length buckets of the cross-attention cache.
+
+    Example (``backend="eager"`` only traces; the server compiles with inductor):
+        >>> import torch
+        >>> from peft_hybrid import HybridConfig, HybridModel
+        >>> from peft_hybrid.offline import t5_from_preset
+        >>> from peft_hybrid.serve.rowbatch import RowBatch
+        >>> base, tokenizer = t5_from_preset("tiny")
+        >>> model = HybridModel(base, HybridConfig(mode="lora"), tokenizer=tokenizer).eval()
+        >>> slots = SlotBatch(model, slots=4, columns=16, backend="eager")
+        >>> ids = [tokenizer(t).input_ids for t in ("Amy: see you at 5?", "Tom: late again")]
+        >>> joining, logits = RowBatch.prefill(model, ids, ["default", "__base__"], tokenizer.pad_token_id)
+        >>> eager, _ = RowBatch.prefill(model, ids, ["default", "__base__"], tokenizer.pad_token_id)
+        >>> slots.concat(joining)
+        >>> first = logits.argmax(-1)
+        >>> fast = slots.step(first).argmax(-1)
+        >>> slots.close_adapters()  # one batch's per-row LoRA hooks on the model at a time
+        >>> len(slots), torch.equal(fast, eager.step(first).argmax(-1))
+        (2, True)
+        >>> eager.close_adapters()
     """
 
     def __init__(
