@@ -102,7 +102,7 @@ def build_state(options: Any, api_key: str | None) -> ServeState:
 def fast_decoding(options: Any, device_type: str) -> bool:
     """``--fast``/``--no-fast``, or unset: on where the compiled step wins (a GPU, an unquantized base).
 
-    On a CPU the compiled step measured within a few percent of the eager batch (README, Serve), not
+    On a CPU the compiled batch measured 0.98x to 1.14x the eager one's tokens/s (BENCHMARKS.md), not
     worth its compile; on a quantized base it is unmeasured, so it runs only when asked for.
     ``--fast`` with ``--scheduler static`` is refused by ``peft_hybrid.cli.serve.check``.
     """
