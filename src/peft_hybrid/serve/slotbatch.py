@@ -130,10 +130,10 @@ class SlotBatch:
         free = [s for s in range(self.slots) if s not in set(self._slot_of)]
         if len(other) > len(free):
             raise ValueError(f"SlotBatch: {len(other)} rows join but only {len(free)} of {self.slots} slots are free.")
-        if other.hidden.shape[1] > self._source:
-            self._grow_source(other.hidden.shape[1])
         if other.dec_mask.shape[1] != 1:
             raise ValueError("SlotBatch.concat takes rows straight from RowBatch.prefill (one decoded token).")
+        if other.hidden.shape[1] > self._source:
+            self._grow_source(other.hidden.shape[1])
         slots = torch.tensor(free[: len(other)], device=self._device)
         width = other.hidden.shape[1]
         column = self._t - 1  # the start token sits just before the column the next step writes
