@@ -54,8 +54,8 @@ def test_rows_joining_and_leaving_mid_batch_give_offline_greedy_text(paths, clie
             answers = list(
                 pool.map(lambda w: client.text_generation(w[1], adapter_id=w[0], max_new_tokens=w[2]), work)
             )
-        # every row left, its slot freed (the worker drops a row just after sending its answer)
-        wait_until(lambda: not server.state.batcher.rows, "rows left after their answers")
+        # every row leaves, its slot freed (the last one just after its answer went out)
+        wait_until(lambda: not server.state.batcher.rows, "every row to leave the batch")
     assert any(running > 0 for running in joins)
     for (name, text, new), answer in zip(work, answers):
         assert answer == offline(paths[name], [text], new)[0], (name, new)
@@ -86,9 +86,13 @@ def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, cli
         client = client_for(server)
         natural = client.text_generation(long_body["inputs"], adapter_id="prompt", max_new_tokens=64, details=True)
         assert natural.details.generated_tokens >= 32, "pick an input whose generation runs long"
-        # its tokens are counted when its row ends, just after the answer is sent
-        wait_until(lambda: not server.state.batcher.rows, "the long row ended")
-        before = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
+
+        def counted() -> float:
+            return metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
+
+        # the row's tokens are counted as it leaves the batch, which may be just after its answer went out
+        wait_until(lambda: counted() == natural.details.generated_tokens, "the first answer's tokens counted")
+        before = counted()
         url = urllib.parse.urlparse(server.url)
         conn = http_client.HTTPConnection(url.hostname, url.port, timeout=60)
         conn.request("POST", "/generate_stream", json.dumps(long_body), {"Content-Type": "application/json"})
@@ -104,7 +108,7 @@ def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, cli
             conn.close()
             answer = waiting.result(timeout=120)
         # one slot: the waiting request ran only once the long row had ended, and that row ended early
-        generated = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") - before
+        generated = counted() - before
     assert answer == offline(paths["lora"], [TEXTS[1]], 3)[0]
     assert 1 <= generated < natural.details.generated_tokens
 
