@@ -68,6 +68,19 @@ def tiny_model(mode: str = "hybrid", seed: int = 0, perturb: bool = True, **conf
     return model.eval(), tok
 
 
+def mixed_model() -> tuple[HybridModel, object]:
+    """Four ways a row can run: a 4-token hybrid (``default``), a 2-token hybrid (``short``), LoRA only
+    (``lora``), the bare base (``__base__``)."""
+    model, tokenizer = tiny_model("hybrid", num_virtual_tokens=4)
+    model.add_adapter("short", HybridConfig(mode="hybrid", num_virtual_tokens=2, lora_dropout=0.0, seed=3))
+    model.add_adapter("lora", HybridConfig(mode="lora", lora_dropout=0.0, seed=4, **SCALED_LORA))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for t in model.all_adapter_tensors():
+            t.add_(torch.randn(t.shape, generator=gen) * 0.2)
+    return model.eval(), tokenizer
+
+
 def batch(tok, texts=TEXTS, targets=TARGETS) -> dict:
     enc = tok(texts, return_tensors="pt", padding=True)
     labels = tok(targets, return_tensors="pt", padding=True).input_ids

@@ -15,10 +15,12 @@ import threading
 import urllib.parse
 
 import pytest
-from inprocess import InProcessServer
+from inprocess import InProcessServer, options
 from serve_helpers import TEXTS, client_online, http, metric, offline, save_adapters, wait_until
 
 from peft_hybrid.serve.rowbatch import RowBatch
+from peft_hybrid.serve.slotbatch import SlotBatch
+from peft_hybrid.training.speed import dynamo_counters
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +145,50 @@ def test_an_adapter_loading_lazily_does_not_stall_other_requests(paths, client_f
     assert quick == offline(paths["summ"], [TEXTS[1]], 6)[0]
     assert lazy_answer == offline(paths["lora"], [TEXTS[0]], 5)[0]
     assert loads == 1
+
+
+def test_fast_decoding_is_on_where_it_wins_unless_asked():
+    from peft_hybrid.serve.server import fast_decoding
+
+    def decide(device, *flags):
+        return fast_decoding(options("--base", "preset:tiny", *flags), device)
+
+    assert (decide("cpu"), decide("cuda"), decide("cuda", "--quantize", "bitsandbytes-nf4")) == (False, True, False)
+    assert (decide("cpu", "--fast"), decide("cuda", "--no-fast"), decide("cuda", "--scheduler", "static")) == (
+        True,
+        False,
+        False,
+    )
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_fast_server_answers_joining_rows_as_offline_and_seeded_rows_as_alone(
+    paths, client_for, monkeypatch, backend, fresh_dynamo
+):
+    # --fast through the real client: greedy rows joining and leaving a batch of 2 slots equal offline
+    # prediction; seeded sampled rows sent together reproduce their solo text; one compiled step.
+    sized = SlotBatch.sized.__func__
+    monkeypatch.setattr(SlotBatch, "sized", classmethod(lambda cls, *a, **k: sized(cls, *a, backend=backend)))
+    greedy = [(name, text, new) for name in paths for text, new in zip(TEXTS, (3, 12, 7, 5))]
+    seeded = [(name, text, seed) for name in ("summ", "lora") for text in TEXTS[:2] for seed in (7, 11)]
+
+    def sample(client, w):
+        return client.text_generation(w[1], adapter_id=w[0], max_new_tokens=10, seed=w[2], top_k=20)
+
+    with InProcessServer(*_args(paths, "--fast", "--max-batch-size", "2")) as server:
+        assert http(server.url, "/info")[2]["fast"] is True
+        client = client_for(server)
+        with concurrent.futures.ThreadPoolExecutor(len(greedy)) as pool:
+            answers = list(
+                pool.map(lambda w: client.text_generation(w[1], adapter_id=w[0], max_new_tokens=w[2]), greedy)
+            )
+        compiled = dynamo_counters()
+        solo = [sample(client, w) for w in seeded]
+        with concurrent.futures.ThreadPoolExecutor(len(seeded)) as pool:
+            together = list(pool.map(lambda w: sample(client, w), seeded))
+        wait_until(lambda: not server.state.batcher.rows, "rows left after their answers")
+        assert isinstance(server.state.batcher.batch, SlotBatch)  # kept for the next rows
+    for (name, text, new), answer in zip(greedy, answers):
+        assert answer == offline(paths[name], [text], new)[0], (name, new)
+    assert together == solo
+    assert compiled["frames"] == 1 and dynamo_counters() == compiled  # rows came and went: no recompile

@@ -15,6 +15,9 @@ adapter that is not loaded waits aside while the loader thread fetches it (a Hub
 there); the batch keeps stepping meanwhile, and the adapter is attached between two steps.
 Each row decodes with its own settings and generator (`peft_hybrid.serve.decoding`).
 
+With ``--fast`` the running batch is a `peft_hybrid.serve.slotbatch.SlotBatch` (fixed shapes, one
+compiled decoder step as rows come and go), built at the first join and kept while the server runs.
+
 The queue is bounded (``--max-queue``; beyond it 503 with ``Retry-After``), as with ``--scheduler static``.
 """
 
@@ -27,6 +30,7 @@ import copy
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -37,6 +41,7 @@ from peft_hybrid.serve.engine import prepare
 from peft_hybrid.serve.requests import RequestError
 from peft_hybrid.serve.rowbatch import RowBatch
 from peft_hybrid.serve.rows import Row, generation_error
+from peft_hybrid.serve.slotbatch import SlotBatch
 
 logger = logging.getLogger("peft_hybrid.serve")
 
@@ -61,6 +66,7 @@ class ContinuousBatcher:
         max_batch_total_tokens: int,
         max_queue: int = 256,
         metrics=None,
+        fast: Callable[[], SlotBatch] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -70,6 +76,7 @@ class ContinuousBatcher:
         self.max_batch_total_tokens = max_batch_total_tokens
         self.max_queue = max_queue
         self.metrics = metrics
+        self.fast = fast  # builds the fixed-shape batch of the compiled decoder step; None: eager RowBatch
         self._waiting: collections.deque[Job] = collections.deque()
         self._parked: dict[str, list[Job]] = {}  # adapter id -> jobs waiting for its fetch
         self._fetched: collections.deque = collections.deque()  # (adapter id, folder or error) from the loader
@@ -85,7 +92,7 @@ class ContinuousBatcher:
         self._request_tokenizer = copy.deepcopy(tokenizer)
         self._tokenizing = 0
         self.rows: list[Row] = []
-        self.batch: RowBatch | None = None
+        self.batch: RowBatch | SlotBatch | None = None
         self._next: torch.Tensor | None = None  # each row's newest token, the next step's input
 
     # --- the event loop's side ----------------------------------------------------------------
@@ -273,12 +280,14 @@ class ContinuousBatcher:
                 self._end(row, error=generation_error(err))
             return
         tokens = self._advance(rows, logits)
+        if self.batch is None and self.fast is not None:
+            self.batch = self.fast()
         if self.batch is None:
             self.batch, self.rows, self._next = batch, rows, tokens
         else:
             self.batch.concat(batch)
             self.rows = self.rows + rows
-            self._next = torch.cat([self._next, tokens])
+            self._next = tokens if self._next is None else torch.cat([self._next, tokens])
         self._leave()
 
     def _step(self) -> None:
@@ -320,7 +329,11 @@ class ContinuousBatcher:
             return
         if not keep:
             self.batch.close_adapters()
-            self.batch, self.rows, self._next = None, [], None
+            if self.fast is None:
+                self.batch = None  # the next rows start a batch of their own
+            else:
+                self.batch.filter([])  # the fixed-shape batch (and its compiled graph) stays for the next rows
+            self.rows, self._next = [], None
             return
         self.batch.filter(keep)
         self.rows = [self.rows[i] for i in keep]
