@@ -14,6 +14,10 @@ Three sections, each written to ``--out`` as soon as it is done:
    interleaved with the stock hybrid again, in a child process under a hard timeout (what is
    left of ``--budget``). A compile that runs long is killed there and recorded as such; it
    cannot eat the time of the eager sections, which already ran.
+5. ``serving`` (`serve.run_serving`): ``peft-hybrid serve`` as processes, closed-loop tokens/s at
+   ``--serving-clients`` (64) with mixed lengths: the continuous scheduler with ``--fast``
+   (compiled decoder step, CUDA graphs) against ``--scheduler static`` and the eager continuous
+   one, after the budget, in ``--serving-seconds`` of its own (0 skips it).
 
 Batch 64, source 512 / target 128, bf16 autocast. Writes ``results.json`` and ``results.md``.
 
@@ -41,6 +45,8 @@ import quantized
 import train_step
 from _common import BUDGET_HELP, CPU_THREADS, SHAPES, THREADS_HELP, budget, environment, log, setup
 
+import serve
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -60,6 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--compile-backend",
         default="inductor",
         help="Backend of the compiled training step and of fast_generation; 'eager' makes a CPU smoke run quick.",
+    )
+    parser.add_argument("--serving-clients", type=int, default=64, help="Concurrent clients of the serving section.")
+    parser.add_argument(
+        "--serving-seconds", type=float, default=180.0, help="Time for the serving section after --budget; 0 skips it."
     )
     args = parser.parse_args(argv)
     start = time.monotonic()
@@ -98,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             lambda: quantized.run_gpu(shape, args.device, args.warmup, args.train_reps, start + 0.75 * args.budget),
         ),
         ("compiled", lambda: run_compiled(args, deadline)),
+        ("serving", lambda: run_serving(args, deadline)),
     )
     for name, section in sections:
         try:
@@ -108,6 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"{name}: FAILED {results[name]['error']}")
         _write(args.out, results, start)
     return results
+
+
+def run_serving(args: argparse.Namespace, deadline: float) -> dict:
+    """The serving section in ``--serving-seconds`` after the budget (or whatever is left of it, if more)."""
+    if args.serving_seconds <= 0:
+        return {"skipped": "--serving-seconds 0", "table": ""}
+    until = max(deadline, time.monotonic()) + args.serving_seconds
+    return serve.run_serving(args.shape, args.device, args.threads, args.serving_clients, until)
 
 
 def run_compiled(args: argparse.Namespace, deadline: float) -> dict:
@@ -161,9 +180,15 @@ def _write(folder: Path, results: dict, start: float) -> None:
         "`ratio_vs_base`: new tokens/s over the reference's (> 1 is faster). Memory: `peak_mib`.",
         "",
     ]
-    for name in ("train", "generation", "quantized", "compiled"):
+    for name in ("train", "generation", "quantized", "compiled", "serving"):
         if name in results:
             lines += [f"## {name}", "", results[name].get("table") or results[name].get("error", ""), ""]
+    if "fast_over_static" in results.get("serving", {}):
+        serving = results["serving"]
+        lines.append(
+            f"serving tokens/s, --fast over static: {serving['fast_over_static']:.3f}; "
+            f"over eager continuous: {serving['fast_over_continuous']:.3f} ({serving['clients']} clients)"
+        )
     (folder / "results.md").write_text("\n".join(lines), encoding="utf-8")
     log(f"wrote {folder}/results.json and results.md ({results['elapsed_s']:.0f} s so far)")
 

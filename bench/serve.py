@@ -14,6 +14,11 @@ workloads alternate between them in one run:
   reports it): closed-loop tokens/s with requests spread over all of them (each adapter in turn),
   against the same requests over 4 of them, the two loads alternating in halves (4, all, all, 4).
 
+With ``--fast`` a third server, ``continuous-fast`` (``serve --fast``: the fixed-shape batch and its
+compiled decoder step), joins the alternation of the open- and closed-loop workloads.
+`run_serving` is the GPU bench's serving section (``bench/gpu.py``): closed-loop tokens/s of the
+compiled continuous server against the static one, at 64 clients.
+
 Every greedy answer is checked against offline generation (`peft_hybrid.inference.generate_texts`,
 the adapter's own settings), and 8 seeded sampled requests sent at once must each reproduce the
 text the same request gets alone.
@@ -27,6 +32,7 @@ import concurrent.futures
 import dataclasses
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -48,6 +54,9 @@ from peft_hybrid import HybridConfig, HybridModel
 SHORT, LONG, UNIFORM = 2, 48, 16  # new tokens
 SCHEDULERS = ("static", "continuous")
 MANY_WORKLOADS = ("adapters_4", "adapters_many")
+FAST = "continuous-fast"  # serve --fast
+SERVER_FLAGS = {"static": ["--scheduler", "static"], "continuous": ["--scheduler", "continuous"]}
+SERVER_FLAGS[FAST] = [*SERVER_FLAGS["continuous"], "--fast"]
 COLUMNS = ["workload", "scheduler", "requests", "short_p50_s", "short_p99_s", "tokens_per_s", "errors"]
 READY = re.compile(r"peft-hybrid serve ready at http://([\d.]+):(\d+)")
 
@@ -228,12 +237,13 @@ def run_schedulers(base, adapters, loads, inputs, args) -> tuple[list[dict], lis
     """The open- and closed-loop workloads, alternating between the two servers."""
     rows, answers = [], []
     flags = [a for name in ("t0", "t1", "t2", "t3") for a in ("--adapter", f"{name}={adapters[name]}")]
-    servers = {s: Server(base, [*flags, "--scheduler", s], args.threads) for s in SCHEDULERS}
+    variants = (*SCHEDULERS, FAST) if args.fast else SCHEDULERS
+    servers = {s: Server(base, [*flags, *SERVER_FLAGS[s]], args.threads) for s in variants}
     try:
-        for server in servers.values():  # warm-up: first calls, allocator
+        for server in servers.values():  # warm-up: first calls, allocator, the fast server's compile
             closed_loop(server, loads["closed_uniform"][:4], 4, inputs)
-        for workload in ("open_alone", "open_mixed", "closed_mixed", "closed_uniform"):
-            for scheduler in SCHEDULERS if len(rows) % 4 == 0 else SCHEDULERS[::-1]:
+        for index, workload in enumerate(("open_alone", "open_mixed", "closed_mixed", "closed_uniform")):
+            for scheduler in variants if index % 2 == 0 else variants[::-1]:
                 if workload.startswith("open"):
                     results, wall = open_loop(servers[scheduler], loads[workload], inputs), None
                 else:
@@ -242,6 +252,8 @@ def run_schedulers(base, adapters, loads, inputs, args) -> tuple[list[dict], lis
                 answers += results
                 log(rows[-1])
         seeds = sampled(servers["continuous"], inputs)
+        if FAST in servers:
+            seeds.update({f"{FAST}_{k}": v for k, v in sampled(servers[FAST], inputs).items()})
     finally:
         for server in servers.values():
             server.stop()
@@ -306,6 +318,47 @@ def adapter_memory(server: Server) -> dict[str, Any]:
     }
 
 
+def run_serving(shape: str, device: str, threads: int, clients: int, deadline: float) -> dict[str, Any]:
+    """The GPU bench's serving section: closed-loop tokens/s at ``clients`` clients, mixed lengths (half
+    short, half long), two hybrid adapters, the static, continuous and continuous-fast servers
+    interleaved (two rounds each after a warm-up round at full batch, which compiles the fast one).
+    bf16 on a GPU, so answers are not compared with offline generation here; the CPU runs of
+    `main` check them."""
+    from _common import SHAPES
+    from transformers import AutoTokenizer
+
+    rng, variants, rows, servers = random.Random(0), (*SCHEDULERS, FAST), [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base, adapters = save_model(SHAPES[shape], Path(tmp), 2)
+        inputs = texts(AutoTokenizer.from_pretrained(str(base)), 16, 64)
+        flags = [a for name in ("t0", "t1") for a in ("--adapter", f"{name}={adapters[name]}")]
+        flags += ["--device", device, "--max-batch-size", str(clients)]
+        flags += ["--dtype", "bfloat16"] if device == "cuda" else []
+        load = [
+            Request(f"t{rng.randrange(2)}", rng.randrange(16), SHORT if i % 2 else LONG) for i in range(4 * clients)
+        ]
+        try:
+            for variant in variants:
+                servers[variant] = Server(base, [*flags, *SERVER_FLAGS[variant]], threads)
+                closed_loop(servers[variant], load[:clients], clients, inputs)
+            for rep in range(2):
+                for variant in variants if rep % 2 == 0 else variants[::-1]:
+                    if time.monotonic() < deadline:
+                        results, wall = closed_loop(servers[variant], load, clients, inputs)
+                        rows.append({**summary("closed_mixed", variant, results, wall), "rep": rep})
+                        log(rows[-1])
+        finally:
+            for server in servers.values():
+                server.stop()
+    rate = {
+        v: statistics.median([r["tokens_per_s"] for r in rows if r["scheduler"] == v] or [math.nan]) for v in variants
+    }
+    out = {"rows": rows, "clients": clients, "tokens_per_s": rate, "table": markdown_table(rows, [*COLUMNS, "rep"])}
+    out["fast_over_static"] = rate[FAST] / rate["static"]
+    out["fast_over_continuous"] = rate[FAST] / rate["continuous"]
+    return out
+
+
 def offline_mismatches(base: Path, adapters: dict[str, Path], answers: list[dict], inputs: list[str]) -> int:
     """Greedy answers that differ from offline generation with the adapter's saved settings."""
     from transformers import AutoTokenizer, T5ForConditionalGeneration
@@ -339,13 +392,18 @@ def offline_mismatches(base: Path, adapters: dict[str, Path], answers: list[dict
 def ratios(rows: list[dict]) -> dict[str, Any]:
     at = {(r["workload"], r["scheduler"]): r for r in rows}
     out = {}
-    for s in SCHEDULERS:
+    fast = (FAST,) if ("open_alone", FAST) in at else ()
+    for s in (*SCHEDULERS, *fast):
         alone, mixed = at[("open_alone", s)], at[("open_mixed", s)]
         out[f"{s}_short_p50_mixed_over_alone"] = mixed["short_p50_s"] / alone["short_p50_s"]
         out[f"{s}_short_p99_mixed_over_alone"] = mixed["short_p99_s"] / alone["short_p99_s"]
     for workload in ("closed_mixed", "closed_uniform"):
         c, s = at[(workload, "continuous")], at[(workload, "static")]
         out[f"{workload}_tokens_per_s_continuous_over_static"] = c["tokens_per_s"] / s["tokens_per_s"]
+        for f in fast:
+            out[f"{workload}_tokens_per_s_fast_over_continuous"] = (
+                at[(workload, f)]["tokens_per_s"] / c["tokens_per_s"]
+            )
     many, four = at[("adapters_many", "continuous")], at[("adapters_4", "continuous")]
     out["many_over_4_adapters_tokens_per_s"] = many["tokens_per_s"] / four["tokens_per_s"]
     return out
@@ -355,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = make_parser(__doc__.splitlines()[0])
     parser.set_defaults(shape="small")
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="tiny: a quick check that it runs")
+    parser.add_argument("--fast", action="store_true", help=f"also a {FAST} server (serve --fast) in the alternation")
     parser.set_defaults(threads=1)  # the server's CPU threads (and this client's): one per process
     args = parser.parse_args(argv)
     setup(args.device, args.threads)

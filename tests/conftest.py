@@ -32,6 +32,18 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """No compiled code and zero compile counts before the test, no compiled code after it.
+
+    ``torch._dynamo.reset()`` drops compiled code; the counters ``dynamo_counters`` reads are kept
+    apart from it and cleared on their own."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
 # hub_server / hub_online: a local Hub-compatible server for push/pull tests.
 pytest_plugins = ["hub_fixtures"]
 

@@ -55,13 +55,30 @@ def samsum_csv(path: Path, n: int = 4, seed: int = 0) -> Path:
 def tiny_model(mode: str = "hybrid", seed: int = 0, perturb: bool = True, **config) -> tuple[HybridModel, object]:
     """A tiny HybridModel whose adapter is moved off its initial values (LoRA B starts at zero)."""
     base, tok = t5_from_preset("tiny", seed=seed)
-    model = HybridModel(base, HybridConfig(mode=mode, lora_dropout=0.0, **config), tokenizer=tok)
+    # The adapter's own initialisation draws from torch's global generator: seeded here, so the
+    # model does not depend on which tests ran before it in the same process (pytest -n, -k).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = HybridModel(base, HybridConfig(mode=mode, lora_dropout=0.0, **config), tokenizer=tok)
     if perturb:
         gen = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
             for p in model.adapter_tensors().values():
                 p.add_(torch.randn(p.shape, generator=gen) * 0.2)
     return model.eval(), tok
+
+
+def mixed_model() -> tuple[HybridModel, object]:
+    """Four ways a row can run: a 4-token hybrid (``default``), a 2-token hybrid (``short``), LoRA only
+    (``lora``), the bare base (``__base__``)."""
+    model, tokenizer = tiny_model("hybrid", num_virtual_tokens=4)
+    model.add_adapter("short", HybridConfig(mode="hybrid", num_virtual_tokens=2, lora_dropout=0.0, seed=3))
+    model.add_adapter("lora", HybridConfig(mode="lora", lora_dropout=0.0, seed=4, **SCALED_LORA))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for t in model.all_adapter_tensors():
+            t.add_(torch.randn(t.shape, generator=gen) * 0.2)
+    return model.eval(), tokenizer
 
 
 def batch(tok, texts=TEXTS, targets=TARGETS) -> dict:

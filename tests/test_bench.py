@@ -38,6 +38,8 @@ def gpu_smoke(tmp_path_factory):
         "2",
         "--budget",
         "none",  # every variant and rep, however busy the machine: the test checks the code path, not speed
+        "--serving-clients",
+        "4",
         "--out",
         str(out),
     ]
@@ -99,20 +101,45 @@ def test_generation_merged_tokens_equal_unmerged_and_work_is_counted(gpu_smoke):
         assert merged[key] == pytest.approx(statistics.median(ratios), rel=1e-12)
 
 
-def test_serve_bench_runs_every_workload_on_both_schedulers_with_offline_answers(tmp_path):
-    """bench/serve.py at the tiny size: every workload on both schedulers, no errors, offline's greedy text."""
+def test_the_serving_section_runs_the_fast_continuous_and_static_servers(gpu_smoke):
+    results, markdown = gpu_smoke
+    serving = results["serving"]
+    order = ["static", "continuous", "continuous-fast"]
+    assert [r["scheduler"] for r in serving["rows"]] == order + order[::-1]  # two rounds, interleaved
+    assert all(r["errors"] == 0 and r["requests"] == 16 and r["tokens_per_s"] > 0 for r in serving["rows"])
+    rate = serving["tokens_per_s"]
+    assert serving["fast_over_static"] == rate["continuous-fast"] / rate["static"]
+    assert "## serving" in markdown and "--fast over static" in markdown
+
+
+def test_serve_bench_runs_every_workload_on_every_scheduler_with_offline_answers(tmp_path):
+    """bench/serve.py at the tiny size with --fast: every workload on the three servers, no errors, offline's
+    greedy text, seeded samples reproduced on both continuous servers."""
     out = tmp_path / "serve.json"
-    command = [sys.executable, str(BENCH / "serve.py"), "--shape", "tiny", "--size", "tiny", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(BENCH / "serve.py"),
+        "--shape",
+        "tiny",
+        "--size",
+        "tiny",
+        "--fast",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=BENCH, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text(encoding="utf-8"))
     rows = {(r["workload"], r["scheduler"]): r for r in result["rows"]}
     for workload in ("open_alone", "open_mixed", "closed_mixed", "closed_uniform"):
-        assert {(workload, "continuous"), (workload, "static")} <= set(rows)
+        assert {(workload, "continuous"), (workload, "static"), (workload, "continuous-fast")} <= set(rows)
     assert {("adapters_many", "continuous"), ("adapters_4", "continuous")} <= set(rows)
     assert all(row["errors"] == 0 and row["requests"] > 0 for row in rows.values())
     assert result["greedy_answers_checked"] > 0 and result["greedy_mismatches_vs_offline"] == 0
     assert result["seeded_sampled_reproduced"] == result["seeded_sampled_sent"] == 8
+    assert result["continuous-fast_seeded_sampled_reproduced"] == 8
+    fast, eager = rows[("closed_uniform", "continuous-fast")], rows[("closed_uniform", "continuous")]
+    assert result["closed_uniform_tokens_per_s_fast_over_continuous"] == fast["tokens_per_s"] / eager["tokens_per_s"]
     many, four = rows[("adapters_many", "continuous")], rows[("adapters_4", "continuous")]
     assert result["many_over_4_adapters_tokens_per_s"] == many["tokens_per_s"] / four["tokens_per_s"]
     assert many["requests"] == four["requests"] == result["sizes"]["many"]  # one request per adapter

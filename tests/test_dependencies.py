@@ -145,11 +145,12 @@ def test_dev_extra_is_the_tooling_plus_every_other_extra():
     readme_command = (ROOT / "README.md").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "--timeout=" in readme_command  # pytest-timeout
+    assert "-n auto" in readme_command  # pytest-xdist
     assert "ruff check" in ci and "ruff format --check" in ci
     tests_import_pytest = any("import pytest" in p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
     # setuptools: tests/test_packaging.py builds the wheel offline, without build isolation.
     assert "--no-build-isolation" in (ROOT / "tests" / "test_packaging.py").read_text(encoding="utf-8")
-    tooling = {"peft-hybrid", "pytest", "pytest-timeout", "ruff", "setuptools"}
+    tooling = {"peft-hybrid", "pytest", "pytest-timeout", "pytest-xdist", "ruff", "setuptools"}
     assert dev == {*tooling, *TEST_CLIENTS} and tests_import_pytest
     serve_tests = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests" / "serve").rglob("*.py"))
     assert all(module in serve_tests for module in ("openai", "langchain_openai", "jsonschema"))

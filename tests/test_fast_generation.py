@@ -11,8 +11,8 @@ import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 
-from helpers import SCALED_LORA, tiny_model
-from peft_hybrid import HybridConfig, HybridTrainer, HybridTrainingArguments, generate_texts
+from helpers import SCALED_LORA, mixed_model, tiny_model
+from peft_hybrid import HybridTrainer, HybridTrainingArguments, generate_texts
 from peft_hybrid.inference import GenerationBuckets, fast_generation, merged_lora
 from peft_hybrid.inference import fast as fast_decoding
 from peft_hybrid.offline import t5_from_preset
@@ -31,13 +31,7 @@ TEXTS = [
 fast_eager = functools.partial(fast_generation, backend="eager")
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    # reset() drops compiled code; the counters dynamo_counters reads are kept apart from it.
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _encode(tokenizer, texts):
@@ -242,18 +236,6 @@ def test_trainer_evaluation_with_fast_generation_scores_the_same(tmp_path, monke
     assert dynamo_counters()["graphs"] == 2 and "generate" not in vars(model)
 
 
-def _mixed_model():
-    """Four ways a row can run: a 4-token hybrid, a 2-token hybrid, LoRA only, the bare base."""
-    model, tokenizer = tiny_model("hybrid", num_virtual_tokens=4)
-    model.add_adapter("short", HybridConfig(mode="hybrid", num_virtual_tokens=2, lora_dropout=0.0, seed=3))
-    model.add_adapter("lora", HybridConfig(mode="lora", lora_dropout=0.0, seed=4, **SCALED_LORA))
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for t in model.all_adapter_tensors():
-            t.add_(torch.randn(t.shape, generator=gen) * 0.2)
-    return model.eval(), tokenizer
-
-
 MIX_5 = ["default", "short", "lora", "__base__", "short"]
 MIX_7 = ["lora", "lora", "__base__", "short", "lora", "__base__", "lora"]  # no 4-token prompt: shorter rows
 
@@ -262,7 +244,7 @@ MIX_7 = ["lora", "lora", "__base__", "short", "lora", "__base__", "lora"]  # no 
     "generation", [dict(max_new_tokens=10), dict(max_new_tokens=8, num_beams=3, num_return_sequences=2)]
 )
 def test_mixed_batch_tokens_equal_eager(generation):
-    model, tokenizer = _mixed_model()
+    model, tokenizer = mixed_model()
     batch = _encode(tokenizer, TEXTS[:5])
     eager = model.generate(**batch, adapter_names=MIX_5, **generation)
     with fast_eager(model):
@@ -276,7 +258,7 @@ def test_mixed_batch_tokens_equal_eager(generation):
 def test_mixed_batches_compile_once_per_bucket():
     # 5 and 7 rows, different source lengths, different adapter mixes and so different per-row
     # prompt lengths: one bucket (8 rows), one encoder graph and one decoder-step graph.
-    model, tokenizer = _mixed_model()
+    model, tokenizer = mixed_model()
     five, seven = _encode(tokenizer, TEXTS[:5]), _encode(tokenizer, TEXTS)
     eager = [model.generate(**b, adapter_names=n, max_new_tokens=8) for b, n in ((five, MIX_5), (seven, MIX_7))]
     with fast_eager(model):
@@ -290,7 +272,7 @@ def test_mixed_batches_compile_once_per_bucket():
 
 
 def test_generate_texts_fast_mixed_equals_eager(monkeypatch):
-    model, tokenizer = _mixed_model()
+    model, tokenizer = mixed_model()
     monkeypatch.setattr(fast_decoding, "fast_generation", fast_eager)
     # Batches of 4 and 3 rows; the second has no soft-prompted row (its encoder input is token ids,
     # embedded by the fast path so that it runs the same graph).

@@ -116,10 +116,13 @@ def test_src_holds_no_symlink_and_the_template_has_one_real_copy():
     assert top.is_symlink() and top.resolve() == (SRC / TEMPLATE).parent
 
 
-def test_ci_installs_the_wheel_in_a_fresh_venv_after_the_suite():
+def test_ci_installs_the_wheel_in_a_fresh_venv_beside_the_suite():
     ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     suite = next(i for i, line in enumerate(ci) if line.startswith("python -m pytest"))
-    assert ".ci/wheel_smoke" in ci[suite + 1 :]
+    # started before the suite, in the background; its exit status decides CI after the suite
+    smoke = next(i for i, line in enumerate(ci) if line.startswith(".ci/wheel_smoke"))
+    assert smoke < suite and ci[smoke].endswith("&") and ci[smoke + 1] == "smoke=$!"
+    assert 'wait "$smoke"' in ci[suite + 1 :] and "set -euo pipefail" in ci
     script = REPO_ROOT / ".ci" / "wheel_smoke"
     smoke = script.read_text(encoding="utf-8")
     steps = [

@@ -78,6 +78,7 @@ def test_a_missing_adapter_stops_the_process_before_it_serves(tmp_path):
         (["--base", "preset:tiny", "--max-batch-size", "0"], "--max-batch-size 0: pass a positive number"),
         (["--base", "preset:tiny", "--max-batch-total-tokens", "100"], "--max-batch-total-tokens 100 is less than"),
         (["--base", "preset:tiny", "--api-key-env", "SERVE_UNSET_KEY_VAR"], "SERVE_UNSET_KEY_VAR"),
+        (["--base", "preset:tiny", "--scheduler", "static", "--fast"], "Drop --fast or use --scheduler continuous"),
     ],
 )
 def test_startup_fails_fast_naming_what_is_wrong(args, message, capsys):

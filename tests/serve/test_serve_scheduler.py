@@ -18,12 +18,14 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from inprocess import InProcessServer
+from inprocess import InProcessServer, options
 from safetensors.torch import load_file
 from serve_helpers import TEXTS, client_online, http, metric, offline, save_adapters, wait_until
 
 from peft_hybrid.modeling import mixed
 from peft_hybrid.serve.rowbatch import RowBatch
+from peft_hybrid.serve.slotbatch import SlotBatch
+from peft_hybrid.training.speed import dynamo_counters
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +59,8 @@ def test_rows_joining_and_leaving_mid_batch_give_offline_greedy_text(paths, clie
             answers = list(
                 pool.map(lambda w: client.text_generation(w[1], adapter_id=w[0], max_new_tokens=w[2]), work)
             )
-        assert not server.state.batcher.rows  # every row left, its slot freed
+        # every row leaves, its slot freed (the last one just after its answer went out)
+        wait_until(lambda: not server.state.batcher.rows, "every row to leave the batch")
     assert any(running > 0 for running in joins)
     for (name, text, new), answer in zip(work, answers):
         assert answer == offline(paths[name], [text], new)[0], (name, new)
@@ -88,7 +91,13 @@ def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, cli
         client = client_for(server)
         natural = client.text_generation(long_body["inputs"], adapter_id="prompt", max_new_tokens=64, details=True)
         assert natural.details.generated_tokens >= 32, "pick an input whose generation runs long"
-        before = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
+
+        def counted() -> float:
+            return metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt")
+
+        # the row's tokens are counted as it leaves the batch, which may be just after its answer went out
+        wait_until(lambda: counted() == natural.details.generated_tokens, "the first answer's tokens counted")
+        before = counted()
         url = urllib.parse.urlparse(server.url)
         conn = http_client.HTTPConnection(url.hostname, url.port, timeout=60)
         conn.request("POST", "/generate_stream", json.dumps(long_body), {"Content-Type": "application/json"})
@@ -104,7 +113,7 @@ def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, cli
             conn.close()
             answer = waiting.result(timeout=120)
         # one slot: the waiting request ran only once the long row had ended, and that row ended early
-        generated = metric(server.url, "peft_hybrid_serve_generated_tokens_total", adapter="prompt") - before
+        generated = counted() - before
     assert answer == offline(paths["lora"], [TEXTS[1]], 3)[0]
     assert 1 <= generated < natural.details.generated_tokens
 
@@ -280,3 +289,50 @@ def test_an_adapter_unloaded_while_rows_run_leaves_their_tokens_unchanged(paths,
     assert status == 200 and body["details"]["generated_tokens"] > 3
     assert unloaded == [["summ"]] and "extra" not in listed and "extra" not in cache.model.adapters
     assert body["generated_text"] == offline(paths["summ"], [TEXTS[2]], 64)[0]
+
+
+def test_fast_decoding_is_on_where_it_wins_unless_asked():
+    from peft_hybrid.serve.server import fast_decoding
+
+    def decide(device, *flags):
+        return fast_decoding(options("--base", "preset:tiny", *flags), device)
+
+    assert (decide("cpu"), decide("cuda"), decide("cuda", "--quantize", "bitsandbytes-nf4")) == (False, True, False)
+    assert (decide("cpu", "--fast"), decide("cuda", "--no-fast"), decide("cuda", "--scheduler", "static")) == (
+        True,
+        False,
+        False,
+    )
+
+
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_fast_server_answers_joining_rows_as_offline_and_seeded_rows_as_alone(
+    paths, client_for, monkeypatch, backend, fresh_dynamo
+):
+    # --fast through the real client: greedy rows joining and leaving a batch of 2 slots equal offline
+    # prediction; seeded sampled rows sent together reproduce their solo text; one compiled step.
+    sized = SlotBatch.sized.__func__
+    monkeypatch.setattr(SlotBatch, "sized", classmethod(lambda cls, *a, **k: sized(cls, *a, backend=backend)))
+    greedy = [(name, text, new) for name in paths for text, new in zip(TEXTS, (3, 12, 7, 5))]
+    seeded = [(name, text, seed) for name in ("summ", "lora") for text in TEXTS[:2] for seed in (7, 11)]
+
+    def sample(client, w):
+        return client.text_generation(w[1], adapter_id=w[0], max_new_tokens=10, seed=w[2], top_k=20)
+
+    with InProcessServer(*_args(paths, "--fast", "--max-batch-size", "2")) as server:
+        assert http(server.url, "/info")[2]["fast"] is True
+        client = client_for(server)
+        with concurrent.futures.ThreadPoolExecutor(len(greedy)) as pool:
+            answers = list(
+                pool.map(lambda w: client.text_generation(w[1], adapter_id=w[0], max_new_tokens=w[2]), greedy)
+            )
+        compiled = dynamo_counters()
+        solo = [sample(client, w) for w in seeded]
+        with concurrent.futures.ThreadPoolExecutor(len(seeded)) as pool:
+            together = list(pool.map(lambda w: sample(client, w), seeded))
+        wait_until(lambda: not server.state.batcher.rows, "rows left after their answers")
+        assert isinstance(server.state.batcher.batch, SlotBatch)  # kept for the next rows
+    for (name, text, new), answer in zip(greedy, answers):
+        assert answer == offline(paths[name], [text], new)[0], (name, new)
+    assert together == solo
+    assert compiled["frames"] == 1 and dynamo_counters() == compiled  # rows came and went: no recompile

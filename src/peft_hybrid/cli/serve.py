@@ -82,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continuous: rows join and leave the running batch after every decoder step (default); "
         "static: a batch of requests runs until its longest row ends (for comparison)",
     )
+    limits.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="continuous: decode in fixed shapes with a compiled decoder step (CUDA graphs on a GPU); "
+        "default on for a GPU (unless --quantize), off on a CPU, where it does not win",
+    )
     limits.add_argument("--max-batch-size", type=int, default=32, help="rows per generation batch (default 32)")
     limits.add_argument(
         "--max-batch-total-tokens",
@@ -125,6 +132,11 @@ def check(args: argparse.Namespace) -> None:
             f"--max-batch-total-tokens {args.max_batch_total_tokens} is less than --max-input-tokens + "
             f"--max-new-tokens-limit ({args.max_input_tokens + args.max_new_tokens_limit}): the largest request "
             "could never run. Raise it or lower the limits."
+        )
+    if getattr(args, "fast", None) and args.scheduler == "static":
+        raise ValueError(
+            "--fast compiles the continuous scheduler's decoder step; --scheduler static generates batch by batch. "
+            "Drop --fast or use --scheduler continuous."
         )
     if args.max_wait_ms < 0:
         raise ValueError(f"--max-wait-ms {args.max_wait_ms}: pass 0 or more.")

@@ -52,7 +52,7 @@ from torch import nn
 
 from peft_hybrid.inference import _internals
 
-__all__ = ["GenerationBuckets", "fast_generation"]
+__all__ = ["GenerationBuckets", "compiled_step", "fast_generation"]
 
 _RECOMPILE_LIMIT = 64
 
@@ -157,9 +157,7 @@ def fast_generation(
             "leave that block first."
         )
     buckets = buckets or GenerationBuckets()
-    if mode is None and generator.device.type == "cuda":
-        mode = "reduce-overhead"
-    compiled = _compiled_for(generator, backend, mode)
+    compiled = _compiled_for(generator, backend, _default_mode(generator, mode))
     encoder, decoder = generator.get_encoder(), generator.get_decoder()
     state = _CallState()
     routes = {
@@ -175,6 +173,16 @@ def fast_generation(
             yield model
     finally:
         del model.generate
+
+
+def compiled_step(generator: nn.Module, *, backend: str = "inductor", mode: str | None = None) -> Callable[..., Any]:
+    """`fast_generation`'s compiled decoder step of ``generator``, called ``step(generator, **forward)``: for
+    callers that drive the decoder themselves (`peft_hybrid.serve.slotbatch`); ``mode=None``: CUDA graphs on a GPU."""
+    return _compiled_for(generator, backend, _default_mode(generator, mode)).step
+
+
+def _default_mode(generator: nn.Module, mode: str | None) -> str | None:
+    return "reduce-overhead" if mode is None and generator.device.type == "cuda" else mode
 
 
 @dataclass

@@ -15,6 +15,9 @@ adapter that is not loaded waits aside while the loader thread fetches it (a Hub
 there); the batch keeps stepping meanwhile, and the adapter is attached between two steps.
 Each row decodes with its own settings and generator (`peft_hybrid.serve.decoding`).
 
+With ``--fast`` the running batch is a `peft_hybrid.serve.slotbatch.SlotBatch` (fixed shapes, one
+compiled decoder step as rows come and go), built at the first join and kept while the server runs.
+
 The queue is bounded (``--max-queue``; beyond it 503 with ``Retry-After``), as with ``--scheduler static``.
 """
 
@@ -27,6 +30,7 @@ import copy
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -38,6 +42,7 @@ from peft_hybrid.serve.engine import prepare
 from peft_hybrid.serve.requests import RequestError
 from peft_hybrid.serve.rowbatch import RowBatch
 from peft_hybrid.serve.rows import Row, generation_error
+from peft_hybrid.serve.slotbatch import SlotBatch
 
 logger = logging.getLogger("peft_hybrid.serve")
 
@@ -62,6 +67,7 @@ class ContinuousBatcher:
         max_batch_total_tokens: int,
         max_queue: int = 256,
         metrics=None,
+        fast: Callable[[], SlotBatch] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -71,6 +77,7 @@ class ContinuousBatcher:
         self.max_batch_total_tokens = max_batch_total_tokens
         self.max_queue = max_queue
         self.metrics = metrics
+        self.fast = fast  # builds the fixed-shape batch of the compiled decoder step; None: eager RowBatch
         self._waiting: collections.deque[Job] = collections.deque()
         self._parked: dict[str, list[Job]] = {}  # adapter id -> jobs waiting for its fetch
         self._fetched: collections.deque = collections.deque()  # (adapter id, folder or error) from the loader
@@ -86,9 +93,10 @@ class ContinuousBatcher:
         self._request_tokenizer = copy.deepcopy(tokenizer)
         self._tokenizing = 0
         self.rows: list[Row] = []
-        self.batch: RowBatch | None = None
+        self.batch: RowBatch | SlotBatch | None = None
         self._next: torch.Tensor | None = None  # each row's newest token, the next step's input
         self._outbox = Outbox()  # the rows' events, sent once per step
+        self._start_token = None if model is None else model.base_model.config.decoder_start_token_id
 
     # --- the event loop's side ----------------------------------------------------------------
     async def start(self) -> None:
@@ -260,8 +268,7 @@ class ContinuousBatcher:
         for job, name in joining:
             if self.metrics is not None:
                 self.metrics.queue_time.observe(now - job.enqueued)
-            start = self.model.base_model.config.decoder_start_token_id
-            rows.append(Row(job, name, self.tokenizer, start, self._outbox))
+            rows.append(Row(job, name, self.tokenizer, self._start_token, self._outbox))
         if self.batch is not None:
             self.batch.close_adapters()  # the new rows' encoder pass hooks the layers with their own LoRA
         try:
@@ -277,12 +284,14 @@ class ContinuousBatcher:
                 self._end(row, error=generation_error(err))
             return
         tokens = self._advance(rows, logits)
+        if self.batch is None and self.fast is not None:
+            self.batch = self.fast()
         if self.batch is None:
             self.batch, self.rows, self._next = batch, rows, tokens
         else:
             self.batch.concat(batch)
             self.rows = self.rows + rows
-            self._next = torch.cat([self._next, tokens])
+            self._next = tokens if self._next is None else torch.cat([self._next, tokens])
         self._leave()
         self._outbox.flush()
 
@@ -293,20 +302,14 @@ class ContinuousBatcher:
         self._outbox.flush()  # the step's events in one wake-up of the event loop, once ended rows have left
 
     def _advance(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
-        """Each row's next token from its own logits; sends the events; returns the tokens ``[rows]``.
-
-        Plain greedy rows (most) are decided together: one argmax, and one log-softmax for those
-        that report log-probabilities; the others choose from their own row (`RowDecoder.choose`).
-        """
+        """Each row's next token (plain greedy rows together: `greedy_choices`); sends the events; returns them."""
         greedy = [i for i, row in enumerate(rows) if row.decoder.plain_greedy]
         tokens, logprobs = greedy_choices(logits, greedy, [i for i in greedy if rows[i].streams])
         for i, row in enumerate(rows):
             try:
-                if row.decoder.plain_greedy:
-                    row.add(tokens[i], logprob=logprobs.get(i))
-                else:
-                    tokens[i], scores = row.decoder.choose(logits[i])
-                    row.add(tokens[i], scores)
+                chosen = None if row.decoder.plain_greedy else row.decoder.choose(logits[i])  # (token, scores)
+                tokens[i], scores = (tokens[i], None) if chosen is None else chosen
+                row.add(tokens[i], scores, logprob=logprobs.get(i))
             except Exception as err:  # e.g. a request's logits processor raising: that row only
                 logger.warning("one row failed: %s", err)
                 row.fail(generation_error(err))
@@ -327,7 +330,11 @@ class ContinuousBatcher:
             return
         if not keep:
             self.batch.close_adapters()
-            self.batch, self.rows, self._next = None, [], None
+            if self.fast is None:
+                self.batch = None  # the next rows start a batch of their own
+            else:
+                self.batch.filter([])  # the fixed-shape batch (and its compiled graph) stays for the next rows
+            self.rows, self._next = [], None
             return
         self.batch.filter(keep)
         self.rows = [self.rows[i] for i in keep]
