@@ -4,8 +4,10 @@ output per row, hardening of request validation, and adapters loaded and unloade
 from __future__ import annotations
 
 import concurrent.futures
+import http.client as http_client
 import json
 import shutil
+import urllib.parse
 
 import pytest
 from serve_helpers import TEXTS, ServeProcess, client_online, http, metric, offline, openapi_validator, save_adapters
@@ -234,15 +236,28 @@ def test_runtime_load_and_unload_under_load(served):
 
     long_body = {"inputs": TEXTS[2], "parameters": {"adapter_id": "late", "max_new_tokens": 64}}
     long_want = offline(folder / "runtime" / "summ", [TEXTS[2]], 64)[0]
+    # The long row is running (its first token streamed) before the unload is asked for: an unload
+    # that arrives first refuses the request instead, which is what it should do.
+    url = urllib.parse.urlparse(server.url)
+    conn = http_client.HTTPConnection(url.hostname, url.port, timeout=600)
+    conn.request("POST", "/generate_stream", json.dumps(long_body), {"Content-Type": "application/json"})
+    stream = conn.getresponse()
+    assert json.loads(stream.readline()[5:])["index"] == 1
+
+    def running_text():
+        events = [json.loads(line[5:]) for line in stream.read().splitlines() if line.startswith(b"data:")]
+        conn.close()
+        return events[-1]["generated_text"]
+
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         others = [pool.submit(other, i) for i in range(24)]
-        running = pool.submit(http, server.url, "/generate", long_body)
         unloaded = pool.submit(http, server.url, "/v1/unload_lora_adapter", {"lora_name": "late"})
+        running = pool.submit(running_text)
         reloaded = pool.submit(
             lambda: unloaded.result() and http(server.url, "/v1/load_lora_adapter", {**load, "lora_name": "again"})
         )
         assert [f.result() for f in others] == [refs["lora"][i % 4] for i in range(24)]
-        assert running.result()[2]["generated_text"] == long_want  # the row in flight finished with its adapter
+        assert running.result() == long_want  # the row in flight finished with its adapter
         assert unloaded.result()[0] == 200 and reloaded.result()[0] == 200
     assert _gen(server, TEXTS[1], "late")[0] == 422
     assert _gen(server, TEXTS[1], "again")[2]["generated_text"] == refs["summ"][1]
