@@ -98,20 +98,48 @@ def test_a_disconnected_stream_frees_its_slot_for_the_waiting_request(paths, cli
         # the row's tokens are counted as it leaves the batch, which may be just after its answer went out
         wait_until(lambda: counted() == natural.details.generated_tokens, "the first answer's tokens counted")
         before = counted()
+        # Lockstep with the client: the long row gets its first token when it joins; each later step
+        # waits until the client has gone and the stream handler has taken every token sent so far (it
+        # writes each as it takes it), so the row cannot run all 64 tiny steps before a write finds
+        # the connection closed, however fast or slow the machine.
+        batcher = server.state.batcher
+        submit, step = batcher.submit, batcher._step
+        closed, queued, long_job, taken = threading.Event(), threading.Event(), [], [0]
+
+        def submit_long(job) -> None:
+            get = job.events.get
+
+            async def counted_get():
+                event = await get()
+                taken[0] += 1
+                return event
+
+            job.events.get = counted_get
+            long_job.append(job)
+            submit(job)
+
+        def held_step() -> None:
+            job = long_job[0]
+            if any(row.job is job for row in batcher.rows):
+                assert closed.wait(120)
+                wait_until(lambda: job.cancelled or taken[0] >= job.emitted, "the handler to take its tokens")
+            step()
+
+        batcher.submit, batcher._step = submit_long, held_step
         url = urllib.parse.urlparse(server.url)
         conn = http_client.HTTPConnection(url.hostname, url.port, timeout=60)
         conn.request("POST", "/generate_stream", json.dumps(long_body), {"Content-Type": "application/json"})
         response = conn.getresponse()
         assert json.loads(response.readline()[5:])["index"] == 1  # the long row holds the only slot
-        batcher, queued = server.state.batcher, threading.Event()
-        submit = batcher.submit
         batcher.submit = lambda job: (submit(job), queued.set())[0]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(client.text_generation, TEXTS[1], adapter_id="lora", max_new_tokens=3)
             assert queued.wait(120)  # the second request waits: the long row holds the only slot
             conn.sock.close()  # the client leaves after its first token
             conn.close()
+            closed.set()
             answer = waiting.result(timeout=120)
+        batcher.submit, batcher._step = submit, step
         # one slot: the waiting request ran only once the long row had ended, and that row ended early
         generated = counted() - before
     assert answer == offline(paths["lora"], [TEXTS[1]], 3)[0]
