@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.client as http_client
+import json
+import select
+import socket
+import threading
+import urllib.parse
 
 import pytest
 from serve_helpers import TEXTS, ServeProcess, client_online, http, offline, save_adapters
@@ -122,3 +128,47 @@ def test_an_api_key_sent_in_the_query_never_reaches_the_log(served):
     assert status == 200
     assert "/info?api_key=<redacted>&x=<redacted>" in server.log()
     assert KEY not in server.log()
+
+
+def test_a_10_mb_body_gets_413_and_health_answers_while_it_streams_in(served):
+    server, _, refs = served
+    url = urllib.parse.urlparse(server.url)
+    # announced in Content-Length: refused from the header, before a byte of the body is read
+    conn = http_client.HTTPConnection(url.hostname, url.port, timeout=120)
+    conn.putrequest("POST", "/generate")
+    for name, value in {**AUTH, "Content-Type": "application/json", "Content-Length": str(10 * 2**20)}.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "--max-request-bytes" in json.loads(response.read())["error"]
+    conn.close()
+
+    # streamed in chunks with no length: read up to the limit (1 MiB by default), then refused; the
+    # sender stops once the answer is there, and /health answers while the body is still coming
+    sock = socket.create_connection((url.hostname, url.port), timeout=120)
+    head = f"POST /generate HTTP/1.1\r\nHost: {url.hostname}\r\nAuthorization: {AUTH['Authorization']}\r\n"
+    sock.sendall(f"{head}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    chunk, started, sent = b'{"inputs": "' + b"x" * (2**16 - 12), threading.Event(), [0]
+
+    def send_body() -> None:
+        try:
+            while sent[0] < 10 * 2**20 and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent[0] += len(chunk)
+                started.set()
+        except OSError:  # the server answered and closed first
+            pass
+        started.set()
+
+    sender = threading.Thread(target=send_body)
+    sender.start()
+    assert started.wait(120)
+    assert http(server.url, "/health")[0] == 200
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    sender.join(120)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert 2**20 <= sent[0] <= 10 * 2**20
+    assert _generate(server, "summ", TEXTS[0])[2]["generated_text"] == refs["summ"][0]  # still serving
