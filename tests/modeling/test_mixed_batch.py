@@ -167,14 +167,7 @@ def test_high_rank_adapters_take_the_gathered_path_and_still_match():
     layer = model.base_model.encoder.block[0].layer[0].SelfAttention.q
     parts = {name: model._adapters[name].lora for name in model.adapters}
     assert RowLora(model.base_model, names, parts)._gather(layer, 1, torch.device("cpu")).mask is None  # bmm path
-    texts = TEXTS[:4]
-    batch = tok(texts, return_tensors="pt", padding=True)
-    mixed = model.generate(**batch, adapter_names=names, max_new_tokens=8)
-    solos = [
-        model.generate(**tok(t, return_tensors="pt"), adapter_names=[n], max_new_tokens=8)
-        for t, n in zip(texts, names)
-    ]
-    _check_rows(mixed, solos, tok.pad_token_id)
+    _generate_mixed_and_alone(model, tok, names)
 
 
 def test_the_gathered_path_pads_smaller_ranks_and_carries_dora_magnitudes():
@@ -194,14 +187,7 @@ def test_the_gathered_path_pads_smaller_ranks_and_carries_dora_magnitudes():
     assert plan.mask is None and plan.a is None and plan.row_a.shape == (5, 64, 16)
     assert plan.magnitude.shape[:2] == (5, 1)
     assert not plan.row_a[2].any() and not plan.row_a[0, :, 8:].any()  # the base row adds nothing; d's rank ends at 8
-    texts = TEXTS[:5]
-    batch = tok(texts, return_tensors="pt", padding=True)
-    mixed = model.generate(**batch, adapter_names=names, max_new_tokens=8)
-    solos = [
-        model.generate(**tok(t, return_tensors="pt"), adapter_names=[n], max_new_tokens=8)
-        for t, n in zip(texts, names)
-    ]
-    _check_rows(mixed, solos, tok.pad_token_id)
+    _generate_mixed_and_alone(model, tok, names)
 
 
 def test_train_mode_mixed_forward_gives_every_rows_adapter_its_own_gradient():
@@ -355,3 +341,15 @@ def test_few_adapters_go_side_by_side_for_a_decoder_step_and_per_row_for_a_whole
     one._gathered[(id(layer), 1)] = plan
     with pytest.raises(RuntimeError, match="saw 5 tokens per row, prepared for 1"):
         one._hook(layer, (torch.zeros(3, 5, 64),), torch.zeros(3, 5, 64))
+
+
+def _generate_mixed_and_alone(model, tok, names: list[str]) -> None:
+    """One mixed batch, one row per adapter name, gives each row's tokens as generated alone."""
+    texts = TEXTS[: len(names)]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    mixed = model.generate(**batch, adapter_names=names, max_new_tokens=8)
+    solos = [
+        model.generate(**tok(t, return_tensors="pt"), adapter_names=[n], max_new_tokens=8)
+        for t, n in zip(texts, names)
+    ]
+    _check_rows(mixed, solos, tok.pad_token_id)
