@@ -127,7 +127,8 @@ class SlotBatch:
         """Copy ``other``'s freshly prefilled rows (`RowBatch.prefill`) into free slots, after this batch's rows."""
         self.close_adapters()
         other.close_adapters()
-        free = [s for s in range(self.slots) if s not in set(self._slot_of)]
+        taken = set(self._slot_of)
+        free = [s for s in range(self.slots) if s not in taken]
         if len(other) > len(free):
             raise ValueError(f"SlotBatch: {len(other)} rows join but only {len(free)} of {self.slots} slots are free.")
         if other.dec_mask.shape[1] != 1:
